@@ -1,0 +1,181 @@
+/*
+ * ferry.h — the public C API of ferry, the only header an embedder includes.
+ *
+ * ferry runs Llama-family language models stored in the .ferry format
+ * (made by `ferry convert` or `ferry synth`).  Every function returns a
+ * ferry_status; on failure ferry_last_error() gives a message with the
+ * context (file, layer, offset) a user needs.  The library never calls
+ * exit() or abort().
+ *
+ * Ownership: objects made by a *_open / *_new call are owned by the caller
+ * and released by the matching *_close / *_free.  Pointers passed in are
+ * borrowed for the duration of the call only, unless a comment says
+ * otherwise.
+ *
+ * Threads: a ferry_model may be shared by several threads once opened
+ * (sessions only read it).  A ferry_session is used by one thread at a
+ * time.  ferry_last_error() is per thread.
+ */
+#ifndef FERRY_H
+#define FERRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FERRY_VERSION_MAJOR 0
+#define FERRY_VERSION_MINOR 1
+#define FERRY_VERSION_PATCH 0
+#define FERRY_VERSION_STRING "0.1.0"
+
+#if defined(__GNUC__)
+#define FERRY_API __attribute__((visibility("default")))
+#else
+#define FERRY_API
+#endif
+
+/* Result of every fallible call.  FERRY_OK is zero. */
+typedef enum ferry_status {
+    FERRY_OK = 0,
+    FERRY_ERR_INVALID_ARGUMENT, /* a bad parameter from the caller */
+    FERRY_ERR_IO,               /* open/read/write failed */
+    FERRY_ERR_FORMAT,           /* a file is corrupt, truncated or malformed */
+    FERRY_ERR_CHECKSUM,         /* a tensor's checksum does not match */
+    FERRY_ERR_UNSUPPORTED,      /* an architecture or feature ferry lacks */
+    FERRY_ERR_NO_MEMORY,        /* host or device allocation failed */
+    FERRY_ERR_UNAVAILABLE,      /* backend not built, or no device present */
+    FERRY_ERR_BACKEND,          /* a CUDA / cuBLAS call failed */
+    FERRY_ERR_CANCELLED,        /* stopped by a callback or a signal */
+    FERRY_ERR_CONTEXT_FULL,     /* a sequence would exceed the session's context */
+} ferry_status;
+
+/* A short constant name for a status ("FERRY_ERR_IO" -> "I/O error"). */
+FERRY_API const char *ferry_status_str(ferry_status status);
+
+/* The message of the last failing call on this thread ("" if none).  The
+ * string stays valid until the next ferry call on this thread. */
+FERRY_API const char *ferry_last_error(void);
+
+/* The library's version string, for checking header/library agreement. */
+FERRY_API const char *ferry_version(void);
+
+/* ---------------------------------------------------------------- models */
+
+typedef struct ferry_model ferry_model;
+
+typedef struct ferry_model_options {
+    /* "cpu", "cuda", "cuda:N" or "auto" (NULL means "auto": CUDA when a GPU
+     * is present and the CUDA backend is built, else the CPU). */
+    const char *backend;
+    /* CPU worker threads; 0 means one per online core. */
+    int n_threads;
+    /* Verify every tensor checksum while loading (slower, thorough). */
+    int verify_checksums;
+} ferry_model_options;
+
+/* Open a .ferry file.  opts may be NULL for defaults.  Checks the preamble,
+ * manifest, tensor table and file size; fails with FERRY_ERR_FORMAT and a
+ * message naming the problem on anything inconsistent. */
+FERRY_API ferry_status ferry_model_open(const char *path, const ferry_model_options *opts,
+                                        ferry_model **out_model);
+/* Release a model.  All sessions made from it must be freed first.  NULL is
+ * allowed. */
+FERRY_API void ferry_model_close(ferry_model *model);
+
+typedef struct ferry_model_info {
+    char architecture[32];  /* "llama", "mistral", "qwen2" */
+    char dtype[8];          /* weight dtype: "f32", "f16", "bf16" */
+    char backend[16];       /* backend in use: "cpu", "cuda:0", ... */
+    int vocab_size;
+    int hidden_size;
+    int intermediate_size;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int max_position;       /* the model's trained context length */
+    int bos_token_id;       /* -1 if none */
+    int n_eos_token_ids;
+    int eos_token_ids[8];
+    uint64_t n_parameters;
+} ferry_model_info;
+
+FERRY_API ferry_status ferry_model_get_info(const ferry_model *model, ferry_model_info *out_info);
+
+/* -------------------------------------------------------------- sessions */
+
+/* A session holds the KV cache for up to max_batch sequences of up to
+ * max_context tokens each, plus scratch buffers.  Sequence slots are
+ * numbered 0 .. max_batch-1 and start empty. */
+typedef struct ferry_session ferry_session;
+
+FERRY_API ferry_status ferry_session_new(ferry_model *model, int max_batch, int max_context,
+                                         ferry_session **out_session);
+FERRY_API void ferry_session_free(ferry_session *session);
+
+/* Forget the tokens of one sequence slot (seq < 0: every slot). */
+FERRY_API ferry_status ferry_session_reset(ferry_session *session, int seq);
+
+/* Number of tokens currently cached for a slot. */
+FERRY_API int ferry_session_length(const ferry_session *session, int seq);
+
+/* A ragged batch: sequence i appends n_tokens[i] tokens (taken in order
+ * from tokens[]) to slot seq_ids[i] (seq_ids NULL means slot i).  A slot
+ * may appear at most once per call. */
+typedef struct ferry_batch {
+    int n_seqs;
+    const int *seq_ids;
+    const int *n_tokens;
+    const int32_t *tokens;
+} ferry_batch;
+
+typedef enum ferry_logits_mode {
+    FERRY_LOGITS_LAST = 0, /* one row per sequence: its last position */
+    FERRY_LOGITS_ALL = 1,  /* one row per input token */
+} ferry_logits_mode;
+
+/* Run the model over a batch, extending each sequence's KV cache, and write
+ * float32 logits (rows of vocab_size) to logits[0 .. logits_capacity).  On
+ * failure no slot's cache is changed. */
+FERRY_API ferry_status ferry_forward(ferry_session *session, const ferry_batch *batch,
+                                     ferry_logits_mode mode, float *logits,
+                                     size_t logits_capacity);
+
+/* ------------------------------------------------------------ generation */
+
+typedef struct ferry_sampling {
+    int greedy;          /* nonzero: argmax, ignore the rest */
+    float temperature;   /* > 0; 1.0 leaves logits as they are */
+    int top_k;           /* 0: no limit */
+    float top_p;         /* 1.0: no limit */
+    uint64_t seed;       /* same seed, same model, same prompt: same tokens */
+} ferry_sampling;
+
+/* Defaults: temperature 1, top_k 0, top_p 1, seed 0, not greedy. */
+FERRY_API ferry_sampling ferry_sampling_default(void);
+
+/* Called for each generated token; return nonzero to stop generation. */
+typedef int (*ferry_token_callback)(void *user, int32_t token);
+
+typedef struct ferry_generate_params {
+    ferry_sampling sampling;
+    int max_new_tokens;
+    int ignore_eos;               /* nonzero: keep going past EOS tokens */
+    ferry_token_callback on_token; /* may be NULL */
+    void *user;
+} ferry_generate_params;
+
+/* Reset slot 0, feed the prompt, then sample up to max_new_tokens tokens
+ * into out_tokens (capacity out_capacity).  *n_out receives the count.
+ * Stops early at an EOS token (included in the output) unless ignore_eos. */
+FERRY_API ferry_status ferry_generate(ferry_session *session, const int32_t *prompt,
+                                      int n_prompt, const ferry_generate_params *params,
+                                      int32_t *out_tokens, int out_capacity, int *n_out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FERRY_H */

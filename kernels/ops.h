@@ -1,0 +1,126 @@
+/*
+ * ops.h — the op list a Llama-family layer needs, as a table of function
+ * pointers that each backend (kernels/cpu, kernels/cuda) fills.  The
+ * runtime calls through this table and never includes CUDA headers.
+ *
+ * Conventions for every op:
+ * - Pointers are backend memory (host memory for the CPU backend, device
+ *   memory for CUDA), made with the backend's alloc.
+ * - Activations are float32, row-major, one row per token.
+ * - Weight matrices are row-major [rows, cols] in `dtype` (HF [out, in]),
+ *   so y = x W^T: out[t][r] = sum_c x[t][c] * W[r][c].
+ * - Ops run in order on the backend's compute stream and may return before
+ *   the work is done; synchronize() waits for it and reports errors.
+ * - A token batch is described per token: its KV-cache slot (sequence) and
+ *   its position in that sequence.
+ */
+#ifndef FERRY_KERNELS_OPS_H
+#define FERRY_KERNELS_OPS_H
+
+#include "base/base.h"
+
+typedef struct ferry_backend ferry_backend;
+
+/* Per-token description of a batch, in backend memory. */
+typedef struct ferry_token_batch {
+    int n_tokens;
+    const int32_t *tokens;      /* [n_tokens] token ids */
+    const int32_t *positions;   /* [n_tokens] position within its sequence */
+    const int32_t *slots;       /* [n_tokens] KV-cache slot (sequence) */
+} ferry_token_batch;
+
+/* One layer's KV cache: [n_slots, max_context, n_kv_heads, head_dim] for K
+ * and likewise for V, in the backend's kv_dtype. */
+typedef struct ferry_kv_layer {
+    void *k;
+    void *v;
+    int n_slots;
+    int max_context;
+} ferry_kv_layer;
+
+/* Attention geometry. */
+typedef struct ferry_attention_shape {
+    int n_heads;
+    int n_kv_heads;             /* n_heads is a multiple of n_kv_heads */
+    int head_dim;
+} ferry_attention_shape;
+
+typedef struct ferry_backend_ops {
+    const char *name;           /* "cpu", "cuda" */
+
+    /* ---- memory ---- */
+    ferry_status (*alloc)(ferry_backend *backend, size_t bytes, void **out);
+    void (*free)(ferry_backend *backend, void *ptr);
+    ferry_status (*upload)(ferry_backend *backend, void *dst, const void *host_src, size_t bytes);
+    ferry_status (*download)(ferry_backend *backend, void *host_dst, const void *src,
+                             size_t bytes);
+    ferry_status (*synchronize)(ferry_backend *backend);
+    void (*destroy)(ferry_backend *backend);
+
+    /* ---- ops ---- */
+
+    /* out[t] = table[tokens[t]] as float.  table: [vocab, dim] in dtype. */
+    ferry_status (*embed)(ferry_backend *backend, float *out, const void *table,
+                          ferry_dtype dtype, const ferry_token_batch *batch, int dim);
+
+    /* out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight.  out may equal x. */
+    ferry_status (*rmsnorm)(ferry_backend *backend, float *out, const float *x,
+                            const float *weight, int n, int dim, float eps);
+
+    /* out[t] (+)= x[t] W^T (+ bias).  W: [rows, cols] in dtype; bias [rows]
+     * f32 or NULL; accumulate nonzero adds into out (residual fusion). */
+    ferry_status (*matmul)(ferry_backend *backend, float *out, const float *x, const void *w,
+                           ferry_dtype dtype, const float *bias, int n, int rows, int cols,
+                           int accumulate);
+
+    /* Rotate q [n, n_heads, head_dim] and k [n, n_kv_heads, head_dim] in
+     * place by each token's position (HF rotate_half convention: element i
+     * pairs with i + head_dim/2), using inv_freq[head_dim/2]. */
+    ferry_status (*rope)(ferry_backend *backend, float *q, float *k,
+                         const ferry_token_batch *batch, const float *inv_freq,
+                         ferry_attention_shape shape);
+
+    /* Store k, v [n, n_kv_heads, head_dim] into the cache at each token's
+     * (slot, position). */
+    ferry_status (*kv_store)(ferry_backend *backend, ferry_kv_layer *cache, const float *k,
+                             const float *v, const ferry_token_batch *batch,
+                             ferry_attention_shape shape);
+
+    /* Causal attention: token t's query heads attend to positions
+     * 0 .. positions[t] of its slot in the cache (its own K/V stored
+     * already), softmax scaled by 1/sqrt(head_dim).  q, out: [n, n_heads,
+     * head_dim]. */
+    ferry_status (*attention)(ferry_backend *backend, float *out, const float *q,
+                              const ferry_kv_layer *cache, const ferry_token_batch *batch,
+                              ferry_attention_shape shape);
+
+    /* out[i] = silu(gate[i]) * up[i] for n*dim elements (out may equal gate). */
+    ferry_status (*silu_mul)(ferry_backend *backend, float *out, const float *gate,
+                             const float *up, int n, int dim);
+
+    /* KV cache element type (f32 on the CPU; the CUDA backend may choose). */
+    ferry_dtype kv_dtype;
+} ferry_backend_ops;
+
+struct ferry_backend {
+    const ferry_backend_ops *ops;
+    void *impl;                 /* the backend's own state */
+    char label[16];             /* "cpu", "cuda:0" */
+};
+
+/* CPU backend with n_threads workers (0: one per online core). */
+ferry_status ferry_backend_cpu_new(int n_threads, ferry_backend **out);
+
+/* CUDA backend on device `device`; FERRY_ERR_UNAVAILABLE when ferry was
+ * built without CUDA or no usable GPU is present. */
+ferry_status ferry_backend_cuda_new(int device, ferry_backend **out);
+
+/* Parse "cpu" / "cuda" / "cuda:N" / "auto" (NULL = auto) and make it. */
+ferry_status ferry_backend_new(const char *spec, int n_threads, ferry_backend **out);
+
+/* Does this build have the CUDA backend, and is a GPU present? */
+int ferry_cuda_available(void);
+
+void ferry_backend_free(ferry_backend *backend);
+
+#endif /* FERRY_KERNELS_OPS_H */
