@@ -1,0 +1,81 @@
+/*
+ * engine.h — the runtime's internal view of a model (its config and its
+ * weights in backend memory) and of a session (KV cache, slot lengths and
+ * the scratch for one chunk of tokens).  model.c builds models, session.c
+ * sessions, forward.c runs the layers, generate.c drives generation.
+ * Tests and tools may include it; embedders see only include/ferry.h.
+ */
+#ifndef FERRY_RUNTIME_ENGINE_H
+#define FERRY_RUNTIME_ENGINE_H
+
+#include "kernels/ops.h"
+#include "runtime/config.h"
+
+/* Longest run of tokens pushed through the layers at once: longer prompts
+ * are processed in chunks, so activation scratch stays bounded. */
+enum { FERRY_CHUNK_TOKENS = 512 };
+/* Rows of logits computed per lm_head pass (bounds the logits scratch). */
+enum { FERRY_LOGITS_ROWS_PER_PASS = 32 };
+
+struct ferry_model {
+    ferry_config config;
+    ferry_dtype dtype;          /* dtype of the weight matrices; vectors are f32 */
+    ferry_backend *backend;     /* owned */
+    float *inv_freq;            /* backend memory, [head_dim / 2] RoPE frequencies */
+    /* Backend memory per tensor, indexed by tensor_slot(layer, kind);
+     * NULL where the model lacks the tensor. */
+    void **tensors;
+    uint64_t weight_bytes;
+};
+
+/* Index of (layer, kind) in model->tensors; layer -1 is the globals. */
+static inline size_t ferry_model_tensor_slot(int layer, ferry_tensor_kind kind) {
+    return (size_t)(layer + 1) * FERRY_TENSOR_KIND_COUNT + (size_t)kind;
+}
+
+static inline const void *ferry_model_tensor(const ferry_model *model, int layer,
+                                             ferry_tensor_kind kind) {
+    return model->tensors[ferry_model_tensor_slot(layer, kind)];
+}
+
+/* An empty model for (config, dtype) on `backend`, which it takes over
+ * (freed with the model, or at once if this fails).  The RoPE table is
+ * made here; weights come next through ferry_model_load_tensor. */
+ferry_status ferry_model_create(const ferry_config *config, ferry_dtype dtype,
+                                ferry_backend *backend, ferry_model **out);
+
+/* Copy one tensor from host memory into backend memory.  host_bytes must be
+ * rows x cols x (model dtype for matrices, f32 for vectors). */
+ferry_status ferry_model_load_tensor(ferry_model *model, int layer, ferry_tensor_kind kind,
+                                     const void *host_data, size_t host_bytes);
+
+/* Every tensor the config calls for is loaded. */
+ferry_status ferry_model_check_complete(const ferry_model *model);
+
+/* Activations for one chunk of tokens, in backend memory. */
+typedef struct ferry_scratch {
+    float *residual;            /* x: [chunk, hidden], the residual stream */
+    float *normed;              /* [chunk, hidden]: norm output (and lm_head input) */
+    float *q;                   /* [chunk, n_heads * head_dim] */
+    float *k, *v;               /* [chunk, n_kv_heads * head_dim] */
+    float *attention;           /* [chunk, n_heads * head_dim] */
+    float *gate, *up;           /* [chunk, intermediate] */
+    float *logits;              /* [FERRY_LOGITS_ROWS_PER_PASS, vocab] */
+    int32_t *tokens, *positions, *slots;   /* [chunk] per-token batch description */
+} ferry_scratch;
+
+struct ferry_session {
+    ferry_model *model;
+    int max_batch;
+    int max_context;
+    int *lengths;               /* host, [max_batch]: tokens cached per slot */
+    int *slot_owner;            /* host, [max_batch]: duplicate-slot check scratch */
+    ferry_kv_layer *kv;         /* [n_layers], caches in backend memory */
+    int chunk_tokens;           /* capacity of the scratch, in tokens */
+    ferry_scratch scratch;
+    /* Host staging for one chunk's batch description, [chunk_tokens] each. */
+    int32_t *host_tokens, *host_positions, *host_slots;
+    int *host_output_rows;      /* row of the caller's logits for the token, or -1 */
+};
+
+#endif /* FERRY_RUNTIME_ENGINE_H */

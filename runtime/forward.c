@@ -1,0 +1,242 @@
+/*
+ * forward.c — ferry_forward: checks a ragged batch, cuts its tokens into
+ * chunks of at most session->chunk_tokens, and runs each chunk through
+ * the layers (norm, QKV, RoPE, KV store, attention, output projection,
+ * SwiGLU MLP, residuals), then the final norm and lm_head for the rows
+ * the caller asked for.  Hot path: allocates nothing; every buffer comes
+ * from the session.  Slot lengths change only when the whole call succeeds.
+ */
+#include "runtime/engine.h"
+
+/* ----------------------------------------------------------- checking */
+
+/* Validate the call; on success *out_n_rows is the number of logit rows
+ * it will write. */
+static ferry_status check_forward_call(ferry_session *session, const ferry_batch *batch,
+                                       ferry_logits_mode mode, const float *logits,
+                                       size_t logits_capacity, int64_t *out_n_rows) {
+    if (!session || !batch)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ferry_forward: session or batch is NULL");
+    if (mode != FERRY_LOGITS_LAST && mode != FERRY_LOGITS_ALL)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ferry_forward: bad logits mode %d",
+                          (int)mode);
+    if (batch->n_seqs < 1 || batch->n_seqs > session->max_batch)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "ferry_forward: batch of %d sequences (session holds 1..%d)",
+                          batch->n_seqs, session->max_batch);
+    if (!batch->n_tokens || !batch->tokens || !logits)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "ferry_forward: n_tokens, tokens or logits is NULL");
+    const int vocab = session->model->config.vocab_size;
+    int64_t n_total = 0;
+    for (int i = 0; i < batch->n_seqs; i++) {
+        int seq = batch->seq_ids ? batch->seq_ids[i] : i;
+        if (seq < 0 || seq >= session->max_batch)
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                              "ferry_forward: sequence %d names slot %d (session has 0..%d)", i,
+                              seq, session->max_batch - 1);
+        /* slot_owner[seq] == i + 1 for the sequence i that uses the slot
+         * in this call; stale values from earlier calls are told apart by
+         * checking that the sequence they name really uses the slot. */
+        int owner = session->slot_owner[seq] - 1;
+        if (owner >= 0 && owner < i && (batch->seq_ids ? batch->seq_ids[owner] : owner) == seq)
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                              "ferry_forward: slot %d appears twice in one batch "
+                              "(sequences %d and %d)",
+                              seq, owner, i);
+        session->slot_owner[seq] = i + 1;
+        int n = batch->n_tokens[i];
+        if (n < 1)
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                              "ferry_forward: sequence %d has %d tokens (need at least 1)", i, n);
+        if ((int64_t)session->lengths[seq] + n > session->max_context)
+            return ferry_fail(FERRY_ERR_CONTEXT_FULL,
+                              "ferry_forward: slot %d holds %d tokens; %d more exceed the "
+                              "session's context of %d",
+                              seq, session->lengths[seq], n, session->max_context);
+        for (int j = 0; j < n; j++) {
+            int32_t token = batch->tokens[n_total + j];
+            if (token < 0 || token >= vocab)
+                return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                                  "ferry_forward: token id %d (sequence %d, token %d) is not "
+                                  "in the vocabulary 0..%d",
+                                  (int)token, i, j, vocab - 1);
+        }
+        n_total += n;
+    }
+    int64_t n_rows = mode == FERRY_LOGITS_ALL ? n_total : batch->n_seqs;
+    if ((uint64_t)n_rows * (uint64_t)vocab > logits_capacity)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "ferry_forward: logits buffer holds %zu floats; %lld rows of %d need "
+                          "%llu",
+                          logits_capacity, (long long)n_rows, vocab,
+                          (unsigned long long)((uint64_t)n_rows * (uint64_t)vocab));
+    *out_n_rows = n_rows;
+    return FERRY_OK;
+}
+
+/* ------------------------------------------------------------- chunks */
+
+/* Where the next chunk starts in the flattened batch. */
+typedef struct batch_cursor {
+    int seq;                    /* index into the batch's sequences */
+    int offset;                 /* tokens of that sequence already taken */
+    int64_t flat;               /* tokens of the whole batch already taken */
+} batch_cursor;
+
+/* Fill the session's host arrays with the next chunk of tokens and say,
+ * per token, which row of the caller's logits it produces (-1: none).
+ * Returns the number of tokens in the chunk. */
+static int next_chunk(ferry_session *session, const ferry_batch *batch, ferry_logits_mode mode,
+                      batch_cursor *cursor) {
+    int n = 0;
+    while (n < session->chunk_tokens && cursor->seq < batch->n_seqs) {
+        int i = cursor->seq;
+        int slot = batch->seq_ids ? batch->seq_ids[i] : i;
+        int n_seq_tokens = batch->n_tokens[i];
+        int position = session->lengths[slot] + cursor->offset;
+        session->host_tokens[n] = batch->tokens[cursor->flat];
+        session->host_positions[n] = position;
+        session->host_slots[n] = slot;
+        int is_last = cursor->offset == n_seq_tokens - 1;
+        session->host_output_rows[n] =
+            mode == FERRY_LOGITS_ALL ? (int)cursor->flat : (is_last ? i : -1);
+        n++;
+        cursor->flat++;
+        if (++cursor->offset == n_seq_tokens) {
+            cursor->seq++;
+            cursor->offset = 0;
+        }
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------- layers */
+
+/* One decoder layer over the chunk, in place on the residual stream:
+ *   x += Wo · attention(rope(Wq·norm(x) + bq), rope(Wk·norm(x) + bk), Wv·norm(x) + bv)
+ *   x += Wdown · (silu(Wgate·norm(x)) * (Wup·norm(x))) */
+static ferry_status layer_forward(ferry_session *session, int layer,
+                                  const ferry_token_batch *tokens) {
+    const ferry_model *model = session->model;
+    const ferry_config *config = &model->config;
+    ferry_backend *backend = model->backend;
+    const ferry_backend_ops *ops = backend->ops;
+    ferry_scratch *s = &session->scratch;
+    const ferry_dtype dtype = model->dtype;
+    const int n = tokens->n_tokens;
+    const int hidden = config->hidden_size;
+    const int q_width = config->n_heads * config->head_dim;
+    const int kv_width = config->n_kv_heads * config->head_dim;
+    const ferry_attention_shape shape = {config->n_heads, config->n_kv_heads, config->head_dim};
+#define W(kind) ferry_model_tensor(model, layer, FERRY_TENSOR_##kind)
+
+    /* attention block */
+    FERRY_TRY(ops->rmsnorm(backend, s->normed, s->residual, W(ATTN_NORM), n, hidden,
+                           config->rms_norm_eps));
+    FERRY_TRY(ops->matmul(backend, s->q, s->normed, W(WQ), dtype, W(BQ), n, q_width, hidden, 0));
+    FERRY_TRY(ops->matmul(backend, s->k, s->normed, W(WK), dtype, W(BK), n, kv_width, hidden, 0));
+    FERRY_TRY(ops->matmul(backend, s->v, s->normed, W(WV), dtype, W(BV), n, kv_width, hidden, 0));
+    FERRY_TRY(ops->rope(backend, s->q, s->k, tokens, model->inv_freq, shape));
+    FERRY_TRY(ops->kv_store(backend, &session->kv[layer], s->k, s->v, tokens, shape));
+    FERRY_TRY(ops->attention(backend, s->attention, s->q, &session->kv[layer], tokens, shape));
+    /* residual: x += attention · Wo^T */
+    FERRY_TRY(ops->matmul(backend, s->residual, s->attention, W(WO), dtype, NULL, n, hidden,
+                          q_width, 1));
+
+    /* MLP block (SwiGLU) */
+    const int inter = config->intermediate_size;
+    FERRY_TRY(ops->rmsnorm(backend, s->normed, s->residual, W(MLP_NORM), n, hidden,
+                           config->rms_norm_eps));
+    FERRY_TRY(ops->matmul(backend, s->gate, s->normed, W(W_GATE), dtype, NULL, n, inter, hidden, 0));
+    FERRY_TRY(ops->matmul(backend, s->up, s->normed, W(W_UP), dtype, NULL, n, inter, hidden, 0));
+    FERRY_TRY(ops->silu_mul(backend, s->gate, s->gate, s->up, n, inter));
+    /* residual: x += mlp · Wdown^T */
+    FERRY_TRY(ops->matmul(backend, s->residual, s->gate, W(W_DOWN), dtype, NULL, n, hidden, inter,
+                          1));
+#undef W
+    return FERRY_OK;
+}
+
+/* Final norm and lm_head for the chunk's tokens that produce logits, in
+ * passes of at most FERRY_LOGITS_ROWS_PER_PASS rows, each row downloaded
+ * into its place in the caller's buffer. */
+static ferry_status write_logits(ferry_session *session, int n, float *logits) {
+    const ferry_model *model = session->model;
+    const ferry_config *config = &model->config;
+    ferry_backend *backend = model->backend;
+    const ferry_backend_ops *ops = backend->ops;
+    ferry_scratch *s = &session->scratch;
+    const int hidden = config->hidden_size, vocab = config->vocab_size;
+    const void *final_norm = ferry_model_tensor(model, -1, FERRY_TENSOR_FINAL_NORM);
+    const void *lm_head = config->tie_embeddings
+                              ? ferry_model_tensor(model, -1, FERRY_TENSOR_EMBED)
+                              : ferry_model_tensor(model, -1, FERRY_TENSOR_LM_HEAD);
+    int t = 0;
+    while (t < n) {
+        /* Gather up to a pass of rows: normed[j] = final_norm(x[t_j]). */
+        int rows[FERRY_LOGITS_ROWS_PER_PASS];
+        int n_pass = 0;
+        for (; t < n && n_pass < FERRY_LOGITS_ROWS_PER_PASS; t++) {
+            if (session->host_output_rows[t] < 0) continue;
+            FERRY_TRY(ops->rmsnorm(backend, s->normed + (size_t)n_pass * hidden,
+                                   s->residual + (size_t)t * hidden, final_norm, 1, hidden,
+                                   config->rms_norm_eps));
+            rows[n_pass++] = session->host_output_rows[t];
+        }
+        if (n_pass == 0) break;
+        /* logits = normed · lm_head^T */
+        FERRY_TRY(ops->matmul(backend, s->logits, s->normed, lm_head, model->dtype, NULL, n_pass,
+                              vocab, hidden, 0));
+        /* Copy out, one download per run of consecutive rows. */
+        for (int j = 0; j < n_pass;) {
+            int run = 1;
+            while (j + run < n_pass && rows[j + run] == rows[j] + run) run++;
+            FERRY_TRY(ops->download(backend, logits + (size_t)rows[j] * vocab,
+                                    s->logits + (size_t)j * vocab,
+                                    (size_t)run * vocab * sizeof(float)));
+            j += run;
+        }
+    }
+    return FERRY_OK;
+}
+
+/* Embedding, every layer, and the logits of one chunk of n tokens. */
+static ferry_status chunk_forward(ferry_session *session, int n, float *logits) {
+    const ferry_model *model = session->model;
+    ferry_backend *backend = model->backend;
+    const ferry_backend_ops *ops = backend->ops;
+    ferry_scratch *s = &session->scratch;
+    size_t index_bytes = (size_t)n * sizeof(int32_t);
+    FERRY_TRY(ops->upload(backend, s->tokens, session->host_tokens, index_bytes));
+    FERRY_TRY(ops->upload(backend, s->positions, session->host_positions, index_bytes));
+    FERRY_TRY(ops->upload(backend, s->slots, session->host_slots, index_bytes));
+    ferry_token_batch tokens = {n, s->tokens, s->positions, s->slots};
+
+    /* x = embedding rows of the tokens */
+    FERRY_TRY(ops->embed(backend, s->residual, ferry_model_tensor(model, -1, FERRY_TENSOR_EMBED),
+                         model->dtype, &tokens, model->config.hidden_size));
+    for (int layer = 0; layer < model->config.n_layers; layer++) {
+        ferry_status status = layer_forward(session, layer, &tokens);
+        if (status != FERRY_OK) return ferry_fail_prefix(status, "layer %d: ", layer);
+    }
+    FERRY_TRY(write_logits(session, n, logits));
+    return ops->synchronize(backend);
+}
+
+ferry_status ferry_forward(ferry_session *session, const ferry_batch *batch,
+                           ferry_logits_mode mode, float *logits, size_t logits_capacity) {
+    int64_t n_rows = 0;
+    FERRY_TRY(check_forward_call(session, batch, mode, logits, logits_capacity, &n_rows));
+    batch_cursor cursor = {0, 0, 0};
+    for (;;) {
+        int n = next_chunk(session, batch, mode, &cursor);
+        if (n == 0) break;
+        ferry_status status = chunk_forward(session, n, logits);
+        if (status != FERRY_OK) return ferry_fail_prefix(status, "ferry_forward: ");
+    }
+    /* Every chunk went through: the new tokens now count as cached. */
+    for (int i = 0; i < batch->n_seqs; i++)
+        session->lengths[batch->seq_ids ? batch->seq_ids[i] : i] += batch->n_tokens[i];
+    return FERRY_OK;
+}

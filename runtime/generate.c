@@ -1,0 +1,77 @@
+/*
+ * generate.c — ferry_generate: prefill a prompt into slot 0, then sample a
+ * token, hand it to the callback, feed it back, until max_new_tokens, an
+ * EOS token or the callback says stop.  One logits row and the sampler's
+ * scratch are allocated per call; the per-token loop allocates nothing.
+ */
+#include <stdlib.h>
+
+#include "runtime/engine.h"
+#include "runtime/sampler.h"
+
+static int is_eos(const ferry_config *config, int32_t token) {
+    for (int i = 0; i < config->n_eos_token_ids; i++)
+        if (config->eos_token_ids[i] == token) return 1;
+    return 0;
+}
+
+/* Stopping: a callback returning nonzero ends generation normally
+ * (FERRY_OK); the token it was shown is part of the output. */
+ferry_status ferry_generate(ferry_session *session, const int32_t *prompt, int n_prompt,
+                            const ferry_generate_params *params, int32_t *out_tokens,
+                            int out_capacity, int *n_out) {
+    if (n_out) *n_out = 0;
+    if (!session || !prompt || !params || !n_out || (!out_tokens && params->max_new_tokens > 0))
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "ferry_generate: session, prompt, params, out_tokens or n_out is NULL");
+    if (n_prompt < 1)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "ferry_generate: the prompt has %d tokens (need at least 1)", n_prompt);
+    if (params->max_new_tokens < 0)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ferry_generate: max_new_tokens %d < 0",
+                          params->max_new_tokens);
+    if (out_capacity < params->max_new_tokens)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "ferry_generate: out_capacity %d is less than max_new_tokens %d",
+                          out_capacity, params->max_new_tokens);
+    /* The prompt and every generated token but the last are fed back. */
+    int64_t needed = (int64_t)n_prompt + (params->max_new_tokens > 0 ? params->max_new_tokens - 1 : 0);
+    if (needed > session->max_context)
+        return ferry_fail(FERRY_ERR_CONTEXT_FULL,
+                          "ferry_generate: %d prompt tokens + %d new tokens need a context of "
+                          "%lld; the session holds %d",
+                          n_prompt, params->max_new_tokens, (long long)needed,
+                          session->max_context);
+    const ferry_config *config = &session->model->config;
+    const int vocab = config->vocab_size;
+    ferry_sampler sampler;
+    float *logits = NULL;
+    ferry_status status = ferry_sampler_init(&sampler, &params->sampling, vocab);
+    if (status != FERRY_OK) return ferry_fail_prefix(status, "ferry_generate: ");
+    FERRY_TRY_GOTO(ferry_malloc((size_t)vocab * sizeof *logits, "logits row", (void **)&logits));
+    FERRY_TRY_GOTO(ferry_session_reset(session, 0));
+
+    /* prefill: the prompt's last position gives the first distribution */
+    int seq = 0, n_feed = n_prompt;
+    ferry_batch batch = {.n_seqs = 1, .seq_ids = &seq, .n_tokens = &n_feed, .tokens = prompt};
+    FERRY_TRY_GOTO(ferry_forward(session, &batch, FERRY_LOGITS_LAST, logits, (size_t)vocab));
+
+    int n = 0;
+    while (n < params->max_new_tokens) {
+        int32_t token = ferry_sampler_next(&sampler, logits);
+        out_tokens[n++] = token;
+        *n_out = n;
+        if (params->on_token && params->on_token(params->user, token)) break;
+        if (!params->ignore_eos && is_eos(config, token)) break;
+        if (n == params->max_new_tokens) break;
+        /* decode: feed the token back for the next distribution */
+        n_feed = 1;
+        batch.tokens = &out_tokens[n - 1];
+        FERRY_TRY_GOTO(ferry_forward(session, &batch, FERRY_LOGITS_LAST, logits, (size_t)vocab));
+    }
+    status = FERRY_OK;
+fail:
+    free(logits);
+    ferry_sampler_free(&sampler);
+    return status;
+}

@@ -1,0 +1,174 @@
+/*
+ * sampler.c — next-token choice on host logits: greedy argmax, or a draw
+ * from softmax(logits / temperature) restricted by top-k and top-p.  The
+ * generator is splitmix64 started from the seed, so a generate call with
+ * the same seed, model and prompt repeats exactly.  Allocates only in
+ * ferry_sampler_init.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "runtime/sampler.h"
+
+ferry_sampling ferry_sampling_default(void) {
+    ferry_sampling sampling = {
+        .greedy = 0, .temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
+    return sampling;
+}
+
+ferry_status ferry_sampler_init(ferry_sampler *sampler, const ferry_sampling *params,
+                                int vocab_size) {
+    memset(sampler, 0, sizeof *sampler);
+    if (!params) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "sampling parameters are NULL");
+    if (vocab_size < 1)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "sampler: vocabulary of %d tokens",
+                          vocab_size);
+    if (!params->greedy) {
+        if (!(params->temperature > 0.0f) || !isfinite(params->temperature))
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                              "sampling: temperature %g must be > 0 (use greedy for argmax)",
+                              (double)params->temperature);
+        if (params->top_k < 0)
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                              "sampling: top_k %d must be >= 0 (0: no limit)", params->top_k);
+        if (!(params->top_p > 0.0f && params->top_p <= 1.0f))
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                              "sampling: top_p %g must be in (0, 1] (1: no limit)",
+                              (double)params->top_p);
+    }
+    sampler->params = *params;
+    sampler->vocab_size = vocab_size;
+    sampler->rng_state = params->seed;
+    ferry_status status;
+    FERRY_TRY_GOTO(ferry_malloc((size_t)vocab_size * sizeof *sampler->order, "sampler order",
+                                (void **)&sampler->order));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)vocab_size * sizeof *sampler->probs, "sampler probs",
+                                (void **)&sampler->probs));
+    return FERRY_OK;
+fail:
+    ferry_sampler_free(sampler);
+    return status;
+}
+
+void ferry_sampler_free(ferry_sampler *sampler) {
+    if (!sampler) return;
+    free(sampler->order);
+    free(sampler->probs);
+    sampler->order = NULL;
+    sampler->probs = NULL;
+}
+
+int32_t ferry_argmax(const float *logits, int vocab_size) {
+    int32_t best = 0;
+    float best_value = -INFINITY;
+    int found = 0;
+    for (int i = 0; i < vocab_size; i++) {
+        if (isnan(logits[i])) continue;
+        /* strictly greater: the lowest index keeps a tie */
+        if (!found || logits[i] > best_value) {
+            best = i;
+            best_value = logits[i];
+            found = 1;
+        }
+    }
+    return best;
+}
+
+/* splitmix64: a fixed, well-mixed sequence from any seed. */
+static uint64_t next_random(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform double in [0, 1) with 53 random bits. */
+static double next_uniform(uint64_t *state) { return (double)(next_random(state) >> 11) * 0x1p-53; }
+
+/* probs[i] = e^((logit_i - max) / T), unnormalised; NaN logits get 0.
+ * Returns the sum. */
+static double softmax_weights(const float *logits, int vocab, double temperature, double *probs) {
+    double max_logit = -INFINITY;
+    for (int i = 0; i < vocab; i++)
+        if (!isnan(logits[i]) && logits[i] > max_logit) max_logit = logits[i];
+    double total = 0;
+    for (int i = 0; i < vocab; i++) {
+        probs[i] = isnan(logits[i]) || max_logit == -INFINITY
+                       ? 0.0
+                       : exp(((double)logits[i] - max_logit) / temperature);
+        total += probs[i];
+    }
+    return total;
+}
+
+/* Most probable first; equal probabilities by lower token id. */
+static int by_probability(const void *a, const void *b, void *context) {
+    const double *probs = context;
+    int ia = *(const int *)a, ib = *(const int *)b;
+    if (probs[ia] != probs[ib]) return probs[ia] > probs[ib] ? -1 : 1;
+    return (ia > ib) - (ia < ib);
+}
+
+int ferry_sampler_candidates(ferry_sampler *sampler, const float *logits, double *out_probs) {
+    const int vocab = sampler->vocab_size;
+    const ferry_sampling *p = &sampler->params;
+    double *probs = sampler->probs;
+    softmax_weights(logits, vocab, p->temperature, probs);
+    for (int i = 0; i < vocab; i++) sampler->order[i] = i;
+    qsort_r(sampler->order, (size_t)vocab, sizeof *sampler->order, by_probability, probs);
+
+    /* top-k: the k most probable */
+    int n = (p->top_k > 0 && p->top_k < vocab) ? p->top_k : vocab;
+    double kept = 0;
+    for (int j = 0; j < n; j++) kept += probs[sampler->order[j]];
+
+    /* top-p: the shortest prefix whose renormalised mass reaches top_p
+     * (the first candidate always stays) */
+    if (p->top_p < 1.0f && kept > 0) {
+        double cumulative = 0;
+        int j = 0;
+        while (j < n) {
+            cumulative += probs[sampler->order[j]] / kept;
+            j++;
+            if (cumulative >= (double)p->top_p) break;
+        }
+        n = j;
+        kept = 0;
+        for (j = 0; j < n; j++) kept += probs[sampler->order[j]];
+    }
+    if (out_probs)
+        for (int j = 0; j < n; j++)
+            out_probs[j] = kept > 0 ? probs[sampler->order[j]] / kept : (j == 0 ? 1.0 : 0.0);
+    return n;
+}
+
+int32_t ferry_sampler_next(ferry_sampler *sampler, const float *logits) {
+    const int vocab = sampler->vocab_size;
+    const ferry_sampling *p = &sampler->params;
+    if (p->greedy) return ferry_argmax(logits, vocab);
+    double u = next_uniform(&sampler->rng_state);
+    if (p->top_k == 0 && p->top_p >= 1.0f) {
+        /* No filtering: draw straight from the softmax in id order. */
+        double total = softmax_weights(logits, vocab, p->temperature, sampler->probs);
+        if (!(total > 0)) return ferry_argmax(logits, vocab);
+        double target = u * total, cumulative = 0;
+        int32_t last_possible = 0;
+        for (int i = 0; i < vocab; i++) {
+            if (sampler->probs[i] <= 0) continue;
+            cumulative += sampler->probs[i];
+            last_possible = i;
+            if (target < cumulative) return i;
+        }
+        return last_possible; /* rounding left u just past the end */
+    }
+    int n = ferry_sampler_candidates(sampler, logits, NULL);
+    double kept = 0;
+    for (int j = 0; j < n; j++) kept += sampler->probs[sampler->order[j]];
+    if (!(kept > 0)) return sampler->order[0];
+    double target = u * kept, cumulative = 0;
+    for (int j = 0; j < n; j++) {
+        cumulative += sampler->probs[sampler->order[j]];
+        if (target < cumulative) return sampler->order[j];
+    }
+    return sampler->order[n - 1];
+}

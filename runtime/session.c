@@ -1,0 +1,159 @@
+/*
+ * session.c — sessions: the per-layer KV cache for max_batch slots of
+ * max_context tokens, the slot lengths, and the activation scratch for
+ * one chunk of at most FERRY_CHUNK_TOKENS tokens.  Everything a forward
+ * pass touches is allocated here, once.
+ */
+#include <stdlib.h>
+
+#include "runtime/engine.h"
+
+/* Allocate `count` elements of `element_bytes` in backend memory, checking
+ * the size arithmetic. */
+static ferry_status backend_array(ferry_backend *backend, uint64_t count, size_t element_bytes,
+                                  const char *what, void **out) {
+    uint64_t bytes;
+    if (ferry_mul_overflow(count, element_bytes, &bytes) || bytes > (uint64_t)SIZE_MAX)
+        return ferry_fail(FERRY_ERR_NO_MEMORY, "session: %s would need more than 2^64 bytes", what);
+    ferry_status status = backend->ops->alloc(backend, (size_t)bytes, out);
+    if (status != FERRY_OK)
+        return ferry_fail_prefix(status, "session: %s (%llu bytes): ", what,
+                                 (unsigned long long)bytes);
+    return FERRY_OK;
+}
+
+static ferry_status alloc_scratch(ferry_session *session) {
+    const ferry_config *config = &session->model->config;
+    ferry_backend *backend = session->model->backend;
+    ferry_scratch *scratch = &session->scratch;
+    uint64_t chunk = (uint64_t)session->chunk_tokens;
+    uint64_t q_width = (uint64_t)config->n_heads * config->head_dim;
+    uint64_t kv_width = (uint64_t)config->n_kv_heads * config->head_dim;
+    const struct {
+        void **place;
+        uint64_t count;
+        size_t element_bytes;
+        const char *what;
+    } arrays[] = {
+        {(void **)&scratch->residual, chunk * config->hidden_size, sizeof(float), "residual"},
+        {(void **)&scratch->normed, chunk * config->hidden_size, sizeof(float), "norm output"},
+        {(void **)&scratch->q, chunk * q_width, sizeof(float), "queries"},
+        {(void **)&scratch->k, chunk * kv_width, sizeof(float), "keys"},
+        {(void **)&scratch->v, chunk * kv_width, sizeof(float), "values"},
+        {(void **)&scratch->attention, chunk * q_width, sizeof(float), "attention output"},
+        {(void **)&scratch->gate, chunk * config->intermediate_size, sizeof(float), "mlp gate"},
+        {(void **)&scratch->up, chunk * config->intermediate_size, sizeof(float), "mlp up"},
+        {(void **)&scratch->logits, (uint64_t)FERRY_LOGITS_ROWS_PER_PASS * config->vocab_size,
+         sizeof(float), "logits"},
+        {(void **)&scratch->tokens, chunk, sizeof(int32_t), "token ids"},
+        {(void **)&scratch->positions, chunk, sizeof(int32_t), "positions"},
+        {(void **)&scratch->slots, chunk, sizeof(int32_t), "slots"},
+    };
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
+        FERRY_TRY(backend_array(backend, arrays[i].count, arrays[i].element_bytes, arrays[i].what,
+                                arrays[i].place));
+    return FERRY_OK;
+}
+
+static void free_scratch(ferry_backend *backend, ferry_scratch *scratch) {
+    void *arrays[] = {scratch->residual, scratch->normed, scratch->q,      scratch->k,
+                      scratch->v,        scratch->attention, scratch->gate, scratch->up,
+                      scratch->logits,   scratch->tokens, scratch->positions, scratch->slots};
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
+        if (arrays[i]) backend->ops->free(backend, arrays[i]);
+    memset(scratch, 0, sizeof *scratch);
+}
+
+ferry_status ferry_session_new(ferry_model *model, int max_batch, int max_context,
+                               ferry_session **out_session) {
+    if (!out_session)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ferry_session_new: out_session is NULL");
+    *out_session = NULL;
+    if (!model) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ferry_session_new: model is NULL");
+    if (max_batch < 1 || max_batch > 65536)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "ferry_session_new: max_batch %d is not in 1..65536", max_batch);
+    if (max_context < 1 || max_context > (1 << 24))
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "ferry_session_new: max_context %d is not in 1..16777216", max_context);
+    const ferry_config *config = &model->config;
+    ferry_backend *backend = model->backend;
+    ferry_session *session = NULL;
+    ferry_status status;
+    FERRY_TRY_GOTO(ferry_calloc(1, sizeof *session, "session", (void **)&session));
+    session->model = model;
+    session->max_batch = max_batch;
+    session->max_context = max_context;
+    uint64_t total_tokens = (uint64_t)max_batch * (uint64_t)max_context;
+    session->chunk_tokens =
+        total_tokens < FERRY_CHUNK_TOKENS ? (int)total_tokens : FERRY_CHUNK_TOKENS;
+    FERRY_TRY_GOTO(ferry_calloc((size_t)max_batch, sizeof *session->lengths, "slot lengths",
+                                (void **)&session->lengths));
+    FERRY_TRY_GOTO(ferry_calloc((size_t)max_batch, sizeof *session->slot_owner, "slot owners",
+                                (void **)&session->slot_owner));
+    FERRY_TRY_GOTO(ferry_calloc((size_t)config->n_layers, sizeof *session->kv, "kv cache table",
+                                (void **)&session->kv));
+    /* K and V per layer: [max_batch, max_context, n_kv_heads, head_dim]. */
+    uint64_t kv_count = total_tokens * (uint64_t)config->n_kv_heads * (uint64_t)config->head_dim;
+    size_t kv_element_bytes = ferry_dtype_bytes(backend->ops->kv_dtype);
+    for (int layer = 0; layer < config->n_layers; layer++) {
+        ferry_kv_layer *kv = &session->kv[layer];
+        kv->n_slots = max_batch;
+        kv->max_context = max_context;
+        FERRY_TRY_GOTO(backend_array(backend, kv_count, kv_element_bytes, "kv cache keys", &kv->k));
+        FERRY_TRY_GOTO(
+            backend_array(backend, kv_count, kv_element_bytes, "kv cache values", &kv->v));
+    }
+    FERRY_TRY_GOTO(alloc_scratch(session));
+    size_t chunk = (size_t)session->chunk_tokens;
+    FERRY_TRY_GOTO(ferry_malloc(chunk * sizeof(int32_t), "chunk tokens",
+                                (void **)&session->host_tokens));
+    FERRY_TRY_GOTO(ferry_malloc(chunk * sizeof(int32_t), "chunk positions",
+                                (void **)&session->host_positions));
+    FERRY_TRY_GOTO(ferry_malloc(chunk * sizeof(int32_t), "chunk slots",
+                                (void **)&session->host_slots));
+    FERRY_TRY_GOTO(ferry_malloc(chunk * sizeof(int), "chunk output rows",
+                                (void **)&session->host_output_rows));
+    *out_session = session;
+    return FERRY_OK;
+fail:
+    ferry_session_free(session);
+    return status;
+}
+
+void ferry_session_free(ferry_session *session) {
+    if (!session) return;
+    ferry_backend *backend = session->model->backend;
+    if (session->kv)
+        for (int layer = 0; layer < session->model->config.n_layers; layer++) {
+            if (session->kv[layer].k) backend->ops->free(backend, session->kv[layer].k);
+            if (session->kv[layer].v) backend->ops->free(backend, session->kv[layer].v);
+        }
+    free_scratch(backend, &session->scratch);
+    free(session->kv);
+    free(session->lengths);
+    free(session->slot_owner);
+    free(session->host_tokens);
+    free(session->host_positions);
+    free(session->host_slots);
+    free(session->host_output_rows);
+    free(session);
+}
+
+ferry_status ferry_session_reset(ferry_session *session, int seq) {
+    if (!session) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ferry_session_reset: session is NULL");
+    if (seq >= session->max_batch)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "ferry_session_reset: slot %d is not in 0..%d", seq,
+                          session->max_batch - 1);
+    /* Cached K/V beyond a slot's length are never read, so forgetting is
+     * setting the length to zero. */
+    if (seq < 0) memset(session->lengths, 0, sizeof *session->lengths * (size_t)session->max_batch);
+    else session->lengths[seq] = 0;
+    return FERRY_OK;
+}
+
+int ferry_session_length(const ferry_session *session, int seq) {
+    if (!session || seq < 0 || seq >= session->max_batch) return -1;
+    return session->lengths[seq];
+}
