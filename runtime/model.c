@@ -143,8 +143,9 @@ ferry_status ferry_model_open(const char *path, const ferry_model_options *opts,
     ferry_backend *backend = NULL;
     ferry_model *model = NULL;
     ferry_status status;
-    FERRY_TRY_GOTO(ferry_file_open(path, &file));
+    /* The backend first: a build without CUDA says so before any I/O. */
     FERRY_TRY_GOTO(ferry_backend_new(opts->backend, opts->n_threads, &backend));
+    FERRY_TRY_GOTO(ferry_file_open(path, &file));
     status = ferry_model_create(&file->layout.config, file->layout.dtype, backend, &model);
     backend = NULL; /* the model owns it, or freed it on failure */
     if (status != FERRY_OK) goto fail;

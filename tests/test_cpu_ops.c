@@ -387,3 +387,14 @@ Test(cpu_ops, memory_round_trips_through_upload_and_download) {
     backend->ops->free(backend, memory);
     ferry_backend_free(backend);
 }
+
+Test(cpu_ops, portable_code_matches_float64_too) {
+    /* Each test runs in its own process, so this only affects this one. */
+    setenv("FERRY_CPU_PORTABLE", "1", 1);
+    uint64_t rng = test_seed();
+    ferry_backend *backend = make_cpu(2);
+    for (size_t d = 0; d < 3; d++)
+        check_matmul(backend, &rng, all_dtypes[d], rand_int(&rng, 1, 40), rand_int(&rng, 1, 90),
+                     rand_int(&rng, 1, 700), 1, 1);
+    ferry_backend_free(backend);
+}

@@ -132,9 +132,7 @@ static void attend_heads(void *arg, int begin, int end) {
         for (int p = 0; p <= last; p++) {
             const float *key = keys + (size_t)p * kv_row_floats;
             const float *value = values + (size_t)p * kv_row_floats;
-            float score = 0.0f;
-            for (int i = 0; i < head_dim; i++) score += q[i] * key[i];
-            score *= scale;
+            float score = cpu_dot(q, key, head_dim) * scale;
             if (score > running_max) {
                 float correction = expf(running_max - score); /* 0 on the first key */
                 running_sum *= correction;

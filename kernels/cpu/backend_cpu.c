@@ -1,44 +1,16 @@
 /*
  * backend_cpu.c — the CPU backend's memory (aligned host allocations;
- * upload and download are memcpy), its weight decoders, and the op table
- * that ties it together.  The ops themselves live in dense.c and
- * attention.c.  Every op runs synchronously, so synchronize() has nothing
+ * upload and download are memcpy) and the op table
+ * that ties it together.  The ops live in dense.c and attention.c, the
+ * inner loops in vector.c.  Every op runs synchronously, so synchronize() has nothing
  * to wait for.
  */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "kernels/cpu/cpu.h"
 
 enum { CPU_ALIGN_BYTES = 64 };
-
-/* ------------------------------------------------------------ decoders */
-
-static float f16_table[1 << 16];
-static pthread_once_t f16_table_once = PTHREAD_ONCE_INIT;
-
-static void build_f16_table(void) {
-    for (uint32_t h = 0; h < (1u << 16); h++) f16_table[h] = ferry_f16_to_f32((uint16_t)h);
-}
-
-void cpu_init_tables(void) { pthread_once(&f16_table_once, build_f16_table); }
-
-void cpu_decode_weights(float *dst, const void *src, ferry_dtype dtype, size_t first, size_t n) {
-    switch (dtype) {
-    case FERRY_DTYPE_F16: {
-        const uint16_t *half = (const uint16_t *)src + first;
-        for (size_t i = 0; i < n; i++) dst[i] = f16_table[half[i]];
-        break;
-    }
-    case FERRY_DTYPE_BF16: {
-        const uint16_t *brain = (const uint16_t *)src + first;
-        for (size_t i = 0; i < n; i++) dst[i] = ferry_bf16_to_f32(brain[i]);
-        break;
-    }
-    default: memcpy(dst, (const float *)src + first, n * sizeof(float)); break;
-    }
-}
 
 /* -------------------------------------------------------------- memory */
 

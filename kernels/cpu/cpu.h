@@ -31,7 +31,12 @@ void cpu_pool_run(cpu_pool *pool, int n_items, int min_items_per_thread, cpu_tas
  * float (f32 is copied; f16 through a 64K-entry table; bf16 by a shift). */
 void cpu_decode_weights(float *dst, const void *src, ferry_dtype dtype, size_t first, size_t n);
 
-/* Make the f16 table (idempotent, thread-safe). */
+/* sum_i a[i] * b[i], float32 accumulation in eight-wide partial sums. */
+float cpu_dot(const float *a, const float *b, int n);
+
+/* Make the f16 table and pick the vector code for this CPU (idempotent,
+ * thread-safe; FERRY_CPU_PORTABLE=1 in the environment keeps the portable
+ * code). */
 void cpu_init_tables(void);
 
 /* The backend's state (ferry_backend.impl). */

@@ -12,19 +12,6 @@
 /* Columns of a weight row decoded at once, and tokens sharing one decode. */
 enum { MATMUL_COL_CHUNK = 512, MATMUL_TOKEN_TILE = 32 };
 
-/* sum_i a[i] * b[i] with eight partial sums, so the compiler can keep them
- * in one vector register (float addition is not reassociated for us). */
-static float dot_f32(const float *a, const float *b, int n) {
-    float partial[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int lane = 0; lane < 8; lane++) partial[lane] += a[i + lane] * b[i + lane];
-    float sum = 0.0f;
-    for (; i < n; i++) sum += a[i] * b[i];
-    for (int lane = 0; lane < 8; lane++) sum += partial[lane];
-    return sum;
-}
-
 /* --------------------------------------------------------------- embed */
 
 typedef struct embed_job {
@@ -70,7 +57,7 @@ static void rmsnorm_rows(void *arg, int begin, int end) {
         const float *x = job->x + (size_t)t * job->dim;
         float *out = job->out + (size_t)t * job->dim;
         /* mean of squares */
-        float sum_squares = dot_f32(x, x, job->dim);
+        float sum_squares = cpu_dot(x, x, job->dim);
         float mean_square = sum_squares / (float)job->dim;
         /* 1 / sqrt(mean(x^2) + eps) */
         float inv_rms = 1.0f / sqrtf(mean_square + job->eps);
@@ -122,7 +109,7 @@ static void matmul_rows(void *arg, int begin, int end) {
                 }
                 /* partial dot product of each token's x with this chunk of W[r] */
                 for (int t = 0; t < tile; t++)
-                    sums[t] += dot_f32(job->x + (size_t)(t0 + t) * cols + c0, w_chunk, chunk);
+                    sums[t] += cpu_dot(job->x + (size_t)(t0 + t) * cols + c0, w_chunk, chunk);
             }
             for (int t = 0; t < tile; t++) {
                 float y = sums[t] + (job->bias ? job->bias[r] : 0.0f);
