@@ -1,0 +1,204 @@
+/*
+ * offload.h — the layer-streaming core that runtime/ uses: the placement
+ * plan (which layers live on the GPU, in pinned DRAM or on NVMe, where the
+ * KV cache lives, the predicted step time), and the slot ring that fetches
+ * streamed layers into N device slots ahead of the compute that reads them.
+ * The ring talks to the device only through offload_device (function
+ * pointers), so a simulated device, the CPU backend and CUDA streams all
+ * drive the same scheduler.  Nothing here knows about tensors or kernels.
+ */
+#ifndef FERRY_OFFLOAD_H
+#define FERRY_OFFLOAD_H
+
+#include <stdio.h>
+
+#include "base/base.h"
+
+/* =============================================================== plan */
+
+typedef enum offload_tier {
+    OFFLOAD_TIER_GPU = 0,       /* resident in device memory for the whole run */
+    OFFLOAD_TIER_HOST = 1,      /* pinned DRAM, copied into a slot each step */
+    OFFLOAD_TIER_DISK = 2,      /* read from the model file into staging, then copied */
+    OFFLOAD_TIER_COUNT
+} offload_tier;
+
+/* "gpu", "dram", "nvme". */
+const char *offload_tier_name(offload_tier tier);
+
+/* What the plan needs to know about a model, in bytes; no tensor names. */
+typedef struct offload_model_shape {
+    int n_layers;
+    const uint64_t *layer_bytes;        /* [n_layers]: each layer's blob */
+    uint64_t globals_bytes;             /* embeddings, final norm, lm_head: always on the GPU */
+    uint64_t kv_bytes_per_token_layer;  /* K + V of one token in one layer */
+    uint64_t activation_bytes_per_token;/* scratch the forward pass needs per token in flight */
+    uint64_t activation_fixed_bytes;    /* scratch independent of the batch (logits, ...) */
+    int max_tokens_per_pass;            /* chunk limit on tokens in flight (0: no limit) */
+    uint64_t flops_per_token;           /* ~2 x parameters: one token through every layer */
+} offload_model_shape;
+
+/* Measured speeds (GB/s are 1e9 bytes per second). */
+typedef struct offload_bandwidths {
+    double host_to_gpu_gbps;    /* pinned host -> device copies */
+    double disk_read_gbps;      /* the model file's drive, O_DIRECT */
+    double gpu_memory_gbps;     /* device memory read bandwidth */
+    double gpu_tflops;          /* sustained matmul throughput; 0: ignore compute */
+} offload_bandwidths;
+
+/* The H100 test machine's figures, used when nothing was measured. */
+offload_bandwidths offload_bandwidths_default(void);
+
+typedef struct offload_request {
+    uint64_t gpu_mem_bytes;
+    uint64_t host_mem_bytes;    /* pinned DRAM for the DRAM tier and staging */
+    int batch;                  /* sequences per step; 0: auto (best predicted tokens/s) */
+    int max_auto_batch;         /* upper end of the auto search; 0: 1024 */
+    int context;                /* tokens per sequence the KV cache must hold */
+    int n_slots;                /* GPU slot ring depth; 0: 2 */
+    int resident_layers;        /* -1: as many as fit; else exactly this many */
+} offload_request;
+
+typedef struct offload_plan {
+    int n_layers;
+    offload_tier *layer_tier;   /* [n_layers], owned (offload_plan_free) */
+    offload_tier kv_tier;       /* GPU, or HOST (streamed per layer beside the weights) */
+    int batch, context, n_slots;
+    int n_resident, n_host, n_disk;
+    uint64_t slot_bytes;        /* largest streamed layer (0 when nothing streams) */
+    /* device memory */
+    uint64_t gpu_globals_bytes, gpu_resident_bytes, gpu_slot_bytes, gpu_kv_bytes,
+        gpu_activation_bytes, gpu_total_bytes;
+    /* pinned host memory */
+    uint64_t host_layer_bytes, host_staging_bytes, host_kv_bytes, host_total_bytes;
+    /* bytes moved per decode step */
+    uint64_t step_link_bytes;   /* host -> GPU (DRAM and NVMe layers, host KV) */
+    uint64_t step_disk_bytes;   /* NVMe -> staging */
+    uint64_t step_gpu_read_bytes; /* device memory read (every weight, the KV cache) */
+    /* predicted seconds per decode step, per concurrent lane, and overall */
+    double link_s, disk_s, gpu_memory_s, compute_s, step_s;
+    double tokens_per_s;        /* batch / step_s */
+    offload_bandwidths bandwidths;
+} offload_plan;
+
+/* Place the model for the request.  Never exceeds either budget; when the
+ * budgets cannot hold even the minimum (globals, activations, the slot ring
+ * and the KV cache or its per-layer staging) fails with
+ * FERRY_ERR_NO_MEMORY and a message "needs at least X of GPU memory for
+ * ...".  With batch 0 tries every batch 1..max_auto_batch and keeps the one
+ * with the highest predicted tokens/s (the smallest on ties). */
+ferry_status offload_plan_make(const offload_model_shape *shape, const offload_request *request,
+                               const offload_bandwidths *bandwidths, offload_plan *out);
+void offload_plan_free(offload_plan *plan);
+
+/* A table: tiers of layer ranges, memory per tier, bytes per step per link,
+ * predicted step time and tokens/s. */
+void offload_plan_print(const offload_plan *plan, FILE *out);
+
+/* "1.50 GiB", "512 MiB", "4 KiB", "17 B" into buf. */
+const char *offload_format_bytes(uint64_t bytes, char *buf, size_t size);
+
+/* ============================================================ device */
+
+/* An event the device recorded: completion of a copy or a compute.  Its
+ * meaning belongs to the device; 0 is "nothing to wait for". */
+typedef uint64_t offload_event;
+
+/* What the ring needs from a device.  Calls come from one thread (the one
+ * running the step); the device may run the work on others. */
+typedef struct offload_device_ops {
+    /* Device memory for one slot, and its release. */
+    ferry_status (*slot_alloc)(void *device, int slot, uint64_t bytes, void **out);
+    void (*slot_free)(void *device, int slot, void *memory);
+    /* Start copying `bytes` from host memory src into slot memory dst;
+     * *out_done completes when the bytes have landed. */
+    ferry_status (*copy_async)(void *device, int slot, void *dst, const void *src, uint64_t bytes,
+                               offload_event *out_done);
+    /* Run layer `layer` reading its weights at `weights` (slot or resident
+     * memory), after event `after` (0: none) completed; *out_done completes
+     * when the compute no longer reads `weights`.  step_user is what the
+     * caller gave offload_ring_step. */
+    ferry_status (*compute)(void *device, int layer, const void *weights, offload_event after,
+                            void *step_user, offload_event *out_done);
+    /* Block until the event completed; a failure of the work behind it
+     * comes back here. */
+    ferry_status (*event_wait)(void *device, offload_event event);
+    /* 1: completed, 0: pending. */
+    int (*event_query)(void *device, offload_event event);
+} offload_device_ops;
+
+typedef struct offload_device {
+    const offload_device_ops *ops;
+    void *impl;
+} offload_device;
+
+/* Where a streamed layer's bytes come from. */
+typedef struct offload_source {
+    offload_tier tier;
+    const void *resident;       /* GPU tier: the layer in device memory */
+    const void *host;           /* HOST tier: the layer in pinned DRAM */
+    uint64_t file_offset;       /* DISK tier: the layer's extent in the model file */
+    uint64_t bytes;
+} offload_source;
+
+/* Reads for the DISK tier (offload/reader_nvme.c wraps nvme/; tests fake
+ * it).  A read is started, then waited for by its ticket. */
+typedef struct offload_reader_ops {
+    ferry_status (*read_async)(void *reader, uint64_t file_offset, uint64_t bytes, void *dst,
+                               int ticket);
+    /* Wait for ticket's read; on failure the message names the offset. */
+    ferry_status (*read_wait)(void *reader, int ticket);
+    /* Bytes a destination must hold to receive `bytes` (O_DIRECT rounding). */
+    uint64_t (*transfer_bytes)(void *reader, uint64_t bytes);
+} offload_reader_ops;
+
+typedef struct offload_reader {
+    const offload_reader_ops *ops;
+    void *impl;
+} offload_reader;
+
+/* ============================================================== ring */
+
+typedef struct offload_ring offload_ring;
+
+typedef struct offload_ring_options {
+    int n_slots;                /* >= 1 */
+    int run_ahead;              /* streamed layers fetched ahead of compute: 0..n_slots-1;
+                                 * -1: n_slots - 1 */
+    int prefetch_next_step;     /* keep fetching the next step's first layers at a
+                                 * step's end (weights do not change between steps) */
+    int n_staging;              /* host staging buffers for the DISK tier; 0: n_slots */
+} offload_ring_options;
+
+/* A ring for n_layers layers whose sources are copied (borrowed: they must
+ * outlive the ring).  Allocates the slots through the device and, when a
+ * layer is on DISK, aligned staging buffers.  reader may be NULL when no
+ * layer is on DISK. */
+ferry_status offload_ring_new(const offload_ring_options *options, int n_layers,
+                              const offload_source *sources, offload_device device,
+                              offload_reader reader, offload_ring **out);
+/* Waits for everything in flight (errors dropped), frees slots.  NULL ok. */
+void offload_ring_free(offload_ring *ring);
+
+/* One step: every layer in order, each computed once its weights sit in a
+ * slot (or resident); fetches run ahead.  Hot path: allocates nothing.  On
+ * error returns a status naming the layer (and file offset for reads);
+ * everything in flight has finished when it returns, and the next step
+ * starts afresh.  If *stop becomes nonzero (another thread may set it) the
+ * step stops at the next layer with FERRY_ERR_CANCELLED. */
+ferry_status offload_ring_step(offload_ring *ring, void *step_user, const volatile int *stop);
+
+/* Wait for every fetch and compute in flight (e.g. before shutdown). */
+ferry_status offload_ring_drain(offload_ring *ring);
+
+typedef struct offload_ring_stats {
+    uint64_t steps;
+    uint64_t bytes_copied;      /* into slots */
+    uint64_t bytes_read;        /* from the file */
+    uint64_t wait_slot_ns;      /* host time blocked for a slot to free */
+    uint64_t wait_staging_ns;   /* host time blocked on reads */
+} offload_ring_stats;
+
+offload_ring_stats offload_ring_get_stats(const offload_ring *ring);
+
+#endif /* FERRY_OFFLOAD_H */

@@ -1,0 +1,346 @@
+/*
+ * plan.c — the placement policy: from the budgets, the layer sizes and the
+ * measured bandwidths, decide which layers stay on the GPU, which sit in
+ * pinned DRAM and which are read from NVMe each step, where the KV cache
+ * lives, and what a decode step should cost.  Pure arithmetic: no
+ * allocation beyond the plan's tier table, no device, no files.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+
+#include "offload/offload.h"
+
+static const char *const tier_names[OFFLOAD_TIER_COUNT] = {"gpu", "dram", "nvme"};
+
+const char *offload_tier_name(offload_tier tier) {
+    return (unsigned)tier < OFFLOAD_TIER_COUNT ? tier_names[tier] : "?";
+}
+
+offload_bandwidths offload_bandwidths_default(void) {
+    /* H100 SXM test machine: pinned cudaMemcpy 55 GB/s (issue 5), one NVMe
+     * drive ~6.5 GB/s, HBM3 ~3000 GB/s sustained, fp16 dense ~600 TFLOP/s. */
+    offload_bandwidths bandwidths = {55.0, 6.5, 3000.0, 600.0};
+    return bandwidths;
+}
+
+const char *offload_format_bytes(uint64_t bytes, char *buf, size_t size) {
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double value = (double)bytes;
+    int unit = 0;
+    while (value >= 1024.0 && unit < 4) {
+        value /= 1024.0;
+        unit++;
+    }
+    if (unit == 0) snprintf(buf, size, "%" PRIu64 " B", bytes);
+    else if (value == (double)(uint64_t)value) snprintf(buf, size, "%.0f %s", value, units[unit]);
+    else snprintf(buf, size, "%.2f %s", value, units[unit]);
+    return buf;
+}
+
+/* Short alias for messages: up to four sizes in one printf. */
+#define SIZE_TEXT(bytes, i) offload_format_bytes((bytes), text[i], sizeof text[i])
+
+/* ---------------------------------------------------------- checking */
+
+static ferry_status check_inputs(const offload_model_shape *shape, const offload_request *request,
+                                 const offload_bandwidths *bandwidths) {
+    if (!shape || !request || !bandwidths)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "plan: NULL argument");
+    if (shape->n_layers < 1 || !shape->layer_bytes)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "plan: the model has %d layers",
+                          shape->n_layers);
+    for (int i = 0; i < shape->n_layers; i++)
+        if (shape->layer_bytes[i] == 0)
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "plan: layer %d has 0 bytes", i);
+    if (request->batch < 0 || request->context < 1 || request->n_slots < 0 ||
+        request->max_auto_batch < 0)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "plan: batch %d, context %d, slots %d (need batch >= 0 with 0 = auto, "
+                          "context >= 1, slots >= 0 with 0 = default)",
+                          request->batch, request->context, request->n_slots);
+    if (request->resident_layers < -1 || request->resident_layers > shape->n_layers)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "plan: resident layers %d is not in -1 (auto) .. %d",
+                          request->resident_layers, shape->n_layers);
+    if (!(bandwidths->host_to_gpu_gbps > 0) || !(bandwidths->disk_read_gbps > 0) ||
+        !(bandwidths->gpu_memory_gbps > 0) || !(bandwidths->gpu_tflops >= 0))
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "plan: bandwidths must be positive (host->gpu %g, disk %g, gpu memory "
+                          "%g GB/s, %g TFLOP/s)",
+                          bandwidths->host_to_gpu_gbps, bandwidths->disk_read_gbps,
+                          bandwidths->gpu_memory_gbps, bandwidths->gpu_tflops);
+    return FERRY_OK;
+}
+
+/* --------------------------------------------------------- placement */
+
+/* a + b, saturating (budgets are compared, never exceeded). */
+static uint64_t add_sat(uint64_t a, uint64_t b) { return a + b < a ? UINT64_MAX : a + b; }
+static uint64_t mul_sat(uint64_t a, uint64_t b) {
+    uint64_t product;
+    return ferry_mul_overflow(a, b, &product) ? UINT64_MAX : product;
+}
+
+/* Predicted seconds per decode step: the lanes (NVMe reads, host->GPU
+ * copies, the GPU itself) run concurrently in the pipeline, so the step
+ * takes as long as the busiest; the GPU is busy for the larger of its
+ * memory reads and its arithmetic (roofline). */
+static void predict(offload_plan *plan, const offload_model_shape *shape) {
+    const offload_bandwidths *bw = &plan->bandwidths;
+    plan->link_s = (double)plan->step_link_bytes / (bw->host_to_gpu_gbps * 1e9);
+    plan->disk_s = (double)plan->step_disk_bytes / (bw->disk_read_gbps * 1e9);
+    plan->gpu_memory_s = (double)plan->step_gpu_read_bytes / (bw->gpu_memory_gbps * 1e9);
+    plan->compute_s = bw->gpu_tflops > 0 ? (double)shape->flops_per_token * plan->batch /
+                                               (bw->gpu_tflops * 1e12)
+                                         : 0.0;
+    double gpu_s = plan->gpu_memory_s > plan->compute_s ? plan->gpu_memory_s : plan->compute_s;
+    double step_s = plan->link_s > plan->disk_s ? plan->link_s : plan->disk_s;
+    plan->step_s = step_s > gpu_s ? step_s : gpu_s;
+    plan->tokens_per_s = plan->step_s > 0 ? plan->batch / plan->step_s : 0.0;
+}
+
+/* The plan for one batch size; plan->layer_tier must hold n_layers. */
+static ferry_status place(const offload_model_shape *shape, const offload_request *request,
+                          int batch, offload_plan *plan) {
+    char text[5][32];
+    const int n_layers = shape->n_layers;
+    const int n_slots = request->n_slots ? request->n_slots : 2;
+    uint64_t layers_bytes = 0, largest_layer = 0;
+    for (int i = 0; i < n_layers; i++) {
+        layers_bytes = add_sat(layers_bytes, shape->layer_bytes[i]);
+        if (shape->layer_bytes[i] > largest_layer) largest_layer = shape->layer_bytes[i];
+    }
+    uint64_t tokens = mul_sat((uint64_t)batch, (uint64_t)request->context);
+    uint64_t tokens_in_flight = tokens;
+    if (shape->max_tokens_per_pass > 0 && tokens_in_flight > (uint64_t)shape->max_tokens_per_pass)
+        tokens_in_flight = (uint64_t)shape->max_tokens_per_pass;
+    uint64_t kv_layer = mul_sat(tokens, shape->kv_bytes_per_token_layer);
+    uint64_t kv_total = mul_sat(kv_layer, (uint64_t)n_layers);
+    uint64_t activations = add_sat(shape->activation_fixed_bytes,
+                                   mul_sat(tokens_in_flight, shape->activation_bytes_per_token));
+    uint64_t base = add_sat(shape->globals_bytes, activations);
+    const uint64_t gpu_budget = request->gpu_mem_bytes, host_budget = request->host_mem_bytes;
+
+    offload_bandwidths bandwidths = plan->bandwidths;
+    offload_tier *tiers = plan->layer_tier;
+    memset(plan, 0, sizeof *plan);
+    plan->layer_tier = tiers;
+    plan->bandwidths = bandwidths;
+    plan->n_layers = n_layers;
+    plan->batch = batch;
+    plan->context = request->context;
+    plan->gpu_globals_bytes = shape->globals_bytes;
+    plan->gpu_activation_bytes = activations;
+
+    /* Everything on the GPU: no slots, nothing moves. */
+    uint64_t all_resident = add_sat(add_sat(base, layers_bytes), kv_total);
+    if (request->resident_layers == -1 || request->resident_layers == n_layers) {
+        if (all_resident <= gpu_budget) {
+            for (int i = 0; i < n_layers; i++) tiers[i] = OFFLOAD_TIER_GPU;
+            plan->kv_tier = OFFLOAD_TIER_GPU;
+            plan->n_resident = n_layers;
+            plan->gpu_resident_bytes = layers_bytes;
+            plan->gpu_kv_bytes = kv_total;
+            goto totals;
+        }
+        if (request->resident_layers == n_layers)
+            return ferry_fail(FERRY_ERR_NO_MEMORY,
+                              "plan: batch %d needs at least %s of GPU memory for all %d layers "
+                              "resident (%s) + KV %s; the budget is %s",
+                              batch, SIZE_TEXT(all_resident, 0), n_layers,
+                              SIZE_TEXT(layers_bytes, 1), SIZE_TEXT(kv_total, 2),
+                              SIZE_TEXT(gpu_budget, 3));
+    }
+
+    /* Streaming: the slot ring, then the KV cache (on the GPU if it fits
+     * beside the ring, else in DRAM with a slot of it per ring slot). */
+    plan->n_slots = n_slots;
+    plan->slot_bytes = largest_layer;
+    plan->gpu_slot_bytes = mul_sat((uint64_t)n_slots, largest_layer);
+    uint64_t ring = add_sat(base, plan->gpu_slot_bytes);
+    uint64_t kv_staging = mul_sat((uint64_t)n_slots, kv_layer);
+    if (add_sat(ring, kv_total) <= gpu_budget) {
+        plan->kv_tier = OFFLOAD_TIER_GPU;
+        plan->gpu_kv_bytes = kv_total;
+    } else {
+        plan->kv_tier = OFFLOAD_TIER_HOST;
+        plan->gpu_kv_bytes = kv_staging;
+        plan->host_kv_bytes = kv_total;
+    }
+    uint64_t fixed = add_sat(ring, plan->gpu_kv_bytes);
+    if (fixed > gpu_budget)
+        return ferry_fail(FERRY_ERR_NO_MEMORY,
+                          "plan: batch %d needs at least %s of GPU memory for %d slots of %s + "
+                          "KV %s (+ globals and activations %s); the budget is %s",
+                          batch, SIZE_TEXT(fixed, 0), n_slots, SIZE_TEXT(largest_layer, 1),
+                          SIZE_TEXT(plan->gpu_kv_bytes, 2), SIZE_TEXT(base, 3),
+                          SIZE_TEXT(gpu_budget, 4));
+
+    /* Whole layers into what is left, first layers first. */
+    uint64_t room = gpu_budget - fixed, resident_bytes = 0;
+    int n_resident = 0;
+    if (request->resident_layers >= 0) {
+        n_resident = request->resident_layers;
+        for (int i = 0; i < n_resident; i++)
+            resident_bytes = add_sat(resident_bytes, shape->layer_bytes[i]);
+        if (resident_bytes > room)
+            return ferry_fail(FERRY_ERR_NO_MEMORY,
+                              "plan: %d resident layers need %s of GPU memory; the budget "
+                              "leaves %s beside %d slots of %s and KV %s",
+                              n_resident, SIZE_TEXT(resident_bytes, 0), SIZE_TEXT(room, 1),
+                              n_slots, SIZE_TEXT(largest_layer, 2),
+                              SIZE_TEXT(plan->gpu_kv_bytes, 3));
+    } else {
+        while (n_resident < n_layers - 1 &&
+               add_sat(resident_bytes, shape->layer_bytes[n_resident]) <= room)
+            resident_bytes += shape->layer_bytes[n_resident++];
+    }
+    plan->n_resident = n_resident;
+    plan->gpu_resident_bytes = resident_bytes;
+
+    /* Pinned DRAM: the KV cache if it lives there, then layers; the rest
+     * is read from NVMe through staging buffers (one per slot). */
+    if (plan->host_kv_bytes > host_budget)
+        return ferry_fail(FERRY_ERR_NO_MEMORY,
+                          "plan: batch %d needs at least %s of host memory for the KV cache "
+                          "(it does not fit in GPU memory); the budget is %s",
+                          batch, SIZE_TEXT(plan->host_kv_bytes, 0), SIZE_TEXT(host_budget, 1));
+    uint64_t streamed_bytes = layers_bytes - resident_bytes;
+    uint64_t host_room = host_budget - plan->host_kv_bytes;
+    if (streamed_bytes > host_room) {
+        plan->host_staging_bytes = mul_sat((uint64_t)n_slots, largest_layer);
+        if (plan->host_staging_bytes > host_room)
+            return ferry_fail(FERRY_ERR_NO_MEMORY,
+                              "plan: reading layers from NVMe needs at least %s of host memory "
+                              "for %d staging buffers of %s (+ KV %s); the budget is %s",
+                              SIZE_TEXT(add_sat(plan->host_staging_bytes, plan->host_kv_bytes), 0),
+                              n_slots, SIZE_TEXT(largest_layer, 1),
+                              SIZE_TEXT(plan->host_kv_bytes, 2), SIZE_TEXT(host_budget, 3));
+        host_room -= plan->host_staging_bytes;
+    }
+    for (int i = 0; i < n_layers; i++) {
+        if (i < n_resident) {
+            tiers[i] = OFFLOAD_TIER_GPU;
+        } else if (shape->layer_bytes[i] <= host_room) {
+            tiers[i] = OFFLOAD_TIER_HOST;
+            host_room -= shape->layer_bytes[i];
+            plan->host_layer_bytes += shape->layer_bytes[i];
+            plan->n_host++;
+            plan->step_link_bytes += shape->layer_bytes[i];
+        } else {
+            tiers[i] = OFFLOAD_TIER_DISK;
+            plan->n_disk++;
+            plan->step_link_bytes += shape->layer_bytes[i];
+            plan->step_disk_bytes += shape->layer_bytes[i];
+        }
+    }
+    if (plan->n_disk == 0) plan->host_staging_bytes = 0;
+    /* A DRAM-resident KV cache crosses the link once per step (read at full
+     * context; the new tokens' entries going back are negligible). */
+    if (plan->kv_tier == OFFLOAD_TIER_HOST)
+        plan->step_link_bytes = add_sat(plan->step_link_bytes, kv_total);
+
+totals:
+    plan->gpu_total_bytes = add_sat(add_sat(add_sat(base, plan->gpu_resident_bytes),
+                                            plan->gpu_slot_bytes),
+                                    plan->gpu_kv_bytes);
+    plan->host_total_bytes = add_sat(add_sat(plan->host_layer_bytes, plan->host_staging_bytes),
+                                     plan->host_kv_bytes);
+    /* Every weight and the whole KV cache are read from device memory once
+     * per decode step. */
+    plan->step_gpu_read_bytes = add_sat(add_sat(layers_bytes, shape->globals_bytes), kv_total);
+    predict(plan, shape);
+    return FERRY_OK;
+}
+
+ferry_status offload_plan_make(const offload_model_shape *shape, const offload_request *request,
+                               const offload_bandwidths *bandwidths, offload_plan *out) {
+    if (!out) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "plan: out is NULL");
+    memset(out, 0, sizeof *out);
+    FERRY_TRY(check_inputs(shape, request, bandwidths));
+    offload_plan plan;
+    memset(&plan, 0, sizeof plan);
+    plan.bandwidths = *bandwidths;
+    FERRY_TRY(ferry_calloc((size_t)shape->n_layers, sizeof *plan.layer_tier, "plan tiers",
+                           (void **)&plan.layer_tier));
+    ferry_status status;
+    int batch = request->batch;
+    if (batch == 0) {
+        /* --batch auto: the batch with the best predicted tokens/s.  More
+         * sequences only ever need more memory, so the search stops at the
+         * first batch the budgets cannot hold. */
+        int max_batch = request->max_auto_batch ? request->max_auto_batch : 1024;
+        double best_tokens_per_s = -1;
+        for (int candidate = 1; candidate <= max_batch; candidate++) {
+            status = place(shape, request, candidate, &plan);
+            if (status != FERRY_OK) {
+                if (candidate == 1) goto fail;
+                break;
+            }
+            /* Better by more than rounding; ties go to the smaller batch. */
+            if (plan.tokens_per_s > best_tokens_per_s * (1 + 1e-9)) {
+                best_tokens_per_s = plan.tokens_per_s;
+                batch = candidate;
+            }
+        }
+        ferry_clear_error();
+    }
+    FERRY_TRY_GOTO(place(shape, request, batch, &plan));
+    *out = plan;
+    return FERRY_OK;
+fail:
+    free(plan.layer_tier);
+    return status;
+}
+
+void offload_plan_free(offload_plan *plan) {
+    if (!plan) return;
+    free(plan->layer_tier);
+    plan->layer_tier = NULL;
+}
+
+/* ------------------------------------------------------------ printing */
+
+void offload_plan_print(const offload_plan *plan, FILE *out) {
+    char text[5][32];
+    fprintf(out, "plan: batch %d, context %d, ", plan->batch, plan->context);
+    if (plan->n_slots)
+        fprintf(out, "%d GPU slots of %s\n", plan->n_slots, SIZE_TEXT(plan->slot_bytes, 0));
+    else
+        fprintf(out, "every layer resident (no slots)\n");
+    fprintf(out, "  %-14s %-5s\n", "layers", "tier");
+    for (int first = 0; first < plan->n_layers;) {
+        int last = first;
+        while (last + 1 < plan->n_layers && plan->layer_tier[last + 1] == plan->layer_tier[first])
+            last++;
+        char range[32];
+        if (first == last) snprintf(range, sizeof range, "%d", first);
+        else snprintf(range, sizeof range, "%d-%d", first, last);
+        fprintf(out, "  %-14s %-5s\n", range, offload_tier_name(plan->layer_tier[first]));
+        first = last + 1;
+    }
+    fprintf(out, "  %-14s %-5s\n", "kv cache", offload_tier_name(plan->kv_tier));
+    fprintf(out, "  (%d resident, %d in DRAM, %d on NVMe)\n", plan->n_resident, plan->n_host,
+            plan->n_disk);
+    fprintf(out, "gpu memory   %s: globals %s, resident layers %s, slots %s, ",
+            SIZE_TEXT(plan->gpu_total_bytes, 0), SIZE_TEXT(plan->gpu_globals_bytes, 1),
+            SIZE_TEXT(plan->gpu_resident_bytes, 2), SIZE_TEXT(plan->gpu_slot_bytes, 3));
+    fprintf(out, "kv %s, activations %s\n", SIZE_TEXT(plan->gpu_kv_bytes, 0),
+            SIZE_TEXT(plan->gpu_activation_bytes, 1));
+    fprintf(out, "host memory  %s: layers %s, nvme staging %s, kv %s\n",
+            SIZE_TEXT(plan->host_total_bytes, 0), SIZE_TEXT(plan->host_layer_bytes, 1),
+            SIZE_TEXT(plan->host_staging_bytes, 2), SIZE_TEXT(plan->host_kv_bytes, 3));
+    fprintf(out, "per step     host->gpu %s, nvme read %s, gpu memory read %s\n",
+            SIZE_TEXT(plan->step_link_bytes, 0), SIZE_TEXT(plan->step_disk_bytes, 1),
+            SIZE_TEXT(plan->step_gpu_read_bytes, 2));
+    const offload_bandwidths *bw = &plan->bandwidths;
+    fprintf(out,
+            "bandwidths   host->gpu %.1f GB/s, nvme %.1f GB/s, gpu memory %.0f GB/s, "
+            "%.0f TFLOP/s\n",
+            bw->host_to_gpu_gbps, bw->disk_read_gbps, bw->gpu_memory_gbps, bw->gpu_tflops);
+    fprintf(out,
+            "predicted    link %.3f ms, nvme %.3f ms, gpu memory %.3f ms, compute %.3f ms -> "
+            "step %.3f ms, %.1f tokens/s\n",
+            plan->link_s * 1e3, plan->disk_s * 1e3, plan->gpu_memory_s * 1e3,
+            plan->compute_s * 1e3, plan->step_s * 1e3, plan->tokens_per_s);
+}
