@@ -157,6 +157,20 @@ typedef struct offload_reader {
     void *impl;
 } offload_reader;
 
+/* The CPU backend's device (device_cpu.c): slots are aligned host memory,
+ * copies are memcpy, compute calls run_layer(user, layer, weights,
+ * step_user) at once; every event is complete when its call returns. */
+typedef ferry_status (*offload_layer_fn)(void *user, int layer, const void *weights,
+                                         void *step_user);
+ferry_status offload_device_cpu_new(offload_layer_fn run_layer, void *user, offload_device *out);
+void offload_device_cpu_free(offload_device *device);
+
+/* DISK-tier reads with pread(2) on an open file (reader_pread.c); errors
+ * name `path` and the offset.  n_tickets: the ring's staging count. */
+ferry_status offload_reader_pread_new(int fd, const char *path, int n_tickets,
+                                      offload_reader *out);
+void offload_reader_pread_free(offload_reader *reader);
+
 /* ============================================================== ring */
 
 typedef struct offload_ring offload_ring;
@@ -200,5 +214,48 @@ typedef struct offload_ring_stats {
 } offload_ring_stats;
 
 offload_ring_stats offload_ring_get_stats(const offload_ring *ring);
+
+/* ====================================================== model streaming */
+
+/* stream.c: the glue between a .ferry file, the plan, the ring and the
+ * runtime's model (it alone in offload/ knows tensors and layouts). */
+struct ferry_layout;
+struct ferry_file;
+struct ferry_model;
+
+/* The plan's view of a file: layer_bytes must hold layout->config.n_layers
+ * and outlive *out.  kv_element_bytes: the backend's KV dtype size. */
+ferry_status offload_shape_from_layout(const struct ferry_layout *layout, size_t kv_element_bytes,
+                                       uint64_t *layer_bytes, offload_model_shape *out);
+
+typedef struct offload_stream offload_stream;
+
+typedef struct offload_stream_options {
+    uint64_t gpu_mem_bytes;     /* 0: no limit */
+    uint64_t host_mem_bytes;    /* 0: no limit */
+    int resident_layers;        /* -1: as many as fit */
+    int n_slots;                /* 0: 2 */
+    size_t kv_element_bytes;
+} offload_stream_options;
+
+/* Plan the placement of file's layers (for batch 1: sessions add their KV
+ * cache later), read the DRAM-tier layers into host memory and keep a
+ * reader on the file for the NVMe tier. */
+ferry_status offload_stream_open(const struct ferry_file *file,
+                                 const offload_stream_options *options, offload_stream **out);
+/* Is the layer kept resident (loaded into backend memory by the model)? */
+int offload_stream_layer_resident(const offload_stream *stream, int layer);
+const offload_plan *offload_stream_plan(const offload_stream *stream);
+/* Build the slot ring once the model holds its resident layers. */
+ferry_status offload_stream_attach(offload_stream *stream, struct ferry_model *model);
+
+/* Run every layer in order: run(user, layer, tensors) with tensors[kind]
+ * pointing at the layer's weights (resident or in a slot).  One pass at a
+ * time per stream (a mutex serialises sessions sharing the model). */
+typedef ferry_status (*offload_stream_layer_fn)(void *user, int layer,
+                                                const void *const *tensors);
+ferry_status offload_stream_run(offload_stream *stream, offload_stream_layer_fn run, void *user);
+offload_ring_stats offload_stream_stats(const offload_stream *stream);
+void offload_stream_free(offload_stream *stream);
 
 #endif /* FERRY_OFFLOAD_H */

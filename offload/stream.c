@@ -1,0 +1,230 @@
+/*
+ * stream.c — layer streaming for a model: turns a .ferry layout into the
+ * plan's shape, makes the plan, keeps DRAM-tier layers in host memory and
+ * a reader on the file for the NVMe tier, and runs the slot ring with the
+ * backend's device, handing the runtime per-tensor pointers into a slot or
+ * into resident memory.  The only file of offload/ that knows tensors.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "offload/offload.h"
+#include "runtime/engine.h"
+#include "runtime/format.h"
+
+struct offload_stream {
+    offload_plan plan;
+    int n_layers;
+    uint64_t *layer_bytes;          /* [n_layers] */
+    uint64_t *tensor_offsets;       /* [n_layers][KIND_COUNT] within the blob; UINT64_MAX: absent */
+    void **host_layers;             /* [n_layers]: DRAM-tier copies */
+    offload_source *sources;        /* [n_layers] */
+    int fd;                         /* model file, for the NVMe tier (-1: none) */
+    char path[200];
+    offload_reader reader;
+    offload_device device;
+    offload_ring *ring;
+    pthread_mutex_t lock;
+};
+
+/* What a layer pass carries through the ring to stream_compute. */
+typedef struct stream_pass {
+    offload_stream *stream;
+    offload_stream_layer_fn run;
+    void *user;
+} stream_pass;
+
+ferry_status offload_shape_from_layout(const ferry_layout *layout, size_t kv_element_bytes,
+                                       uint64_t *layer_bytes, offload_model_shape *out) {
+    const ferry_config *config = &layout->config;
+    if (layout->n_extents != config->n_layers + 1)
+        return ferry_fail(FERRY_ERR_FORMAT, "layout: %d extents for %d layers", layout->n_extents,
+                          config->n_layers);
+    memset(out, 0, sizeof *out);
+    uint64_t weight_bytes = layout->extents[0].bytes;
+    for (int i = 0; i < config->n_layers; i++) {
+        layer_bytes[i] = layout->extents[1 + i].bytes;
+        weight_bytes += layer_bytes[i];
+    }
+    uint64_t q_width = (uint64_t)config->n_heads * config->head_dim;
+    uint64_t kv_width = (uint64_t)config->n_kv_heads * config->head_dim;
+    out->n_layers = config->n_layers;
+    out->layer_bytes = layer_bytes;
+    out->globals_bytes = layout->extents[0].bytes;
+    out->kv_bytes_per_token_layer = 2 * kv_width * kv_element_bytes;
+    /* The session's scratch per token (runtime/session.c): residual, norm
+     * output, q, k, v, attention output, gate, up, and three indices. */
+    out->activation_bytes_per_token =
+        (2 * (uint64_t)config->hidden_size + 2 * q_width + 2 * kv_width +
+         2 * (uint64_t)config->intermediate_size) * sizeof(float) + 3 * sizeof(int32_t);
+    out->activation_fixed_bytes =
+        (uint64_t)FERRY_LOGITS_ROWS_PER_PASS * config->vocab_size * sizeof(float);
+    out->max_tokens_per_pass = FERRY_CHUNK_TOKENS;
+    /* A multiply-add per weight and token. */
+    out->flops_per_token = 2 * (weight_bytes / ferry_dtype_bytes(layout->dtype));
+    return FERRY_OK;
+}
+
+/* --------------------------------------------------------------- open */
+
+static ferry_status read_extent(int fd, const char *path, int layer, uint64_t offset,
+                                uint64_t bytes, void *dst) {
+    uint64_t done = 0;
+    while (done < bytes) {
+        ssize_t n = pread(fd, (char *)dst + done, bytes - done, (off_t)(offset + done));
+        if (n <= 0)
+            return ferry_fail(FERRY_ERR_IO, "%s: layer %d: read at offset %llu failed: %s", path,
+                              layer, (unsigned long long)(offset + done),
+                              n < 0 ? strerror(errno) : "unexpected end of file");
+        done += (uint64_t)n;
+    }
+    return FERRY_OK;
+}
+
+ferry_status offload_stream_open(const ferry_file *file, const offload_stream_options *options,
+                                 offload_stream **out) {
+    *out = NULL;
+    const ferry_layout *layout = &file->layout;
+    const int n_layers = layout->config.n_layers;
+    offload_stream *stream = NULL;
+    ferry_status status;
+    FERRY_TRY_GOTO(ferry_calloc(1, sizeof *stream, "layer stream", (void **)&stream));
+    stream->fd = -1;
+    pthread_mutex_init(&stream->lock, NULL);
+    stream->n_layers = n_layers;
+    snprintf(stream->path, sizeof stream->path, "%s", file->path ? file->path : "model file");
+    FERRY_TRY_GOTO(ferry_calloc((size_t)n_layers, sizeof(uint64_t), "layer sizes",
+                                (void **)&stream->layer_bytes));
+    FERRY_TRY_GOTO(ferry_calloc((size_t)n_layers, sizeof(void *), "DRAM layers",
+                                (void **)&stream->host_layers));
+    FERRY_TRY_GOTO(ferry_calloc((size_t)n_layers, sizeof(offload_source), "layer sources",
+                                (void **)&stream->sources));
+    size_t n_offsets = (size_t)n_layers * FERRY_TENSOR_KIND_COUNT;
+    FERRY_TRY_GOTO(ferry_malloc(n_offsets * sizeof(uint64_t), "tensor offsets",
+                                (void **)&stream->tensor_offsets));
+    for (size_t i = 0; i < n_offsets; i++) stream->tensor_offsets[i] = UINT64_MAX;
+    for (int i = 0; i < layout->n_tensors; i++) {
+        const ferry_tensor_entry *entry = &layout->tensors[i];
+        if (entry->layer < 0) continue;
+        stream->tensor_offsets[(size_t)entry->layer * FERRY_TENSOR_KIND_COUNT + entry->kind] =
+            entry->offset - layout->extents[1 + entry->layer].offset;
+    }
+
+    offload_model_shape shape;
+    FERRY_TRY_GOTO(offload_shape_from_layout(layout, options->kv_element_bytes,
+                                             stream->layer_bytes, &shape));
+    offload_request request = {0};
+    request.gpu_mem_bytes = options->gpu_mem_bytes ? options->gpu_mem_bytes : UINT64_MAX;
+    request.host_mem_bytes = options->host_mem_bytes ? options->host_mem_bytes : UINT64_MAX;
+    request.batch = 1;
+    request.context = 1;
+    request.n_slots = options->n_slots;
+    request.resident_layers = options->resident_layers;
+    offload_bandwidths bandwidths = offload_bandwidths_default();
+    FERRY_TRY_GOTO(offload_plan_make(&shape, &request, &bandwidths, &stream->plan));
+
+    for (int layer = 0; layer < n_layers; layer++) {
+        const ferry_extent *extent = &layout->extents[1 + layer];
+        offload_source *source = &stream->sources[layer];
+        source->tier = stream->plan.layer_tier[layer];
+        source->bytes = extent->bytes;
+        source->file_offset = extent->offset;
+        if (source->tier != OFFLOAD_TIER_HOST) continue;
+        uint64_t rounded = (extent->bytes + 4095) / 4096 * 4096;
+        FERRY_TRY_GOTO(ferry_aligned_alloc(4096, rounded, "DRAM layer",
+                                           &stream->host_layers[layer]));
+        FERRY_TRY_GOTO(read_extent(file->fd, stream->path, layer, extent->offset, extent->bytes,
+                                   stream->host_layers[layer]));
+        source->host = stream->host_layers[layer];
+    }
+    if (stream->plan.n_disk) {
+        stream->fd = dup(file->fd);
+        if (stream->fd < 0) {
+            status = ferry_fail(FERRY_ERR_IO, "%s: dup: %s", stream->path, strerror(errno));
+            goto fail;
+        }
+    }
+    *out = stream;
+    return FERRY_OK;
+fail:
+    offload_stream_free(stream);
+    return status;
+}
+
+int offload_stream_layer_resident(const offload_stream *stream, int layer) {
+    return !stream || stream->plan.layer_tier[layer] == OFFLOAD_TIER_GPU;
+}
+
+const offload_plan *offload_stream_plan(const offload_stream *stream) { return &stream->plan; }
+
+/* ------------------------------------------------------------ running */
+
+/* The device's compute: per-tensor pointers for the layer, then the
+ * runtime's layer function. */
+static ferry_status stream_compute(void *user, int layer, const void *weights, void *step_user) {
+    offload_stream *stream = user;
+    stream_pass *pass = step_user;
+    if (stream->plan.layer_tier[layer] == OFFLOAD_TIER_GPU)
+        return pass->run(pass->user, layer, (const void *const *)weights);
+    const void *tensors[FERRY_TENSOR_KIND_COUNT];
+    const uint64_t *offsets = &stream->tensor_offsets[(size_t)layer * FERRY_TENSOR_KIND_COUNT];
+    for (int kind = 0; kind < FERRY_TENSOR_KIND_COUNT; kind++)
+        tensors[kind] = offsets[kind] == UINT64_MAX ? NULL : (const char *)weights + offsets[kind];
+    return pass->run(pass->user, layer, tensors);
+}
+
+ferry_status offload_stream_attach(offload_stream *stream, ferry_model *model) {
+    if (strcmp(model->backend->ops->name, "cpu") != 0)
+        return ferry_fail(FERRY_ERR_UNSUPPORTED,
+                          "layer streaming runs on the cpu backend only so far (not %s)",
+                          model->backend->label);
+    ferry_status status;
+    for (int layer = 0; layer < stream->n_layers; layer++)
+        if (stream->sources[layer].tier == OFFLOAD_TIER_GPU)
+            stream->sources[layer].resident =
+                (const void *)&model->tensors[ferry_model_tensor_slot(layer, 0)];
+    FERRY_TRY(offload_device_cpu_new(stream_compute, stream, &stream->device));
+    const int n_slots = stream->plan.n_slots ? stream->plan.n_slots : 1;
+    if (stream->plan.n_disk)
+        FERRY_TRY_GOTO(offload_reader_pread_new(stream->fd, stream->path, n_slots, &stream->reader));
+    offload_ring_options options = {n_slots, -1, 1, n_slots};
+    FERRY_TRY_GOTO(offload_ring_new(&options, stream->n_layers, stream->sources, stream->device,
+                                    stream->reader, &stream->ring));
+    return FERRY_OK;
+fail:
+    offload_reader_pread_free(&stream->reader);
+    offload_device_cpu_free(&stream->device);
+    return status;
+}
+
+ferry_status offload_stream_run(offload_stream *stream, offload_stream_layer_fn run, void *user) {
+    if (!stream->ring) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "stream: not attached");
+    stream_pass pass = {stream, run, user};
+    pthread_mutex_lock(&stream->lock);
+    ferry_status status = offload_ring_step(stream->ring, &pass, NULL);
+    pthread_mutex_unlock(&stream->lock);
+    return status;
+}
+
+offload_ring_stats offload_stream_stats(const offload_stream *stream) {
+    return offload_ring_get_stats(stream ? stream->ring : NULL);
+}
+
+void offload_stream_free(offload_stream *stream) {
+    if (!stream) return;
+    offload_ring_free(stream->ring);
+    offload_reader_pread_free(&stream->reader);
+    offload_device_cpu_free(&stream->device);
+    if (stream->host_layers)
+        for (int i = 0; i < stream->n_layers; i++) free(stream->host_layers[i]);
+    if (stream->fd >= 0) close(stream->fd);
+    offload_plan_free(&stream->plan);
+    free(stream->host_layers);
+    free(stream->layer_bytes);
+    free(stream->tensor_offsets);
+    free(stream->sources);
+    pthread_mutex_destroy(&stream->lock);
+    free(stream);
+}
