@@ -74,6 +74,14 @@ typedef struct ferry_model_options {
     int n_threads;
     /* Verify every tensor checksum while loading (slower, thorough). */
     int verify_checksums;
+    /* Layer streaming.  0 keeps every layer resident in backend memory and
+     * ignores the fields below; nonzero places layers by the budgets: on
+     * the device, in DRAM, or read from the file each forward pass. */
+    int streaming;
+    uint64_t gpu_mem_bytes;     /* backend memory for layers; 0: no limit */
+    uint64_t host_mem_bytes;    /* DRAM for streamed layers and file staging; 0: no limit */
+    int resident_layers;        /* -1: as many as gpu_mem_bytes holds; else exactly so many */
+    int slots;                  /* depth of the slot ring that streamed layers pass through; 0: 2 */
 } ferry_model_options;
 
 /* Open a .ferry file.  opts may be NULL for defaults.  Checks the preamble,

@@ -26,6 +26,8 @@ struct ferry_model {
      * NULL where the model lacks the tensor. */
     void **tensors;
     uint64_t weight_bytes;
+    /* Layers streamed through offload/ (NULL: every layer is in tensors). */
+    struct offload_stream *stream;
 };
 
 /* Index of (layer, kind) in model->tensors; layer -1 is the globals. */

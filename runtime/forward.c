@@ -6,6 +6,7 @@
  * the caller asked for.  Hot path: allocates nothing; every buffer comes
  * from the session.  Slot lengths change only when the whole call succeeds.
  */
+#include "offload/offload.h"
 #include "runtime/engine.h"
 
 /* ----------------------------------------------------------- checking */
@@ -117,7 +118,8 @@ static int next_chunk(ferry_session *session, const ferry_batch *batch, ferry_lo
  *   x += Wo · attention(rope(Wq·norm(x) + bq), rope(Wk·norm(x) + bk), Wv·norm(x) + bv)
  *   x += Wdown · (silu(Wgate·norm(x)) * (Wup·norm(x))) */
 static ferry_status layer_forward(ferry_session *session, int layer,
-                                  const ferry_token_batch *tokens) {
+                                  const ferry_token_batch *tokens,
+                                  const void *const *layer_tensors) {
     const ferry_model *model = session->model;
     const ferry_config *config = &model->config;
     ferry_backend *backend = model->backend;
@@ -129,7 +131,8 @@ static ferry_status layer_forward(ferry_session *session, int layer,
     const int q_width = config->n_heads * config->head_dim;
     const int kv_width = config->n_kv_heads * config->head_dim;
     const ferry_attention_shape shape = {config->n_heads, config->n_kv_heads, config->head_dim};
-#define W(kind) ferry_model_tensor(model, layer, FERRY_TENSOR_##kind)
+    /* The layer's weights by kind: resident, or in a streaming slot. */
+#define W(kind) layer_tensors[FERRY_TENSOR_##kind]
 
     /* attention block */
     FERRY_TRY(ops->rmsnorm(backend, s->normed, s->residual, W(ATTN_NORM), n, hidden,
@@ -156,6 +159,17 @@ static ferry_status layer_forward(ferry_session *session, int layer,
                           1));
 #undef W
     return FERRY_OK;
+}
+
+/* A chunk passing through streamed layers (offload_stream_run's user). */
+typedef struct streamed_chunk {
+    ferry_session *session;
+    const ferry_token_batch *tokens;
+} streamed_chunk;
+
+static ferry_status streamed_layer_forward(void *user, int layer, const void *const *tensors) {
+    streamed_chunk *chunk = user;
+    return layer_forward(chunk->session, layer, chunk->tokens, tensors);
 }
 
 /* Final norm and lm_head for the chunk's tokens that produce logits, in
@@ -216,9 +230,17 @@ static ferry_status chunk_forward(ferry_session *session, int n, float *logits) 
     /* x = embedding rows of the tokens */
     FERRY_TRY(ops->embed(backend, s->residual, ferry_model_tensor(model, -1, FERRY_TENSOR_EMBED),
                          model->dtype, &tokens, model->config.hidden_size));
-    for (int layer = 0; layer < model->config.n_layers; layer++) {
-        ferry_status status = layer_forward(session, layer, &tokens);
-        if (status != FERRY_OK) return ferry_fail_prefix(status, "layer %d: ", layer);
+    if (model->stream) {
+        /* offload/ fetches each streamed layer into a slot and calls back. */
+        streamed_chunk chunk = {session, &tokens};
+        FERRY_TRY(offload_stream_run(model->stream, streamed_layer_forward, &chunk));
+    } else {
+        for (int layer = 0; layer < model->config.n_layers; layer++) {
+            const void *const *layer_tensors =
+                (const void *const *)&model->tensors[ferry_model_tensor_slot(layer, 0)];
+            ferry_status status = layer_forward(session, layer, &tokens, layer_tensors);
+            if (status != FERRY_OK) return ferry_fail_prefix(status, "layer %d: ", layer);
+        }
     }
     FERRY_TRY(write_logits(session, n, logits));
     return ops->synchronize(backend);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "offload/offload.h"
 #include "runtime/engine.h"
 #include "runtime/format.h"
 
@@ -102,6 +103,7 @@ ferry_status ferry_model_check_complete(const ferry_model *model) {
         for (int kind = 0; kind < FERRY_TENSOR_KIND_COUNT; kind++) {
             if (ferry_tensor_specs[kind].is_global != (layer < 0)) continue;
             if (!ferry_tensor_present(config, (ferry_tensor_kind)kind)) continue;
+            if (layer >= 0 && !offload_stream_layer_resident(model->stream, layer)) continue;
             if (!ferry_model_tensor(model, layer, (ferry_tensor_kind)kind)) {
                 char name[64];
                 tensor_label(layer, (ferry_tensor_kind)kind, name, sizeof name);
@@ -122,6 +124,9 @@ static ferry_status load_file_tensors(ferry_model *model, const ferry_file *file
     ferry_status status = FERRY_OK;
     for (int i = 0; i < layout->n_tensors && status == FERRY_OK; i++) {
         const ferry_tensor_entry *entry = &layout->tensors[i];
+        /* Streamed layers stay in DRAM or in the file (offload/). */
+        if (entry->layer >= 0 && !offload_stream_layer_resident(model->stream, entry->layer))
+            continue;
         status = ferry_file_read_tensor(file, entry, staging, verify);
         if (status == FERRY_OK)
             status = ferry_model_load_tensor(model, entry->layer, entry->kind, staging,
@@ -149,7 +154,18 @@ ferry_status ferry_model_open(const char *path, const ferry_model_options *opts,
     status = ferry_model_create(&file->layout.config, file->layout.dtype, backend, &model);
     backend = NULL; /* the model owns it, or freed it on failure */
     if (status != FERRY_OK) goto fail;
+    if (opts->streaming) {
+        offload_stream_options stream_options = {
+            opts->gpu_mem_bytes, opts->host_mem_bytes, opts->resident_layers, opts->slots,
+            ferry_dtype_bytes(model->backend->ops->kv_dtype)};
+        status = offload_stream_open(file, &stream_options, &model->stream);
+        if (status != FERRY_OK) {
+            ferry_fail_prefix(status, "%s: ", path);
+            goto fail;
+        }
+    }
     status = load_file_tensors(model, file, opts->verify_checksums);
+    if (status == FERRY_OK && model->stream) status = offload_stream_attach(model->stream, model);
     if (status != FERRY_OK) {
         ferry_fail_prefix(status, "%s: ", path);
         goto fail;
@@ -171,6 +187,7 @@ void ferry_model_close(ferry_model *model) {
         for (size_t i = 0; i < n_tensor_slots(&model->config); i++)
             if (model->tensors[i]) backend->ops->free(backend, model->tensors[i]);
     if (model->inv_freq) backend->ops->free(backend, model->inv_freq);
+    offload_stream_free(model->stream);
     free(model->tensors);
     ferry_backend_free(backend);
     free(model);
