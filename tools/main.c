@@ -23,6 +23,7 @@ static const struct {
     {"logits", cmd_logits, "write float32 logits of every position of a token list"},
     {"generate", cmd_generate, "generate tokens from a prompt"},
     {"iobench", cmd_iobench, "measure NVMe / file read bandwidth (and NVMe -> GPU)"},
+    {"tokenize", cmd_tokenize, "text <-> token ids with a tokenizer.json (--jsonl on stdin)"},
 };
 
 static void print_usage(FILE *out) {

@@ -1,0 +1,279 @@
+/*
+ * test_tokenizer.c — the tokenizer against HF `tokenizers`: for every
+ * string of tests/fixtures/tokenizers/strings.jsonl and each fixture
+ * tokenizer (byte-level Llama-3 style, GPT-2 style with lstrip / rstrip /
+ * single_word tokens, sentencepiece-style Llama-2, Metaspace Mistral), the
+ * ids with and without special tokens and both decodes equal what HF gave
+ * (make_tokenizers.py).  Also: random text round-trips, bad tokenizer.json
+ * files give clear errors, and `ferry tokenize --jsonl` keeps order.
+ */
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "helpers.h"
+#include "runtime/tokenizer.h"
+
+#define FIXTURES FERRY_SOURCE_DIR "/tests/fixtures/tokenizers/"
+
+static ferry_tokenizer *load_fixture(const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, FIXTURES "%s.json", name);
+    ferry_tokenizer *tokenizer = NULL;
+    cr_assert_eq(ferry_tokenizer_load(path, &tokenizer), FERRY_OK, "%s", ferry_last_error());
+    return tokenizer;
+}
+
+/* Lines of a file, split in place (the buffer is lines[0]'s owner). */
+static char **read_lines(const char *path, size_t *count) {
+    char *data = test_read_file(path, NULL);
+    cr_assert_not_null(data, "cannot read %s", path);
+    size_t n = 0, capacity = 1024;
+    char **lines = malloc(capacity * sizeof *lines);
+    for (char *p = data; *p;) {
+        if (n == capacity) lines = realloc(lines, (capacity *= 2) * sizeof *lines);
+        lines[n++] = p;
+        char *newline = strchr(p, '\n');
+        if (!newline) break;
+        *newline = '\0';
+        p = newline + 1;
+    }
+    *count = n;
+    return lines;
+}
+
+static void free_lines(char **lines) {
+    free(lines[0]);
+    free(lines);
+}
+
+static int ids_equal(const ferry_token_list *got, const cJSON *expected) {
+    if ((size_t)cJSON_GetArraySize(expected) != got->count) return 0;
+    size_t i = 0;
+    for (const cJSON *item = expected->child; item; item = item->next, i++)
+        if (item->valueint != got->ids[i]) return 0;
+    return 1;
+}
+
+static int decode_matches(const ferry_tokenizer *tokenizer, const ferry_token_list *ids,
+                          int skip_special, const char *expected_line, const char *key) {
+    char *decoded = NULL, *expected = NULL;
+    size_t decoded_bytes = 0, expected_bytes = 0;
+    cr_assert_eq(ferry_tokenizer_decode(tokenizer, ids->ids, ids->count, skip_special, &decoded,
+                                        &decoded_bytes), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(ferry_json_get_string(expected_line, key, &expected, &expected_bytes), FERRY_OK);
+    int same = decoded_bytes == expected_bytes && memcmp(decoded, expected, decoded_bytes) == 0;
+    free(decoded);
+    free(expected);
+    return same;
+}
+
+/* Every string: ids (with / without specials) and decodes (keeping /
+ * skipping specials) as HF made them. */
+static void check_fixture(const char *name) {
+    ferry_tokenizer *tokenizer = load_fixture(name);
+    char path[512];
+    size_t n_strings = 0, n_expected = 0, n_wrong = 0;
+    char **strings = read_lines(FIXTURES "strings.jsonl", &n_strings);
+    snprintf(path, sizeof path, FIXTURES "%s.expected.jsonl", name);
+    char **expected = read_lines(path, &n_expected);
+    cr_assert_eq(n_strings, n_expected, "%s: %zu strings but %zu expected rows", name, n_strings,
+                 n_expected);
+    cr_assert_geq(n_strings, 2000);
+    for (size_t i = 0; i < n_strings; i++) {
+        char *text = NULL;
+        size_t text_bytes = 0;
+        cr_assert_eq(ferry_json_get_string(strings[i], "text", &text, &text_bytes), FERRY_OK);
+        cJSON *row = cJSON_Parse(expected[i]);
+        cr_assert_not_null(row);
+        const char *what[4] = {"ids", "ids_plain", "decoded", "decoded_skip"};
+        int ok[4];
+        ferry_token_list ids = {0}, plain = {0};
+        cr_assert_eq(ferry_tokenizer_encode(tokenizer, text, text_bytes, 1, &ids), FERRY_OK,
+                     "%s: line %zu: %s", name, i + 1, ferry_last_error());
+        cr_assert_eq(ferry_tokenizer_encode(tokenizer, text, text_bytes, 0, &plain), FERRY_OK);
+        ok[0] = ids_equal(&ids, cJSON_GetObjectItem(row, "ids"));
+        ok[1] = ids_equal(&plain, cJSON_GetObjectItem(row, "ids_plain"));
+        /* decode HF's ids, so a decode check does not hang on the encode */
+        ferry_token_list hf_ids = {0};
+        for (const cJSON *item = cJSON_GetObjectItem(row, "ids")->child; item; item = item->next)
+            ferry_token_list_push(&hf_ids, item->valueint);
+        ok[2] = decode_matches(tokenizer, &hf_ids, 0, expected[i], "decoded");
+        ok[3] = decode_matches(tokenizer, &hf_ids, 1, expected[i], "decoded_skip");
+        for (int k = 0; k < 4; k++)
+            if (!ok[k] && n_wrong++ < 5)
+                cr_log_error("%s: strings.jsonl line %zu: %s differs from HF: %s", name, i + 1,
+                             what[k], strings[i]);
+        ferry_token_list_free(&ids);
+        ferry_token_list_free(&plain);
+        ferry_token_list_free(&hf_ids);
+        cJSON_Delete(row);
+        free(text);
+    }
+    cr_expect_eq(n_wrong, 0, "%s: %zu results differ from HF tokenizers", name, n_wrong);
+    free_lines(strings);
+    free_lines(expected);
+    ferry_tokenizer_free(tokenizer);
+}
+
+Test(tokenizer, byte_level_llama3_style_matches_hf_on_every_string) { check_fixture("bytelevel"); }
+Test(tokenizer, gpt2_style_with_stripped_and_single_word_tokens_matches_hf) { check_fixture("gpt2"); }
+Test(tokenizer, sentencepiece_style_with_byte_fallback_matches_hf) { check_fixture("spm"); }
+Test(tokenizer, metaspace_style_matches_hf) { check_fixture("metaspace"); }
+
+/* A random string of code points from everywhere in Unicode except
+ * surrogates, controls included. */
+static size_t random_text(uint64_t *rng, char *out, size_t capacity) {
+    size_t bytes = 0, n_chars = test_rand_u64(rng) % 40;
+    for (size_t i = 0; i < n_chars && bytes + 4 < capacity; i++) {
+        uint64_t r = test_rand_u64(rng);
+        uint32_t cp = r % 4 == 0 ? (uint32_t)(r >> 8) % 0x80
+                      : r % 4 == 1 ? (uint32_t)(r >> 8) % 0x800
+                                   : (uint32_t)(r >> 8) % 0x110000;
+        if (cp >= 0xD800 && cp <= 0xDFFF) cp = 'x';
+        if (cp < 0x80) out[bytes++] = (char)cp;
+        else if (cp < 0x800) {
+            out[bytes++] = (char)(0xC0 | (cp >> 6));
+            out[bytes++] = (char)(0x80 | (cp & 0x3F));
+        } else if (cp < 0x10000) {
+            out[bytes++] = (char)(0xE0 | (cp >> 12));
+            out[bytes++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+            out[bytes++] = (char)(0x80 | (cp & 0x3F));
+        } else {
+            out[bytes++] = (char)(0xF0 | (cp >> 18));
+            out[bytes++] = (char)(0x80 | ((cp >> 12) & 0x3F));
+            out[bytes++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+            out[bytes++] = (char)(0x80 | (cp & 0x3F));
+        }
+    }
+    return bytes;
+}
+
+Test(tokenizer, byte_level_decode_of_encode_gives_back_random_text) {
+    uint64_t rng = test_seed();
+    ferry_tokenizer *tokenizer = load_fixture("bytelevel");
+    char text[256];
+    for (int round = 0; round < 2000; round++) {
+        size_t bytes = random_text(&rng, text, sizeof text);
+        ferry_token_list ids = {0};
+        cr_assert_eq(ferry_tokenizer_encode(tokenizer, text, bytes, 0, &ids), FERRY_OK, "%s",
+                     ferry_last_error());
+        char *decoded = NULL;
+        size_t decoded_bytes = 0;
+        cr_assert_eq(ferry_tokenizer_decode(tokenizer, ids.ids, ids.count, 0, &decoded,
+                                            &decoded_bytes), FERRY_OK);
+        cr_assert(decoded_bytes == bytes && memcmp(decoded, text, bytes) == 0,
+                  "round %d: text of %zu bytes came back as %zu bytes", round, bytes, decoded_bytes);
+        free(decoded);
+        ferry_token_list_free(&ids);
+    }
+    ferry_tokenizer_free(tokenizer);
+}
+
+Test(tokenizer, special_tokens_in_text_become_their_ids_and_bos_is_added_once) {
+    ferry_tokenizer *tokenizer = load_fixture("spm");
+    const char text[] = "hi</s><s>";
+    ferry_token_list ids = {0};
+    cr_assert_eq(ferry_tokenizer_encode(tokenizer, text, sizeof text - 1, 1, &ids), FERRY_OK);
+    cr_assert_geq(ids.count, 4);
+    cr_assert_eq(ids.ids[0], ferry_tokenizer_token_id(tokenizer, "<s>"));
+    cr_assert_eq(ids.ids[ids.count - 2], ferry_tokenizer_token_id(tokenizer, "</s>"));
+    cr_assert_eq(ids.ids[ids.count - 1], ferry_tokenizer_token_id(tokenizer, "<s>"));
+    cr_assert(ferry_tokenizer_is_special(tokenizer, ids.ids[0]));
+    ferry_token_list_free(&ids);
+    ferry_tokenizer_free(tokenizer);
+}
+
+Test(tokenizer, invalid_utf8_text_is_refused_with_its_offset) {
+    ferry_tokenizer *tokenizer = load_fixture("bytelevel");
+    const char text[] = "ok \xC3\x28";
+    ferry_token_list ids = {0};
+    cr_assert_eq(ferry_tokenizer_encode(tokenizer, text, sizeof text - 1, 1, &ids),
+                 FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(ferry_last_error(), "byte 3"), "%s", ferry_last_error());
+    ferry_token_list_free(&ids);
+    ferry_tokenizer_free(tokenizer);
+}
+
+/* Parse json; expect status and a message containing needle. */
+static void expect_refused(const char *json, ferry_status status, const char *needle) {
+    ferry_tokenizer *tokenizer = NULL;
+    ferry_status got = ferry_tokenizer_from_json(json, strlen(json), "bad.json", &tokenizer);
+    cr_assert_eq(got, status, "%s: got %s (%s)", json, ferry_status_str(got), ferry_last_error());
+    cr_assert_null(tokenizer);
+    cr_assert(strstr(ferry_last_error(), needle), "message '%s' lacks '%s'", ferry_last_error(),
+              needle);
+    cr_assert(strstr(ferry_last_error(), "bad.json"), "%s", ferry_last_error());
+}
+
+#define MODEL(extra) "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}" extra "}"
+
+Test(tokenizer, bad_tokenizer_json_files_are_refused_with_clear_errors) {
+    expect_refused("{\"model\": ", FERRY_ERR_FORMAT, "JSON");
+    expect_refused("{\"added_tokens\": []}", FERRY_ERR_FORMAT, "\"model\"");
+    expect_refused("{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}", FERRY_ERR_UNSUPPORTED,
+                   "WordPiece");
+    expect_refused(MODEL(", \"merges\": [\"a c\"]}"), FERRY_ERR_FORMAT, "merge 0");
+    expect_refused(MODEL(", \"merges\": [\"a b\", \"ab\"]}"), FERRY_ERR_FORMAT, "merge 1");
+    expect_refused(MODEL(", \"merges\": [[\"b\", \"a\"]]}"), FERRY_ERR_FORMAT, "merged token");
+    expect_refused(MODEL("}"), FERRY_ERR_FORMAT, "merges");
+    expect_refused("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []}}",
+                   FERRY_ERR_FORMAT, "vocab entry");
+    expect_refused(MODEL(", \"merges\": []}, \"normalizer\": {\"type\": \"Lowercase\"}"),
+                   FERRY_ERR_UNSUPPORTED, "Lowercase");
+    expect_refused(MODEL(", \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Whitespace\"}"),
+                   FERRY_ERR_UNSUPPORTED, "Whitespace");
+    expect_refused(MODEL(", \"merges\": []}, \"decoder\": {\"type\": \"WordPiece\"}"),
+                   FERRY_ERR_UNSUPPORTED, "decoder \"WordPiece\"");
+    expect_refused(MODEL(", \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": "
+                         "{\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}"),
+                   FERRY_ERR_FORMAT, "does not compile");
+    expect_refused(MODEL(", \"merges\": []}, \"post_processor\": {\"type\": \"Mystery\"}"),
+                   FERRY_ERR_UNSUPPORTED, "Mystery");
+    expect_refused(MODEL(", \"merges\": []}, \"added_tokens\": [{\"content\": \"x\"}]"),
+                   FERRY_ERR_FORMAT, "added token 0");
+}
+
+Test(tokenizer, nfc_passes_text_already_composed_and_refuses_what_it_would_change) {
+    const char *json = MODEL(", \"merges\": [\"a b\"], \"unk_token\": \"a\"}, \"normalizer\": "
+                             "{\"type\": \"NFC\"}");
+    ferry_tokenizer *tokenizer = NULL;
+    cr_assert_eq(ferry_tokenizer_from_json(json, strlen(json), "nfc.json", &tokenizer), FERRY_OK,
+                 "%s", ferry_last_error());
+    ferry_token_list ids = {0};
+    cr_assert_eq(ferry_tokenizer_encode(tokenizer, "ab\xC3\xA9\xE6\x97\xA5", 7, 0, &ids), FERRY_OK);
+    cr_assert_eq(ids.count, 3);   /* "ab", then é and 日 as one unknown each (no fuse_unk) */
+    ferry_token_list_free(&ids);
+    cr_assert_eq(ferry_tokenizer_encode(tokenizer, "e\xCC\x81", 3, 0, &ids), FERRY_ERR_UNSUPPORTED);
+    cr_assert(strstr(ferry_last_error(), "U+0301"), "%s", ferry_last_error());
+    ferry_token_list_free(&ids);
+    ferry_tokenizer_free(tokenizer);
+}
+
+Test(tokenizer, cli_jsonl_writes_one_line_per_input_in_order_and_flags_bad_lines) {
+    char *dir = test_tempdir();
+    char *input = test_path(dir, "in.jsonl"), *output = test_path(dir, "out.jsonl");
+    char *errors = test_path(dir, "err.txt");
+    const char lines[] = "{\"text\": \"hello world\"}\n{\"nope\": 1}\n{\"text\": \"a\\u0000b\"}\n";
+    cr_assert_eq(test_write_file(input, lines, sizeof lines - 1), 0);
+    char command[2048];
+    snprintf(command, sizeof command, "%s tokenize --tokenizer %sbytelevel.json --jsonl < %s",
+             test_cli(), FIXTURES, input);
+    cr_assert_eq(test_run(command, output, errors), 1);
+    size_t n = 0;
+    char **out = read_lines(output, &n);
+    cr_assert_eq(n, 3);
+    cr_assert(strstr(out[0], "\"decoded\": \"<|begin_of_text|>hello world\""), "%s", out[0]);
+    cr_assert(strstr(out[1], "\"error\""), "%s", out[1]);
+    cr_assert(strstr(out[2], "\"decoded\": \"<|begin_of_text|>a\\u0000b\""), "%s", out[2]);
+    char *stderr_text = test_read_file(errors, NULL);
+    cr_assert(strstr(stderr_text, "line 2"), "%s", stderr_text);
+    free(stderr_text);
+    free_lines(out);
+    test_rmtree(dir);
+    free(input);
+    free(output);
+    free(errors);
+    free(dir);
+}
