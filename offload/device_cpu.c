@@ -58,7 +58,7 @@ static int cpu_event_query(void *device, offload_event event) {
 }
 
 static const offload_device_ops cpu_device_ops = {cpu_slot_alloc, cpu_slot_free, cpu_copy,
-                                                  cpu_compute,    cpu_event_wait, cpu_event_query};
+                                                  cpu_compute,    cpu_event_wait, cpu_event_query, NULL,           NULL};
 
 ferry_status offload_device_cpu_new(offload_layer_fn run_layer, void *user, offload_device *out) {
     memset(out, 0, sizeof *out);

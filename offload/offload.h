@@ -125,6 +125,10 @@ typedef struct offload_device_ops {
     ferry_status (*event_wait)(void *device, offload_event event);
     /* 1: completed, 0: pending. */
     int (*event_query)(void *device, offload_event event);
+    /* Optional (NULL: nothing to do): make host memory the ring allocated
+     * (NVMe staging) fit for copy_async, e.g. CUDA-pinned, and undo it. */
+    ferry_status (*host_register)(void *device, void *memory, uint64_t bytes);
+    void (*host_unregister)(void *device, void *memory);
 } offload_device_ops;
 
 typedef struct offload_device {
@@ -164,6 +168,17 @@ typedef ferry_status (*offload_layer_fn)(void *user, int layer, const void *weig
                                          void *step_user);
 ferry_status offload_device_cpu_new(offload_layer_fn run_layer, void *user, offload_device *out);
 void offload_device_cpu_free(offload_device *device);
+
+/* The CUDA device (device_cuda.c): slots in device memory, copies on a
+ * copy stream, computes on compute_stream (NULL: its own) after a
+ * cudaStreamWaitEvent on the copy, one CUDA event per copy and compute.
+ * run_layer must enqueue its kernels on that stream.  FERRY_ERR_UNAVAILABLE
+ * without CUDA or a GPU. */
+ferry_status offload_device_cuda_new(int gpu, void *compute_stream, offload_layer_fn run_layer,
+                                     void *user, offload_device *out);
+void offload_device_cuda_free(offload_device *device);
+/* The stream computes run on (a cudaStream_t). */
+void *offload_device_cuda_stream(const offload_device *device);
 
 /* DISK-tier reads with pread(2) on an open file (reader_pread.c); errors
  * name `path` and the offset.  n_tickets: the ring's staging count. */

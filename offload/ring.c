@@ -380,9 +380,17 @@ ferry_status offload_ring_new(const offload_ring_options *options, int n_layers,
         for (size_t i = 0; i < n; i++) {
             ring->staging_sequence[i] = UINT64_MAX;
             /* O_DIRECT wants aligned buffers; 2 MiB also suits huge pages. */
-            FERRY_TRY_GOTO(ferry_aligned_alloc(2u << 20, (staging_bytes + (2u << 20) - 1) &
-                                                             ~(uint64_t)((2u << 20) - 1),
-                                               "NVMe staging buffer", &ring->staging[i]));
+            uint64_t rounded = (staging_bytes + (2u << 20) - 1) & ~(uint64_t)((2u << 20) - 1);
+            FERRY_TRY_GOTO(ferry_aligned_alloc(2u << 20, rounded, "NVMe staging buffer",
+                                               &ring->staging[i]));
+            if (device.ops->host_register) {
+                status = device.ops->host_register(device.impl, ring->staging[i], rounded);
+                if (status != FERRY_OK) {
+                    free(ring->staging[i]);
+                    ring->staging[i] = NULL;
+                    goto fail;
+                }
+            }
         }
     }
     *out = ring;
@@ -403,7 +411,11 @@ void offload_ring_free(offload_ring *ring) {
             if (ring->slot_memory[s])
                 ring->device.ops->slot_free(ring->device.impl, s, ring->slot_memory[s]);
     if (ring->staging)
-        for (int i = 0; i < ring->n_staging; i++) free(ring->staging[i]);
+        for (int i = 0; i < ring->n_staging; i++) {
+            if (ring->staging[i] && ring->device.ops->host_unregister)
+                ring->device.ops->host_unregister(ring->device.impl, ring->staging[i]);
+            free(ring->staging[i]);
+        }
     free(ring->staging);
     free(ring->staging_copy_done);
     free(ring->staging_read_pending);

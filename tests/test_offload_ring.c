@@ -198,7 +198,7 @@ static int sim_event_query(void *device, offload_event event) {
 }
 
 static const offload_device_ops sim_ops = {sim_slot_alloc, sim_slot_free, sim_copy_async,
-                                           sim_compute,    sim_event_wait, sim_event_query};
+                                           sim_compute,    sim_event_wait, sim_event_query, NULL, NULL};
 
 static sim_device *sim_start(const uint64_t *layer_bytes, useconds_t copy_us, useconds_t compute_us) {
     sim_device *sim = calloc(1, sizeof *sim);
