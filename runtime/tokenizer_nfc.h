@@ -1,8 +1,8 @@
 /*
- * tokenizer_nfc.h — the NFC normalizer, as far as ferry has it: text that
- * the Unicode NFC quick check proves already normalized passes through
- * unchanged; anything else is FERRY_ERR_UNSUPPORTED naming the character
- * (full composition tables are not carried).
+ * tokenizer_nfc.h — Unicode NFC (UAX #15) for the NFC normalizer: the
+ * quick check passes most text through untouched; the rest is decomposed,
+ * canonically ordered and recomposed with the tables made by
+ * tests/fixtures/tokenizers/make_nfc_table.py (Hangul algorithmically).
  */
 #ifndef FERRY_RUNTIME_TOKENIZER_NFC_H
 #define FERRY_RUNTIME_TOKENIZER_NFC_H
@@ -15,11 +15,19 @@ typedef struct tk_nfc_range {
     uint8_t quick_check_yes;
 } tk_nfc_range;
 
+/* Decomposition cp -> a, b (b = 0: a singleton), or composition a, b -> cp. */
+typedef struct tk_nfc_pair {
+    uint32_t key, a, b;
+} tk_nfc_pair;
+
 extern const tk_nfc_range tk_nfc_ranges[];
 extern const size_t tk_nfc_n_ranges;
+extern const tk_nfc_pair tk_nfc_decompositions[];   /* {cp, a, b} sorted by cp */
+extern const size_t tk_nfc_n_decompositions;
+extern const tk_nfc_pair tk_nfc_compositions[];     /* {a, b, cp} sorted by (a, b) */
+extern const size_t tk_nfc_n_compositions;
 
-/* Append NFC(s) to out, or fail with FERRY_ERR_UNSUPPORTED when s is not
- * provably in NFC already. */
+/* Append NFC(s) to out (s valid UTF-8). */
 ferry_status tk_nfc(const char *s, size_t bytes, tk_text *out);
 
 #endif
