@@ -105,6 +105,8 @@ typedef struct ferry_file {
     ferry_layout layout;        /* config, dtype, tensors and extents as stored */
     uint64_t file_bytes;
     char *manifest_json;        /* the manifest text (NUL-terminated) */
+    int n_texts;                /* named texts (ferry_file_text) */
+    struct ferry_text *texts;
 } ferry_file;
 
 /* Open and validate: magic, version, manifest checksum and JSON, config,

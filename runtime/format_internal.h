@@ -1,0 +1,27 @@
+/*
+ * format_internal.h — what format.c (layout, writer) and format_read.c
+ * (reader) share and nobody else needs.
+ */
+#ifndef FERRY_RUNTIME_FORMAT_INTERNAL_H
+#define FERRY_RUNTIME_FORMAT_INTERNAL_H
+
+#include "runtime/format.h"
+
+/* A named text stored after the last blob. */
+typedef struct ferry_text {
+    char *key;
+    char *text;                 /* NUL-terminated */
+    uint64_t offset;
+    uint64_t bytes;
+    uint64_t xxh3;
+} ferry_text;
+
+/* The manifest JSON for a layout (checksums as stored in its entries). */
+ferry_status ferry_manifest_print(const ferry_layout *layout, const ferry_text *texts,
+                                  int n_texts, char **out);
+ferry_status ferry_pwrite_all(int fd, const void *data, size_t bytes, uint64_t offset,
+                              const char *path);
+void ferry_preamble_encode(const ferry_preamble *preamble,
+                           unsigned char out[FERRY_PREAMBLE_BYTES]);
+
+#endif
