@@ -6,7 +6,8 @@
  * with NFC), the
  * ids with and without special tokens and both decodes equal what HF gave
  * (make_tokenizers.py).  Also: random text round-trips, bad tokenizer.json
- * files give clear errors, and `ferry tokenize --jsonl` keeps order.
+ * files give clear errors, and `ferry tokenize --jsonl` keeps order and
+ * reads the tokenizer stored in a .ferry file.
  */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 
 #include "helpers.h"
+#include "runtime/format.h"
 #include "runtime/tokenizer.h"
 #include "runtime/tokenizer_nfc.h"
 
@@ -285,4 +287,57 @@ Test(tokenizer, cli_jsonl_writes_one_line_per_input_in_order_and_flags_bad_lines
     free(output);
     free(errors);
     free(dir);
+}
+
+/* A tiny random-weight .ferry file holding tokenizer_json (NULL: none). */
+static void write_model(const char *path, const char *tokenizer_json) {
+    const ferry_preset *tiny = ferry_preset_find("tiny");
+    cr_assert_not_null(tiny);
+    ferry_writer *writer = NULL;
+    cr_assert_eq(ferry_writer_open(path, &tiny->config, FERRY_DTYPE_F32, &writer), FERRY_OK, "%s",
+                 ferry_last_error());
+    const ferry_layout *layout = ferry_writer_layout(writer);
+    for (int i = 0; i < layout->n_tensors; i++) {
+        const ferry_tensor_entry *entry = &layout->tensors[i];
+        void *zeros = calloc(1, entry->bytes);
+        cr_assert_eq(ferry_writer_put(writer, entry->layer, entry->kind, zeros, entry->bytes),
+                     FERRY_OK, "%s", ferry_last_error());
+        free(zeros);
+    }
+    if (tokenizer_json)
+        cr_assert_eq(ferry_writer_put_text(writer, "tokenizer.json", tokenizer_json), FERRY_OK);
+    cr_assert_eq(ferry_writer_finish(writer), FERRY_OK, "%s", ferry_last_error());
+    ferry_writer_free(writer);
+}
+
+Test(tokenizer, cli_reads_the_tokenizer_stored_in_a_model_file) {
+    char *dir = test_tempdir();
+    char *model = test_path(dir, "m.ferry"), *bare = test_path(dir, "bare.ferry");
+    char *input = test_path(dir, "in.jsonl"), *from_model = test_path(dir, "a.jsonl");
+    char *from_file = test_path(dir, "b.jsonl"), *errors = test_path(dir, "err.txt");
+    char *json = test_read_file(FIXTURES "spm.json", NULL);
+    write_model(model, json);
+    write_model(bare, NULL);
+    const char lines[] = "{\"text\": \"Hello world, caf\\u00e9 \\u65e5\\u672c</s>\"}\n{\"text\": \"\"}\n";
+    cr_assert_eq(test_write_file(input, lines, sizeof lines - 1), 0);
+    char command[2048];
+    snprintf(command, sizeof command, "%s tokenize --model %s --jsonl < %s", test_cli(), model, input);
+    cr_assert_eq(test_run(command, from_model, errors), 0);
+    snprintf(command, sizeof command, "%s tokenize --tokenizer %sspm.json --jsonl < %s", test_cli(),
+             FIXTURES, input);
+    cr_assert_eq(test_run(command, from_file, errors), 0);
+    char *a = test_read_file(from_model, NULL), *b = test_read_file(from_file, NULL);
+    cr_assert_str_eq(a, b);
+    cr_assert(strstr(a, "\"ids\": [1, "), "%s", a);
+    snprintf(command, sizeof command, "%s tokenize --model %s --jsonl < %s", test_cli(), bare, input);
+    cr_assert_eq(test_run(command, from_model, errors), 1);
+    char *message = test_read_file(errors, NULL);
+    cr_assert(strstr(message, "no tokenizer.json"), "%s", message);
+    free(message);
+    free(a);
+    free(b);
+    free(json);
+    test_rmtree(dir);
+    char *paths[] = {model, bare, input, from_model, from_file, errors, dir};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) free(paths[i]);
 }

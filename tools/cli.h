@@ -35,6 +35,13 @@ int cli_usage_error(const char *command, const char *fmt, ...)
  * success, -1 with a message on stderr. */
 int cli_parse_int_list(const char *command, const char *text, int32_t **out, int *out_count);
 
+/* The tokenizer of tokenizer_path (a tokenizer.json) when given, else the
+ * tokenizer.json stored in the .ferry file model_path (tools/cmd_tokenize.c;
+ * runtime/tokenizer.h has the encode/decode calls). */
+struct ferry_tokenizer;
+ferry_status cli_open_tokenizer(const char *tokenizer_path, const char *model_path,
+                                struct ferry_tokenizer **out);
+
 /* Is stderr a terminal (for progress lines)? */
 int cli_stderr_is_tty(void);
 

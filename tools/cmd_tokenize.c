@@ -24,18 +24,9 @@ static void print_help(void) {
            "  --skip-special     leave special tokens out of the decoded text\n");
 }
 
-/* The .ferry reader (runtime/format.c) is being written beside this: weak
- * references keep `--tokenizer` working until it lands. */
-#pragma weak ferry_file_open
-#pragma weak ferry_file_text
-#pragma weak ferry_file_close
-
-static ferry_status open_tokenizer(const char *tokenizer_path, const char *model_path,
-                                   ferry_tokenizer **out) {
+ferry_status cli_open_tokenizer(const char *tokenizer_path, const char *model_path,
+                                struct ferry_tokenizer **out) {
     if (tokenizer_path) return ferry_tokenizer_load(tokenizer_path, out);
-    if (!ferry_file_open || !ferry_file_text || !ferry_file_close)
-        return ferry_fail(FERRY_ERR_UNAVAILABLE, "%s: this build cannot read .ferry files yet; "
-                          "use --tokenizer FILE", model_path);
     ferry_file *file = NULL;
     FERRY_TRY(ferry_file_open(model_path, &file));
     const char *json = ferry_file_text(file, "tokenizer.json");
@@ -125,7 +116,7 @@ int cmd_tokenize(int argc, char **argv) {
         return cli_usage_error("tokenize", "give one of --tokenizer FILE or --model M");
     if (!jsonl == !text) return cli_usage_error("tokenize", "give one of --jsonl or --text TEXT");
     ferry_tokenizer *tokenizer = NULL;
-    ferry_status status = open_tokenizer(tokenizer_path, model_path, &tokenizer);
+    ferry_status status = cli_open_tokenizer(tokenizer_path, model_path, &tokenizer);
     if (status != FERRY_OK) return cli_fail("tokenize", status, "%s", "failed");
     int rc;
     if (jsonl) {
