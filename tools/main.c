@@ -23,6 +23,7 @@ static const struct {
     {"logits", cmd_logits, "write float32 logits of every position of a token list"},
     {"generate", cmd_generate, "generate tokens from a prompt"},
     {"iobench", cmd_iobench, "measure NVMe / file read bandwidth (and NVMe -> GPU)"},
+    {"plan", cmd_plan, "print where layers and KV cache would live, and the predicted speed"},
     {"tokenize", cmd_tokenize, "text <-> token ids with a tokenizer.json (--jsonl on stdin)"},
 };
 

@@ -1,0 +1,284 @@
+/*
+ * test_offload_stream.c — layer streaming through the whole runtime on
+ * the CPU backend: a small random model written as a .ferry file, opened
+ * all-resident and with every tier mix (all layers in DRAM, all read from
+ * the file, resident + DRAM + file, a budget-chosen mix); the logits of a
+ * prompt batch and of a decode step must be bit-identical to the
+ * all-resident run.  A file truncated under a streaming model makes
+ * ferry_forward fail naming the layer and offset; an impossible budget is
+ * refused at open.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "helpers.h"
+#include "offload/offload.h"
+#include "runtime/engine.h"
+#include "runtime/format.h"
+
+static ferry_config small_config(void) {
+    ferry_config c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.architecture, sizeof c.architecture, "llama");
+    c.vocab_size = 97;
+    c.hidden_size = 64;
+    c.intermediate_size = 96;
+    c.n_layers = 5;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 16;
+    c.max_position = 256;
+    c.rms_norm_eps = 1e-5f;
+    c.rope_type = FERRY_ROPE_DEFAULT;
+    c.rope_theta = 10000.0;
+    c.bos_token_id = 1;
+    c.n_eos_token_ids = 1;
+    c.eos_token_ids[0] = 2;
+    return c;
+}
+
+/* Write a model with random weights (norms near 1, matrices scaled by
+ * 1/sqrt(cols)) and return its path. */
+static char *write_model(const char *dir, uint64_t seed) {
+    char *path = test_path(dir, "small.ferry");
+    ferry_config config = small_config();
+    ferry_writer *writer = NULL;
+    cr_assert_eq(ferry_writer_open(path, &config, FERRY_DTYPE_F16, &writer), FERRY_OK, "%s",
+                 ferry_last_error());
+    const ferry_layout *layout = ferry_writer_layout(writer);
+    uint64_t rng = seed;
+    for (int i = 0; i < layout->n_tensors; i++) {
+        const ferry_tensor_entry *entry = &layout->tensors[i];
+        size_t n = (size_t)(entry->rows * entry->cols);
+        float *values = malloc(n * sizeof *values);
+        int is_norm = entry->kind == FERRY_TENSOR_ATTN_NORM || entry->kind == FERRY_TENSOR_MLP_NORM ||
+                      entry->kind == FERRY_TENSOR_FINAL_NORM;
+        float scale = entry->kind == FERRY_TENSOR_EMBED ? 1.0f : 1.7f / sqrtf((float)entry->cols);
+        if (is_norm) test_fill_uniform(&rng, values, n, 0.6f, 1.4f);
+        else test_fill_uniform(&rng, values, n, -scale, scale);
+        void *stored = malloc(entry->bytes);
+        ferry_convert_dtype(stored, entry->dtype, values, FERRY_DTYPE_F32, n);
+        cr_assert_eq(ferry_writer_put(writer, entry->layer, entry->kind, stored, entry->bytes),
+                     FERRY_OK, "%s", ferry_last_error());
+        free(values);
+        free(stored);
+    }
+    cr_assert_eq(ferry_writer_finish(writer), FERRY_OK, "%s", ferry_last_error());
+    ferry_writer_free(writer);
+    return path;
+}
+
+/* Bytes of one layer's blob in the file (all layers are the same size). */
+static uint64_t layer_blob_bytes(const char *path) {
+    ferry_file *file = NULL;
+    cr_assert_eq(ferry_file_open(path, &file), FERRY_OK, "%s", ferry_last_error());
+    uint64_t bytes = file->layout.extents[1].bytes;
+    ferry_file_close(file);
+    return bytes;
+}
+
+enum { N_SEQS = 3, VOCAB = 97 };
+
+/* Logits of a ragged prompt batch (every position) followed by one decode
+ * step (last positions), concatenated. */
+typedef struct run_logits {
+    float prompt[(4 + 7 + 2) * VOCAB];
+    float decode[N_SEQS * VOCAB];
+} run_logits;
+
+static ferry_model *open_model(const char *path, ferry_model_options options) {
+    options.backend = "cpu";
+    options.n_threads = 2;
+    ferry_model *model = NULL;
+    cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_OK, "%s", ferry_last_error());
+    return model;
+}
+
+static ferry_status run_model(ferry_model *model, run_logits *out) {
+    static const int32_t prompt[] = {1, 5, 9, 33, 1, 40, 41, 42, 43, 44, 96, 1, 70};
+    static const int n_tokens[N_SEQS] = {4, 7, 2};
+    static const int32_t next[N_SEQS] = {11, 12, 13};
+    static const int one[N_SEQS] = {1, 1, 1};
+    for (size_t i = 0; i < sizeof out->prompt / sizeof(float); i++) out->prompt[i] = NAN;
+    for (size_t i = 0; i < sizeof out->decode / sizeof(float); i++) out->decode[i] = NAN;
+    ferry_session *session = NULL;
+    cr_assert_eq(ferry_session_new(model, N_SEQS, 32, &session), FERRY_OK, "%s", ferry_last_error());
+    ferry_batch batch = {N_SEQS, NULL, n_tokens, prompt};
+    ferry_status status = ferry_forward(session, &batch, FERRY_LOGITS_ALL, out->prompt,
+                                        sizeof out->prompt / sizeof(float));
+    if (status == FERRY_OK) {
+        ferry_batch step = {N_SEQS, NULL, one, next};
+        status = ferry_forward(session, &step, FERRY_LOGITS_LAST, out->decode,
+                               sizeof out->decode / sizeof(float));
+    }
+    ferry_session_free(session);
+    return status;
+}
+
+static void assert_tiers(const ferry_model *model, const char *expected) {
+    cr_assert_not_null(model->stream, "the model does not stream");
+    const offload_plan *plan = offload_stream_plan(model->stream);
+    for (int i = 0; i < plan->n_layers; i++)
+        cr_assert_eq("GHD"[plan->layer_tier[i]], expected[i], "layer %d: tier %s, expected %s", i,
+                     offload_tier_name(plan->layer_tier[i]), expected);
+}
+
+static void assert_identical(const run_logits *got, const run_logits *want, const char *what) {
+    for (size_t i = 0; i < sizeof got->prompt / sizeof(float); i++)
+        cr_assert(memcmp(&got->prompt[i], &want->prompt[i], sizeof(float)) == 0,
+                  "%s: prompt logit %zu is %.9g, all-resident %.9g", what, i, got->prompt[i],
+                  want->prompt[i]);
+    for (size_t i = 0; i < sizeof got->decode / sizeof(float); i++)
+        cr_assert(memcmp(&got->decode[i], &want->decode[i], sizeof(float)) == 0,
+                  "%s: decode logit %zu is %.9g, all-resident %.9g", what, i, got->decode[i],
+                  want->decode[i]);
+}
+
+Test(offload_stream, every_tier_mix_gives_logits_bit_identical_to_all_resident) {
+    char *dir = test_tempdir();
+    char *path = write_model(dir, test_seed());
+    uint64_t layer = layer_blob_bytes(path);
+    static run_logits resident, streamed;
+    ferry_model_options plain = {0};
+    ferry_model *model = open_model(path, plain);
+    cr_assert_null(model->stream);
+    cr_assert_eq(run_model(model, &resident), FERRY_OK, "%s", ferry_last_error());
+    ferry_model_close(model);
+    for (size_t i = 0; i < sizeof resident.prompt / sizeof(float); i++)
+        cr_assert(isfinite(resident.prompt[i]), "all-resident logit %zu is not finite", i);
+
+    struct {
+        const char *what;
+        int resident_layers, slots;
+        uint64_t host_mem_bytes, gpu_mem_bytes;
+        const char *tiers;
+    } mixes[] = {
+        {"every layer in DRAM", 0, 2, 0, 0, "HHHHH"},
+        {"every layer in DRAM, one slot", 0, 1, 0, 0, "HHHHH"},
+        {"every layer read from the file", 0, 2, 2 * layer, 0, "DDDDD"},
+        {"every layer read from the file, three slots", 0, 3, 3 * layer, 0, "DDDDD"},
+        {"resident, DRAM and file", 1, 2, 3 * layer, 0, "GHDDD"},
+        {"streaming asked, all fit", -1, 2, 0, 0, "GGGGG"},
+    };
+    for (size_t m = 0; m < sizeof mixes / sizeof mixes[0]; m++) {
+        ferry_model_options options = {0};
+        options.streaming = 1;
+        options.resident_layers = mixes[m].resident_layers;
+        options.slots = mixes[m].slots;
+        options.host_mem_bytes = mixes[m].host_mem_bytes;
+        options.gpu_mem_bytes = mixes[m].gpu_mem_bytes;
+        model = open_model(path, options);
+        assert_tiers(model, mixes[m].tiers);
+        cr_assert_eq(run_model(model, &streamed), FERRY_OK, "%s: %s", mixes[m].what,
+                     ferry_last_error());
+        assert_identical(&streamed, &resident, mixes[m].what);
+        offload_ring_stats stats = offload_stream_stats(model->stream);
+        int n_streamed = 0;
+        for (const char *t = mixes[m].tiers; *t; t++) n_streamed += *t != 'G';
+        /* Every step copies every streamed layer once; the next step's
+         * first layers may already sit in their slots (prefetch). */
+        uint64_t per_steps = stats.steps * (uint64_t)n_streamed * layer;
+        cr_assert(stats.bytes_copied >= per_steps &&
+                      stats.bytes_copied <= per_steps + (uint64_t)mixes[m].slots * layer,
+                  "%s: %llu bytes copied in %llu steps", mixes[m].what,
+                  (unsigned long long)stats.bytes_copied, (unsigned long long)stats.steps);
+        cr_assert_geq(stats.steps, 2, "%s: the prompt and the decode step streamed", mixes[m].what);
+        ferry_model_close(model);
+    }
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+Test(offload_stream, a_gpu_budget_picks_the_mix_and_the_logits_stay_identical) {
+    char *dir = test_tempdir();
+    char *path = write_model(dir, test_seed());
+    uint64_t layer = layer_blob_bytes(path);
+    static run_logits resident, streamed;
+    ferry_model_options plain = {0};
+    ferry_model *model = open_model(path, plain);
+    cr_assert_eq(run_model(model, &resident), FERRY_OK, "%s", ferry_last_error());
+    ferry_model_close(model);
+
+    /* The plan's fixed part for this file (batch 1, context 1, f32 KV),
+     * then room for 2 slots, 2 resident layers and half a layer more. */
+    ferry_file *file = NULL;
+    cr_assert_eq(ferry_file_open(path, &file), FERRY_OK, "%s", ferry_last_error());
+    uint64_t layer_bytes[5];
+    offload_model_shape shape;
+    cr_assert_eq(offload_shape_from_layout(&file->layout, sizeof(float), layer_bytes, &shape),
+                 FERRY_OK);
+    ferry_file_close(file);
+    uint64_t fixed = shape.globals_bytes + shape.activation_fixed_bytes +
+                     shape.activation_bytes_per_token + 5 * shape.kv_bytes_per_token_layer;
+    ferry_model_options options = {0};
+    options.streaming = 1;
+    options.resident_layers = -1;
+    options.gpu_mem_bytes = fixed + 4 * layer + layer / 2;
+    model = open_model(path, options);
+    assert_tiers(model, "GGHHH");
+    const offload_plan *plan = offload_stream_plan(model->stream);
+    cr_assert_leq(plan->gpu_total_bytes, options.gpu_mem_bytes);
+    cr_assert_eq(run_model(model, &streamed), FERRY_OK, "%s", ferry_last_error());
+    assert_identical(&streamed, &resident, "budget-chosen mix");
+    ferry_model_close(model);
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+Test(offload_stream, a_file_truncated_under_a_streaming_model_fails_forward_with_layer_and_offset) {
+    char *dir = test_tempdir();
+    char *path = write_model(dir, test_seed());
+    uint64_t layer = layer_blob_bytes(path);
+    ferry_file *file = NULL;
+    cr_assert_eq(ferry_file_open(path, &file), FERRY_OK, "%s", ferry_last_error());
+    uint64_t layer3_offset = file->layout.extents[1 + 3].offset;
+    ferry_file_close(file);
+    ferry_model_options options = {0};
+    options.streaming = 1;
+    options.resident_layers = 0;
+    options.host_mem_bytes = 2 * layer; /* staging only: every layer from the file */
+    ferry_model *model = open_model(path, options);
+    cr_assert_eq(truncate(path, (off_t)layer3_offset + 64), 0);
+    static run_logits out;
+    ferry_session *session = NULL;
+    cr_assert_eq(ferry_session_new(model, 1, 16, &session), FERRY_OK);
+    int32_t tokens[] = {1, 2, 3};
+    int n_tokens[] = {3};
+    ferry_batch batch = {1, NULL, n_tokens, tokens};
+    cr_assert_eq(ferry_forward(session, &batch, FERRY_LOGITS_LAST, out.decode, VOCAB), FERRY_ERR_IO);
+    char expected[96];
+    snprintf(expected, sizeof expected, "layer 3 (file offset %llu, ",
+             (unsigned long long)layer3_offset);
+    cr_assert(strstr(ferry_last_error(), expected), "message: %s", ferry_last_error());
+    cr_assert(strstr(ferry_last_error(), "small.ferry"), "message: %s", ferry_last_error());
+    cr_assert_eq(ferry_session_length(session, 0), 0, "a failed forward left tokens cached");
+    ferry_session_free(session);
+    ferry_model_close(model);
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+Test(offload_stream, an_impossible_budget_is_refused_at_open) {
+    char *dir = test_tempdir();
+    char *path = write_model(dir, test_seed());
+    ferry_model_options options = {0};
+    options.backend = "cpu";
+    options.streaming = 1;
+    options.resident_layers = -1;
+    options.gpu_mem_bytes = 4096;
+    ferry_model *model = NULL;
+    cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_ERR_NO_MEMORY);
+    cr_assert(strstr(ferry_last_error(), "needs at least"), "message: %s", ferry_last_error());
+    cr_assert(strstr(ferry_last_error(), "of GPU memory for 2 slots of"), "message: %s",
+              ferry_last_error());
+    cr_assert_null(model);
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
