@@ -126,6 +126,7 @@ Test(tokenizer, gpt2_style_with_stripped_and_single_word_tokens_matches_hf) { ch
 Test(tokenizer, sentencepiece_style_with_byte_fallback_matches_hf) { check_fixture("spm"); }
 Test(tokenizer, metaspace_style_matches_hf) { check_fixture("metaspace"); }
 Test(tokenizer, qwen2_style_with_nfc_matches_hf_on_every_string) { check_fixture("qwen2"); }
+Test(tokenizer, tiny_512_token_vocabulary_matches_hf) { check_fixture("tiny"); }
 
 /* A random string of code points from everywhere in Unicode except
  * surrogates, controls included. */
@@ -340,4 +341,73 @@ Test(tokenizer, cli_reads_the_tokenizer_stored_in_a_model_file) {
     test_rmtree(dir);
     char *paths[] = {model, bare, input, from_model, from_file, errors, dir};
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) free(paths[i]);
+}
+
+/* "1,2,3\n" -> ids (malloc'd). */
+static int cli_like_parse(const char *text, int32_t **out, int *count) {
+    *out = malloc(sizeof(int32_t) * (strlen(text) + 1));
+    *count = 0;
+    for (const char *p = text; *p && *p != '\n';) {
+        char *end = NULL;
+        long value = strtol(p, &end, 10);
+        if (end == p) return -1;
+        (*out)[(*count)++] = (int32_t)value;
+        p = *end == ',' ? end + 1 : end;
+    }
+    return 0;
+}
+
+/* Run a command line, returning its stdout (malloc'd); asserts exit 0. */
+static char *run_ok(const char *dir, const char *command) {
+    char *out = test_path(dir, "stdout.txt"), *err = test_path(dir, "stderr.txt");
+    int rc = test_run(command, out, err);
+    char *text = test_read_file(out, NULL), *errors = test_read_file(err, NULL);
+    cr_assert_eq(rc, 0, "%s\n%s", command, errors ? errors : "");
+    free(errors);
+    free(out);
+    free(err);
+    return text;
+}
+
+Test(tokenizer, generate_with_a_text_prompt_prints_the_decoded_continuation) {
+    char *dir = test_tempdir();
+    char *model = test_path(dir, "tiny.ferry");
+    char command[4096];
+    snprintf(command, sizeof command, "%s synth --preset tiny %s --seed 5", test_cli(), model);
+    free(run_ok(dir, command));
+    const char *prompt = "Hello world, the model";
+    /* the prompt's ids as the tokenizer gives them, then generate from ids */
+    ferry_tokenizer *tokenizer = load_fixture("tiny");
+    ferry_token_list ids = {0};
+    cr_assert_eq(ferry_tokenizer_encode(tokenizer, prompt, strlen(prompt), 1, &ids), FERRY_OK);
+    char tokens_option[2048];
+    int n = 0;
+    for (size_t i = 0; i < ids.count; i++)
+        n += snprintf(tokens_option + n, sizeof tokens_option - (size_t)n, "%s%d", i ? "," : "",
+                      ids.ids[i]);
+    snprintf(command, sizeof command, "%s generate --model %s --tokens %s --max-new-tokens 12 "
+             "--greedy --ignore-eos --backend cpu", test_cli(), model, tokens_option);
+    char *id_text = run_ok(dir, command);
+    int32_t *generated = NULL;
+    int n_generated = 0;
+    cr_assert_eq(cli_like_parse(id_text, &generated, &n_generated), 0, "%s", id_text);
+    char *expected = NULL;
+    size_t expected_bytes = 0;
+    cr_assert_eq(ferry_tokenizer_decode(tokenizer, generated, (size_t)n_generated, 1, &expected,
+                                        &expected_bytes), FERRY_OK);
+    snprintf(command, sizeof command, "%s generate --model %s --tokenizer %stiny.json --prompt '%s' "
+             "--max-new-tokens 12 --greedy --ignore-eos --backend cpu", test_cli(), model,
+             FIXTURES, prompt);
+    char *text = run_ok(dir, command);
+    cr_assert(strlen(text) == expected_bytes + 1 && memcmp(text, expected, expected_bytes) == 0 &&
+              text[expected_bytes] == '\n', "printed '%s', expected '%s'", text, expected);
+    free(text);
+    free(expected);
+    free(generated);
+    free(id_text);
+    ferry_token_list_free(&ids);
+    ferry_tokenizer_free(tokenizer);
+    test_rmtree(dir);
+    free(model);
+    free(dir);
 }

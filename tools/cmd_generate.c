@@ -5,6 +5,7 @@
  */
 #include <stdlib.h>
 
+#include "runtime/tokenizer.h"
 #include "tools/cli.h"
 #include "tools/options.h"
 
@@ -17,6 +18,9 @@ static void print_help(FILE *out) {
             "comma-separated, on one line.  Timings go to stderr.\n\n"
             "  --model M              the .ferry file\n"
             "  --tokens LIST          prompt token ids, e.g. 1,15043,3186\n"
+            "  --prompt TEXT          prompt text, tokenized with the model's tokenizer.json\n"
+            "                         (BOS added as it says); the new text is printed\n"
+            "  --tokenizer FILE       a tokenizer.json to use instead of the model's\n"
             "  --max-new-tokens N     tokens to generate at most (0..1000000)\n"
             "  --greedy               always take the most likely token\n"
             "  --temperature T        divide logits by T > 0 before sampling (default 1)\n"
@@ -49,7 +53,10 @@ int cmd_generate(int argc, char **argv) {
     int n_threads = 0, verify = 0, max_new_tokens = 0, max_context = 0;
     ferry_sampling sampling = ferry_sampling_default();
     int ignore_eos = 0;
+    const char *prompt_text = NULL, *tokenizer_path = NULL;
     cli_option options[] = {
+        {"--prompt", CLI_OPTION_STRING, &prompt_text, 0, 0, 0},
+        {"--tokenizer", CLI_OPTION_STRING, &tokenizer_path, 0, 0, 0},
         {"--model", CLI_OPTION_STRING, &model_path, 0, 0, 0},
         {"--tokens", CLI_OPTION_STRING, &tokens_text, 0, 0, 0},
         {"--max-new-tokens", CLI_OPTION_INT, &max_new_tokens, 0, 1000000, 0},
@@ -69,7 +76,8 @@ int cmd_generate(int argc, char **argv) {
     if (parsed == CLI_HELP_SHOWN) return CLI_OK;
     if (parsed != CLI_PARSED) return CLI_USAGE;
     if (!model_path) return cli_usage_error(command, "--model is required");
-    if (!tokens_text) return cli_usage_error(command, "--tokens is required");
+    if (!tokens_text == !prompt_text)
+        return cli_usage_error(command, "give one of --tokens LIST or --prompt TEXT");
     if (!cli_option_find(options, n_options, "--max-new-tokens")->seen)
         return cli_usage_error(command, "--max-new-tokens is required");
     if (sampling.greedy) {
@@ -82,7 +90,24 @@ int cmd_generate(int argc, char **argv) {
 
     int32_t *prompt = NULL;
     int n_prompt = 0;
-    if (cli_parse_int_list(command, tokens_text, &prompt, &n_prompt) != 0) return CLI_USAGE;
+    struct ferry_tokenizer *tokenizer = NULL;
+    if (prompt_text) {
+        ferry_token_list ids = {0};
+        ferry_status status = cli_open_tokenizer(tokenizer_path, model_path, &tokenizer);
+        if (status == FERRY_OK)
+            status = ferry_tokenizer_encode(tokenizer, prompt_text, strlen(prompt_text), 1, &ids);
+        if (status == FERRY_OK && ids.count == 0)
+            status = ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "the prompt gives no tokens");
+        if (status != FERRY_OK) {
+            ferry_token_list_free(&ids);
+            ferry_tokenizer_free(tokenizer);
+            return cli_fail(command, status, "cannot tokenize the prompt");
+        }
+        prompt = ids.ids;
+        n_prompt = (int)ids.count;
+    } else if (cli_parse_int_list(command, tokens_text, &prompt, &n_prompt) != 0) {
+        return CLI_USAGE;
+    }
     if (max_context == 0) max_context = n_prompt + (max_new_tokens > 0 ? max_new_tokens : 1);
 
     int rc = CLI_FAILED;
@@ -114,7 +139,20 @@ int cmd_generate(int argc, char **argv) {
         rc = cli_fail(command, status, "failed");
         goto done;
     }
-    for (int i = 0; i < n_generated; i++) printf("%s%d", i ? "," : "", (int)generated[i]);
+    if (tokenizer) {
+        char *text = NULL;
+        size_t text_bytes = 0;
+        status = ferry_tokenizer_decode(tokenizer, generated, (size_t)n_generated, 1, &text,
+                                        &text_bytes);
+        if (status != FERRY_OK) {
+            rc = cli_fail(command, status, "cannot decode the new tokens");
+            goto done;
+        }
+        fwrite(text, 1, text_bytes, stdout);
+        free(text);
+    } else {
+        for (int i = 0; i < n_generated; i++) printf("%s%d", i ? "," : "", (int)generated[i]);
+    }
     printf("\n");
     if (fflush(stdout) != 0) {
         rc = cli_fail(command, FERRY_OK, "cannot write to stdout");
@@ -134,6 +172,7 @@ int cmd_generate(int argc, char **argv) {
 done:
     free(generated);
     free(prompt);
+    ferry_tokenizer_free(tokenizer);
     ferry_session_free(session);
     ferry_model_close(model);
     return rc;
