@@ -155,20 +155,45 @@ static ferry_status copy_into_slot(offload_ring *ring, uint64_t g) {
     return FERRY_OK;
 }
 
+/* A fetch for the next step failed while this step still runs: drop the
+ * next step's fetches, so that step fetches again and, if the fault stays,
+ * reports it as its own.  Copies already issued stay ordered behind the
+ * events the slots and staging buffers keep. */
+static void forget_prefetch(offload_ring *ring) {
+    uint64_t next = ring->step_base + (uint64_t)ring->n_streamed;
+    for (int i = 0; i < ring->n_staging; i++)
+        if (ring->staging_read_pending[i]) {
+            (void)ring->reader.ops->read_wait(ring->reader.impl, i);
+            ring->staging_read_pending[i] = 0;
+        }
+    ring->copy_cursor = ring->read_cursor = next;
+    ferry_clear_error();
+}
+
 /* Fetch every streamed layer up to and including g = target (bounded by
  * the horizon), and keep the NVMe reads n_staging layers further ahead. */
 static ferry_status advance(offload_ring *ring, uint64_t target) {
-    uint64_t horizon = ring->options.prefetch_next_step
-                           ? UINT64_MAX
-                           : ring->step_base + (uint64_t)ring->n_streamed - 1;
+    const uint64_t next_step = ring->step_base + (uint64_t)ring->n_streamed;
+    uint64_t horizon = ring->options.prefetch_next_step ? UINT64_MAX : next_step - 1;
     if (target > horizon) target = horizon;
-    while (ring->copy_cursor <= target) {
-        FERRY_TRY(copy_into_slot(ring, ring->copy_cursor));
-        ring->copy_cursor++;
+    ferry_status status = FERRY_OK;
+    uint64_t failed_g = 0;
+    while (status == FERRY_OK && ring->copy_cursor <= target) {
+        status = copy_into_slot(ring, ring->copy_cursor);
+        if (status == FERRY_OK) ring->copy_cursor++;
+        else failed_g = ring->copy_cursor;
     }
-    uint64_t read_limit = target + 1 + (uint64_t)ring->n_staging;
-    if (read_limit > horizon + 1) read_limit = horizon + 1;
-    return issue_reads(ring, read_limit);
+    if (status == FERRY_OK) {
+        uint64_t read_limit = target + 1 + (uint64_t)ring->n_staging;
+        if (read_limit > horizon + 1) read_limit = horizon + 1;
+        status = issue_reads(ring, read_limit);
+        failed_g = ring->read_cursor;
+    }
+    if (status != FERRY_OK && failed_g >= next_step) {
+        forget_prefetch(ring);
+        return FERRY_OK;
+    }
+    return status;
 }
 
 /* --------------------------------------------------------------- step */

@@ -485,6 +485,46 @@ Test(offload_ring, a_failed_read_names_the_layer_and_file_offset_and_does_not_ha
     model_free(&model);
 }
 
+Test(offload_ring, a_failed_prefetch_for_the_next_step_fails_that_step_not_this_one, .timeout = 30) {
+    fake_model model;
+    model_init(&model, 6, "DH");   /* layer 0 on disk: the first thing prefetched */
+    sim_device *sim = sim_start(model.layer_bytes, 10, 10);
+    offload_ring *ring = ring_new(&model, sim, 2, -1, 1);
+    int n_computes = 0;
+    cr_assert_eq(offload_ring_step(ring, &n_computes, NULL), FERRY_OK, "%s", ferry_last_error());
+    /* Step 2's layer 0 was fetched during step 1; the drive fails now, so
+     * step 2 runs whole and only step 3's prefetch of layer 0 fails. */
+    model.reader.fail_offset = 0;
+    cr_assert_eq(offload_ring_step(ring, &n_computes, NULL), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(offload_ring_step(ring, &n_computes, NULL), FERRY_ERR_IO);
+    cr_assert(strstr(ferry_last_error(), "layer 0 (file offset 0, "), "%s", ferry_last_error());
+    cr_assert_eq(model.reader.n_pending, 0, "reads left pending");
+    model.reader.fail_offset = UINT64_MAX;
+    sim->n_log = 0;
+    cr_assert_eq(offload_ring_step(ring, &n_computes, NULL), FERRY_OK, "%s", ferry_last_error());
+    assert_steps_in_order(sim, 6, 1);
+    offload_ring_free(ring);
+    sim_stop(sim);
+    model_free(&model);
+}
+
+Test(offload_ring, draining_between_steps_loses_nothing, .timeout = 30) {
+    fake_model model;
+    model_init(&model, 7, "HDG");
+    sim_device *sim = sim_start(model.layer_bytes, 10, 10);
+    offload_ring *ring = ring_new(&model, sim, 3, -1, 1);
+    int n_computes = 0;
+    for (int step = 0; step < 3; step++) {
+        cr_assert_eq(offload_ring_step(ring, &n_computes, NULL), FERRY_OK, "%s", ferry_last_error());
+        cr_assert_eq(offload_ring_drain(ring), FERRY_OK, "%s", ferry_last_error());
+        cr_assert_eq(model.reader.n_pending, 0);
+    }
+    offload_ring_free(ring);
+    assert_steps_in_order(sim, 7, 3);
+    sim_stop(sim);
+    model_free(&model);
+}
+
 Test(offload_ring, a_device_fault_names_the_layer, .timeout = 30) {
     fake_model model;
     model_init(&model, 10, "H");
