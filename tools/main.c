@@ -25,6 +25,7 @@ static const struct {
     {"iobench", cmd_iobench, "measure NVMe / file read bandwidth (and NVMe -> GPU)"},
     {"plan", cmd_plan, "print where layers and KV cache would live, and the predicted speed"},
     {"tokenize", cmd_tokenize, "text <-> token ids with a tokenizer.json (--jsonl on stdin)"},
+    {"batch", cmd_batch, "run a JSON-lines file of prompts, continuous batching, resumable"},
 };
 
 static void print_usage(FILE *out) {

@@ -1,0 +1,190 @@
+/*
+ * batch.c — ferry_batch_run: iteration-level scheduling over a session's
+ * slots.  Each step admits waiting requests into free slots, feeds every
+ * active slot (a prompt chunk, or its last token) in one ferry_forward
+ * call, samples one token per slot whose prompt is complete, and retires
+ * finished slots at once.  Hot path: the step loop allocates only when a
+ * request is admitted (its token buffer).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "runtime/batch.h"
+#include "runtime/engine.h"
+#include "runtime/sampler.h"
+
+typedef struct slot_state {
+    int active;
+    ferry_batch_request request;
+    int n_fed;                  /* prompt tokens already in the KV cache */
+    int32_t *tokens;            /* [max_new_tokens] generated */
+    int n_tokens;
+    uint64_t rng_state;         /* this request's generator, carried between steps */
+} slot_state;
+
+static int is_eos(const ferry_config *config, int32_t token) {
+    for (int i = 0; i < config->n_eos_token_ids; i++)
+        if (config->eos_token_ids[i] == token) return 1;
+    return 0;
+}
+
+static ferry_status deliver(const ferry_batch_callbacks *callbacks, ferry_batch_stats *stats,
+                            slot_state *slot, const char *finish_reason, const char *error) {
+    ferry_batch_result result = {
+        .handle = slot->request.handle, .tokens = slot->tokens, .n_tokens = slot->n_tokens,
+        .n_prompt = slot->request.n_prompt, .finish_reason = finish_reason, .error = error};
+    stats->n_requests++;
+    stats->n_errors += error != NULL;
+    if (!error) {
+        stats->prompt_tokens += (uint64_t)slot->request.n_prompt;
+        stats->completion_tokens += (uint64_t)slot->n_tokens;
+    }
+    ferry_status status = callbacks->on_result(callbacks->user, &result);
+    free(slot->tokens);
+    *slot = (slot_state){0};
+    return status;
+}
+
+/* Check a request and place it in a free slot; a request that cannot run
+ * is answered with an error result at once (and the slot stays free). */
+static ferry_status admit(ferry_session *session, int seq, slot_state *slot,
+                          const ferry_batch_request *request,
+                          const ferry_batch_callbacks *callbacks, ferry_batch_stats *stats) {
+    *slot = (slot_state){.request = *request};
+    char message[256] = "";
+    ferry_sampler check;
+    int64_t needed = (int64_t)request->n_prompt +
+                     (request->max_new_tokens > 0 ? request->max_new_tokens - 1 : 0);
+    if (request->n_prompt < 1) {
+        snprintf(message, sizeof message, "the prompt has no tokens");
+    } else if (request->max_new_tokens < 0) {
+        snprintf(message, sizeof message, "max_new_tokens %d < 0", request->max_new_tokens);
+    } else if (needed > session->max_context) {
+        snprintf(message, sizeof message,
+                 "%d prompt tokens + %d new tokens need a context of %lld; the session holds %d",
+                 request->n_prompt, request->max_new_tokens, (long long)needed,
+                 session->max_context);
+    } else if (ferry_sampler_init(&check, &request->sampling, 1) != FERRY_OK) {
+        snprintf(message, sizeof message, "%s", ferry_last_error());
+    } else {
+        ferry_sampler_free(&check);
+        for (int k = 0; k < request->n_prompt; k++)
+            if (request->prompt[k] < 0 || request->prompt[k] >= session->model->config.vocab_size) {
+                snprintf(message, sizeof message, "prompt token %d is %d, outside the vocabulary "
+                         "of %d", k, (int)request->prompt[k], session->model->config.vocab_size);
+                break;
+            }
+    }
+    if (message[0]) return deliver(callbacks, stats, slot, "error", message);
+    if (request->max_new_tokens == 0) return deliver(callbacks, stats, slot, "length", NULL);
+    FERRY_TRY(ferry_malloc((size_t)request->max_new_tokens * sizeof *slot->tokens,
+                           "generated tokens", (void **)&slot->tokens));
+    FERRY_TRY(ferry_session_reset(session, seq));
+    slot->rng_state = request->sampling.seed;
+    slot->active = 1;
+    return FERRY_OK;
+}
+
+ferry_status ferry_batch_run(ferry_session *session, int max_prefill_tokens,
+                             const ferry_batch_callbacks *callbacks, ferry_batch_stats *stats) {
+    ferry_batch_stats local_stats = {0};
+    if (!stats) stats = &local_stats;
+    *stats = (ferry_batch_stats){0};
+    if (!session || !callbacks || !callbacks->next_request || !callbacks->on_result)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ferry_batch_run: session or callbacks missing");
+    if (max_prefill_tokens <= 0) max_prefill_tokens = FERRY_CHUNK_TOKENS;
+    const ferry_config *config = &session->model->config;
+    const int vocab = config->vocab_size, max_batch = session->max_batch;
+    ferry_status status = FERRY_OK;
+    slot_state *slots = NULL;
+    float *logits = NULL;
+    int *seq_ids = NULL, *n_feed = NULL;
+    int32_t *feed = NULL;
+    ferry_sampler sampler = {0};
+    ferry_sampling defaults = ferry_sampling_default();
+    FERRY_TRY_GOTO(ferry_sampler_init(&sampler, &defaults, vocab));
+    FERRY_TRY_GOTO(ferry_calloc((size_t)max_batch, sizeof *slots, "batch slots", (void **)&slots));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)max_batch * (size_t)vocab * sizeof *logits,
+                                "batch logits", (void **)&logits));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)max_batch * sizeof *seq_ids, "batch", (void **)&seq_ids));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)max_batch * sizeof *n_feed, "batch", (void **)&n_feed));
+    FERRY_TRY_GOTO(ferry_malloc(((size_t)max_prefill_tokens + (size_t)max_batch) * sizeof *feed,
+                                "batch tokens", (void **)&feed));
+    int more_requests = 1;
+    for (;;) {
+        int stopping = callbacks->stop_flag && *callbacks->stop_flag;
+        /* admit waiting requests into free slots */
+        for (int seq = 0; seq < max_batch && more_requests && !stopping; seq++) {
+            while (!slots[seq].active && more_requests) {
+                ferry_batch_request request;
+                more_requests = callbacks->next_request(callbacks->user, &request);
+                if (more_requests)
+                    FERRY_TRY_GOTO(admit(session, seq, &slots[seq], &request, callbacks, stats));
+            }
+        }
+        if (stopping) {
+            status = ferry_fail(FERRY_ERR_CANCELLED, "batch stopped by a signal");
+            goto fail;
+        }
+        /* one step: decode tokens first, then prompt chunks within the budget */
+        int n_seqs = 0, n_fed_tokens = 0, prefill_left = max_prefill_tokens;
+        for (int pass = 0; pass < 2; pass++)
+            for (int seq = 0; seq < max_batch; seq++) {
+                slot_state *slot = &slots[seq];
+                int prefilling = slot->active && slot->n_fed < slot->request.n_prompt;
+                if (!slot->active || prefilling != pass) continue;
+                int n = 1;
+                const int32_t *source = &slot->tokens[slot->n_tokens > 0 ? slot->n_tokens - 1 : 0];
+                if (prefilling) {
+                    n = slot->request.n_prompt - slot->n_fed;
+                    if (n > prefill_left) n = prefill_left;
+                    if (n == 0) continue;
+                    prefill_left -= n;
+                    source = slot->request.prompt + slot->n_fed;
+                }
+                memcpy(feed + n_fed_tokens, source, (size_t)n * sizeof *feed);
+                seq_ids[n_seqs] = seq;
+                n_feed[n_seqs++] = n;
+                n_fed_tokens += n;
+            }
+        if (n_seqs == 0) break;   /* nothing active and nothing waiting */
+        ferry_batch batch = {.n_seqs = n_seqs, .seq_ids = seq_ids, .n_tokens = n_feed, .tokens = feed};
+        uint64_t start_ns = ferry_now_ns();
+        FERRY_TRY_GOTO(ferry_forward(session, &batch, FERRY_LOGITS_LAST, logits,
+                                     (size_t)max_batch * (size_t)vocab));
+        stats->forward_ns += ferry_now_ns() - start_ns;
+        stats->n_steps++;
+        for (int i = 0; i < n_seqs; i++) {
+            slot_state *slot = &slots[seq_ids[i]];
+            if (slot->n_fed < slot->request.n_prompt) {
+                slot->n_fed += n_feed[i];
+                if (slot->n_fed < slot->request.n_prompt) continue;   /* mid-prompt chunk */
+            }
+            /* this request's generator state drives the shared sampler scratch */
+            sampler.params = slot->request.sampling;
+            sampler.rng_state = slot->rng_state;
+            int32_t token = ferry_sampler_next(&sampler, logits + (size_t)i * (size_t)vocab);
+            slot->rng_state = sampler.rng_state;
+            slot->tokens[slot->n_tokens++] = token;
+            const char *finish = NULL;
+            if (callbacks->on_token &&
+                callbacks->on_token(callbacks->user, slot->request.handle, slot->tokens,
+                                    slot->n_tokens))
+                finish = "stop";
+            else if (!slot->request.ignore_eos && is_eos(config, token))
+                finish = "stop";
+            else if (slot->n_tokens == slot->request.max_new_tokens)
+                finish = "length";
+            if (finish) FERRY_TRY_GOTO(deliver(callbacks, stats, slot, finish, NULL));
+        }
+    }
+fail:
+    for (int seq = 0; slots && seq < max_batch; seq++) free(slots[seq].tokens);
+    free(slots);
+    free(logits);
+    free(seq_ids);
+    free(n_feed);
+    free(feed);
+    ferry_sampler_free(&sampler);
+    return status;
+}
