@@ -100,6 +100,12 @@ typedef struct ferry_backend_ops {
 
     /* KV cache element type (f32 on the CPU; the CUDA backend may choose). */
     ferry_dtype kv_dtype;
+
+    /* The stream every op runs on (a cudaStream_t, never the legacy 0), for
+     * work that must be ordered with the ops: offload/'s slot ring makes it
+     * wait for a slot's copy event and records compute events on it.  NULL
+     * (or a NULL result) where ops finish before they return (the CPU). */
+    void *(*compute_stream)(ferry_backend *backend);
 } ferry_backend_ops;
 
 struct ferry_backend {

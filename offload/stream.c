@@ -25,6 +25,7 @@ struct offload_stream {
     char path[200];
     offload_reader reader;
     offload_device device;
+    int device_is_cuda;
     offload_ring *ring;
     pthread_mutex_t lock;
 };
@@ -175,17 +176,65 @@ static ferry_status stream_compute(void *user, int layer, const void *weights, v
     return pass->run(pass->user, layer, tensors);
 }
 
+/* The ring's device for the model's backend: the CPU (memcpy, direct
+ * calls) or CUDA (copy stream, events on the backend's compute stream). */
+static ferry_status make_device(offload_stream *stream, ferry_backend *backend) {
+    if (strcmp(backend->ops->name, "cpu") == 0)
+        return offload_device_cpu_new(stream_compute, stream, &stream->device);
+    if (strcmp(backend->ops->name, "cuda") == 0) {
+        void *compute_stream =
+            backend->ops->compute_stream ? backend->ops->compute_stream(backend) : NULL;
+        if (!compute_stream)
+            return ferry_fail(FERRY_ERR_UNSUPPORTED,
+                              "layer streaming on %s needs the backend's compute stream "
+                              "(ops.compute_stream)",
+                              backend->label);
+        int gpu = 0;
+        if (sscanf(backend->label, "cuda:%d", &gpu) != 1) gpu = 0;
+        stream->device_is_cuda = 1;
+        return offload_device_cuda_new(gpu, compute_stream, stream_compute, stream,
+                                       &stream->device);
+    }
+    return ferry_fail(FERRY_ERR_UNSUPPORTED, "layer streaming is not built for the %s backend",
+                      backend->label);
+}
+
+static void free_device(offload_stream *stream) {
+    if (!stream->device.ops) return;
+    if (stream->device.ops->host_unregister)
+        for (int i = 0; i < stream->n_layers; i++)
+            if (stream->host_layers[i])
+                stream->device.ops->host_unregister(stream->device.impl, stream->host_layers[i]);
+    if (stream->device_is_cuda) offload_device_cuda_free(&stream->device);
+    else offload_device_cpu_free(&stream->device);
+}
+
 ferry_status offload_stream_attach(offload_stream *stream, ferry_model *model) {
-    if (strcmp(model->backend->ops->name, "cpu") != 0)
-        return ferry_fail(FERRY_ERR_UNSUPPORTED,
-                          "layer streaming runs on the cpu backend only so far (not %s)",
-                          model->backend->label);
     ferry_status status;
     for (int layer = 0; layer < stream->n_layers; layer++)
         if (stream->sources[layer].tier == OFFLOAD_TIER_GPU)
             stream->sources[layer].resident =
                 (const void *)&model->tensors[ferry_model_tensor_slot(layer, 0)];
-    FERRY_TRY(offload_device_cpu_new(stream_compute, stream, &stream->device));
+    FERRY_TRY(make_device(stream, model->backend));
+    /* DRAM-tier layers are copied asynchronously: the device may want them
+     * pinned (CUDA).  Pinning fails on a short RLIMIT_MEMLOCK: say so. */
+    if (stream->device.ops->host_register)
+        for (int layer = 0; layer < stream->n_layers; layer++) {
+            if (!stream->host_layers[layer]) continue;
+            uint64_t rounded = (stream->layer_bytes[layer] + 4095) / 4096 * 4096;
+            status = stream->device.ops->host_register(stream->device.impl,
+                                                       stream->host_layers[layer], rounded);
+            if (status != FERRY_OK) {
+                ferry_fail_prefix(status, "layer %d in DRAM (%llu bytes): ", layer,
+                                  (unsigned long long)rounded);
+                /* Unregister only what was registered. */
+                for (int later = layer; later < stream->n_layers; later++) {
+                    free(stream->host_layers[later]);
+                    stream->host_layers[later] = NULL;
+                }
+                goto fail;
+            }
+        }
     const int n_slots = stream->plan.n_slots ? stream->plan.n_slots : 1;
     if (stream->plan.n_disk)
         FERRY_TRY_GOTO(offload_reader_pread_new(stream->fd, stream->path, n_slots, &stream->reader));
@@ -195,7 +244,7 @@ ferry_status offload_stream_attach(offload_stream *stream, ferry_model *model) {
     return FERRY_OK;
 fail:
     offload_reader_pread_free(&stream->reader);
-    offload_device_cpu_free(&stream->device);
+    free_device(stream);
     return status;
 }
 
@@ -216,7 +265,7 @@ void offload_stream_free(offload_stream *stream) {
     if (!stream) return;
     offload_ring_free(stream->ring);
     offload_reader_pread_free(&stream->reader);
-    offload_device_cpu_free(&stream->device);
+    free_device(stream);
     if (stream->host_layers)
         for (int i = 0; i < stream->n_layers; i++) free(stream->host_layers[i]);
     if (stream->fd >= 0) close(stream->fd);
