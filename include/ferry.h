@@ -82,6 +82,11 @@ typedef struct ferry_model_options {
     uint64_t host_mem_bytes;    /* DRAM for streamed layers and file staging; 0: no limit */
     int resident_layers;        /* -1: as many as gpu_mem_bytes holds; else exactly so many */
     int slots;                  /* depth of the slot ring that streamed layers pass through; 0: 2 */
+    /* The sessions gpu_mem_bytes must leave room for (their KV cache and
+     * activations): up to stream_batch sequences of stream_context tokens.
+     * 0: batch 1, and the model's context up to 2048 tokens. */
+    int stream_batch;
+    int stream_context;
 } ferry_model_options;
 
 /* Open a .ferry file.  opts may be NULL for defaults.  Checks the preamble,

@@ -251,11 +251,13 @@ typedef struct offload_stream_options {
     int resident_layers;        /* -1: as many as fit */
     int n_slots;                /* 0: 2 */
     size_t kv_element_bytes;
+    int batch, context;         /* sessions to leave room for; 0: 1 and min(model, 2048) */
 } offload_stream_options;
 
-/* Plan the placement of file's layers (for batch 1: sessions add their KV
- * cache later), read the DRAM-tier layers into host memory and keep a
- * reader on the file for the NVMe tier. */
+/* Plan the placement of file's layers leaving room for sessions of
+ * batch x context tokens (their KV cache and activations), read the
+ * DRAM-tier layers into host memory and keep a reader on the file for the
+ * NVMe tier. */
 ferry_status offload_stream_open(const struct ferry_file *file,
                                  const offload_stream_options *options, offload_stream **out);
 /* Is the layer kept resident (loaded into backend memory by the model)? */

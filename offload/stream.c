@@ -119,8 +119,10 @@ ferry_status offload_stream_open(const ferry_file *file, const offload_stream_op
     offload_request request = {0};
     request.gpu_mem_bytes = options->gpu_mem_bytes ? options->gpu_mem_bytes : UINT64_MAX;
     request.host_mem_bytes = options->host_mem_bytes ? options->host_mem_bytes : UINT64_MAX;
-    request.batch = 1;
-    request.context = 1;
+    request.batch = options->batch > 0 ? options->batch : 1;
+    request.context = options->context > 0 ? options->context
+                      : layout->config.max_position < 2048 ? layout->config.max_position
+                                                           : 2048;
     request.n_slots = options->n_slots;
     request.resident_layers = options->resident_layers;
     offload_bandwidths bandwidths = offload_bandwidths_default();

@@ -157,7 +157,8 @@ ferry_status ferry_model_open(const char *path, const ferry_model_options *opts,
     if (opts->streaming) {
         offload_stream_options stream_options = {
             opts->gpu_mem_bytes, opts->host_mem_bytes, opts->resident_layers, opts->slots,
-            ferry_dtype_bytes(model->backend->ops->kv_dtype)};
+            ferry_dtype_bytes(model->backend->ops->kv_dtype), opts->stream_batch,
+            opts->stream_context};
         status = offload_stream_open(file, &stream_options, &model->stream);
         if (status != FERRY_OK) {
             ferry_fail_prefix(status, "%s: ", path);

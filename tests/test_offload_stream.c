@@ -80,7 +80,7 @@ static uint64_t layer_blob_bytes(const char *path) {
     return bytes;
 }
 
-enum { N_SEQS = 3, VOCAB = 97 };
+enum { N_SEQS = 3, VOCAB = 97, SESSION_CONTEXT = 32 };
 
 /* Logits of a ragged prompt batch (every position) followed by one decode
  * step (last positions), concatenated. */
@@ -105,7 +105,7 @@ static ferry_status run_model(ferry_model *model, run_logits *out) {
     for (size_t i = 0; i < sizeof out->prompt / sizeof(float); i++) out->prompt[i] = NAN;
     for (size_t i = 0; i < sizeof out->decode / sizeof(float); i++) out->decode[i] = NAN;
     ferry_session *session = NULL;
-    cr_assert_eq(ferry_session_new(model, N_SEQS, 32, &session), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(ferry_session_new(model, N_SEQS, SESSION_CONTEXT, &session), FERRY_OK, "%s", ferry_last_error());
     ferry_batch batch = {N_SEQS, NULL, n_tokens, prompt};
     ferry_status status = ferry_forward(session, &batch, FERRY_LOGITS_ALL, out->prompt,
                                         sizeof out->prompt / sizeof(float));
@@ -203,8 +203,9 @@ Test(offload_stream, a_gpu_budget_picks_the_mix_and_the_logits_stay_identical) {
     cr_assert_eq(run_model(model, &resident), FERRY_OK, "%s", ferry_last_error());
     ferry_model_close(model);
 
-    /* The plan's fixed part for this file (batch 1, context 1, f32 KV),
-     * then room for 2 slots, 2 resident layers and half a layer more. */
+    /* The plan's fixed part for this file and the sessions run_model makes
+     * (3 sequences of 32 tokens, f32 KV), then room for 2 slots, 2
+     * resident layers and half a layer more. */
     ferry_file *file = NULL;
     cr_assert_eq(ferry_file_open(path, &file), FERRY_OK, "%s", ferry_last_error());
     uint64_t layer_bytes[5];
@@ -212,11 +213,15 @@ Test(offload_stream, a_gpu_budget_picks_the_mix_and_the_logits_stay_identical) {
     cr_assert_eq(offload_shape_from_layout(&file->layout, sizeof(float), layer_bytes, &shape),
                  FERRY_OK);
     ferry_file_close(file);
+    const uint64_t tokens = N_SEQS * SESSION_CONTEXT;
     uint64_t fixed = shape.globals_bytes + shape.activation_fixed_bytes +
-                     shape.activation_bytes_per_token + 5 * shape.kv_bytes_per_token_layer;
+                     tokens * shape.activation_bytes_per_token +
+                     tokens * 5 * shape.kv_bytes_per_token_layer;
     ferry_model_options options = {0};
     options.streaming = 1;
     options.resident_layers = -1;
+    options.stream_batch = N_SEQS;
+    options.stream_context = SESSION_CONTEXT;
     options.gpu_mem_bytes = fixed + 4 * layer + layer / 2;
     model = open_model(path, options);
     assert_tiers(model, "GGHHH");
