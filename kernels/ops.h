@@ -106,6 +106,14 @@ typedef struct ferry_backend_ops {
      * wait for a slot's copy event and records compute events on it.  NULL
      * (or a NULL result) where ops finish before they return (the CPU). */
     void *(*compute_stream)(ferry_backend *backend);
+
+    /* ---- optional measurement hooks (NULL where a backend has none) ---- */
+
+    /* Device-to-device copy bandwidth over `bytes`, counting bytes read
+     * plus bytes written, in GB/s (10^9 bytes per second). */
+    ferry_status (*copy_bandwidth)(ferry_backend *backend, size_t bytes, double *out_gbps);
+    /* Device memory in use (by every process) and the device's total. */
+    ferry_status (*memory_info)(ferry_backend *backend, size_t *used_bytes, size_t *total_bytes);
 } ferry_backend_ops;
 
 struct ferry_backend {

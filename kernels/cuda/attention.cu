@@ -1,0 +1,278 @@
+/*
+ * attention.cu — the CUDA backend's attention ops: rotary embedding,
+ * storing K/V into the f16 cache, and causal grouped-query attention over
+ * the cache.  Attention is split over the context (flash-decoding): the
+ * keys of one query head are dealt out to every warp of n_splits blocks,
+ * each keeps an online softmax (running max, running sum, weighted V),
+ * and a second kernel merges the blocks' partial results.  Bad slots or
+ * positions raise the backend's error flag instead of touching memory.
+ * Hot path: no allocation once the partials scratch has grown.
+ */
+#include <cuda_fp16.h>
+#include <math.h>
+
+#include "kernels/cuda/cuda_backend.h"
+
+enum {
+    ATTENTION_WARPS = 4,            /* warps per block */
+    MAX_HEAD_DIM = 256,
+    BLOCKS_PER_SM_TARGET = 4,       /* enough blocks in flight to cover the whole GPU */
+    MIN_KEYS_PER_WARP = 16,         /* fewer makes the merge cost more than it saves */
+};
+
+/* ---------------------------------------------------------------- rope */
+
+/* One block per token; thread i of a head rotates the pair (i, i + half):
+ *   x'[i] = x[i] cos - x[i+half] sin,  x'[i+half] = x[i+half] cos + x[i] sin
+ * The angle is formed in float32 as HF does, its sine and cosine in double
+ * (fast-math sinf loses accuracy at angles of thousands of radians). */
+__global__ void rope_kernel(float *q, float *k, const int32_t *positions, const float *inv_freq,
+                            int n_heads, int n_kv_heads, int head_dim) {
+    const int t = blockIdx.x, half = head_dim / 2;
+    const float position = (float)positions[t];
+    const int n_pairs = (n_heads + n_kv_heads) * half;
+    for (int item = threadIdx.x; item < n_pairs; item += blockDim.x) {
+        int head = item / half, i = item % half;
+        float *x = head < n_heads ? q + ((size_t)t * n_heads + head) * head_dim
+                                  : k + ((size_t)t * n_kv_heads + (head - n_heads)) * head_dim;
+        float angle = position * inv_freq[i];
+        float c = (float)cos((double)angle), s = (float)sin((double)angle);
+        float x0 = x[i], x1 = x[i + half];
+        x[i] = x0 * c - x1 * s;
+        x[i + half] = x1 * c + x0 * s;
+    }
+}
+
+ferry_status cuda_rope(ferry_backend *backend, float *q, float *k, const ferry_token_batch *batch,
+                       const float *inv_freq, ferry_attention_shape shape) {
+    if (shape.head_dim % 2 != 0)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "rope: head_dim %d is odd", shape.head_dim);
+    if (batch->n_tokens <= 0) return FERRY_OK;
+    rope_kernel<<<batch->n_tokens, 256, 0, cuda_state(backend)->stream>>>(
+        q, k, batch->positions, inv_freq, shape.n_heads, shape.n_kv_heads, shape.head_dim);
+    CUDA_TRY_LAUNCH();
+    return FERRY_OK;
+}
+
+/* ------------------------------------------------------------ kv_store */
+
+__device__ __forceinline__ bool place_ok(int slot, int position, int n_slots, int max_context) {
+    return slot >= 0 && slot < n_slots && position >= 0 && position < max_context;
+}
+
+/* One block per token: K[slot][position] = k[t], V[slot][position] = v[t]
+ * rounded to f16. */
+__global__ void kv_store_kernel(__half *cache_k, __half *cache_v, const float *k, const float *v,
+                                const int32_t *positions, const int32_t *slots, int n_slots,
+                                int max_context, int row_width, int *error_flag) {
+    const int t = blockIdx.x, slot = slots[t], position = positions[t];
+    if (!place_ok(slot, position, n_slots, max_context)) {
+        if (threadIdx.x == 0) atomicExch(error_flag, CUDA_BAD_KV_PLACE);
+        return;
+    }
+    size_t at = ((size_t)slot * max_context + position) * row_width;
+    for (int i = threadIdx.x; i < row_width; i += blockDim.x) {
+        cache_k[at + i] = __float2half_rn(k[(size_t)t * row_width + i]);
+        cache_v[at + i] = __float2half_rn(v[(size_t)t * row_width + i]);
+    }
+}
+
+ferry_status cuda_kv_store(ferry_backend *backend, ferry_kv_layer *cache, const float *k,
+                           const float *v, const ferry_token_batch *batch,
+                           ferry_attention_shape shape) {
+    cuda_backend *state = cuda_state(backend);
+    if (batch->n_tokens <= 0) return FERRY_OK;
+    kv_store_kernel<<<batch->n_tokens, 256, 0, state->stream>>>(
+        (__half *)cache->k, (__half *)cache->v, k, v, batch->positions, batch->slots,
+        cache->n_slots, cache->max_context, shape.n_kv_heads * shape.head_dim,
+        state->error_flag);
+    CUDA_TRY_LAUNCH();
+    return FERRY_OK;
+}
+
+/* ----------------------------------------------------------- attention */
+
+struct attention_args {
+    float *out;                 /* [n, n_heads, head_dim] (written when n_splits == 1) */
+    float *partials;            /* [n * n_heads, n_splits, head_dim + 2] otherwise */
+    const float *q;
+    const __half *cache_k, *cache_v;
+    const int32_t *positions, *slots;
+    int *error_flag;
+    int n_heads, n_kv_heads, head_dim, n_slots, max_context, n_splits;
+    float scale;
+};
+
+/* Block (item = token * n_heads + head, split).  Lane l owns dims
+ * l, l + 32, ... (up to DIMS_PER_LANE of them).  Warp g of the G =
+ * n_splits * ATTENTION_WARPS warps of this item takes keys g, g + G, ... */
+template <int DIMS_PER_LANE>
+__global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attention_args args) {
+    const int item = blockIdx.x, split = blockIdx.y;
+    const int t = item / args.n_heads, head = item % args.n_heads;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int head_dim = args.head_dim;
+    const int kv_head = head / (args.n_heads / args.n_kv_heads);
+    const int slot = args.slots[t], last = args.positions[t];
+    __shared__ float warp_max[ATTENTION_WARPS], warp_sum_shared[ATTENTION_WARPS];
+    __shared__ float warp_acc[ATTENTION_WARPS][MAX_HEAD_DIM];
+
+    float running_max = -INFINITY, running_sum = 0.0f;
+    float acc[DIMS_PER_LANE], q[DIMS_PER_LANE];
+    const bool valid = place_ok(slot, last, args.n_slots, args.max_context);
+    if (!valid && threadIdx.x == 0 && split == 0) atomicExch(args.error_flag, CUDA_BAD_KV_PLACE);
+#pragma unroll
+    for (int e = 0; e < DIMS_PER_LANE; e++) {
+        int d = lane + 32 * e;
+        acc[e] = 0.0f;
+        q[e] = d < head_dim ? args.q[(size_t)item * head_dim + d] * args.scale : 0.0f;
+    }
+    if (valid) {
+        const size_t row_width = (size_t)args.n_kv_heads * head_dim;
+        const size_t base = (size_t)slot * args.max_context * row_width + (size_t)kv_head * head_dim;
+        const int stride = args.n_splits * ATTENTION_WARPS;
+        for (int p = split * ATTENTION_WARPS + warp; p <= last; p += stride) {
+            const __half *key = args.cache_k + base + (size_t)p * row_width;
+            const __half *value = args.cache_v + base + (size_t)p * row_width;
+            /* score = (q . K[p]) / sqrt(head_dim); scale is already in q */
+            float partial = 0.0f;
+#pragma unroll
+            for (int e = 0; e < DIMS_PER_LANE; e++) {
+                int d = lane + 32 * e;
+                if (d < head_dim) partial += q[e] * __half2float(key[d]);
+            }
+#pragma unroll
+            for (int offset = 16; offset > 0; offset >>= 1)
+                partial += __shfl_xor_sync(0xffffffffu, partial, offset);
+            const float score = partial;
+            /* online softmax: rescale what we have when the maximum grows */
+            if (score > running_max) {
+                float correction = __expf(running_max - score);
+                running_sum *= correction;
+#pragma unroll
+                for (int e = 0; e < DIMS_PER_LANE; e++) acc[e] *= correction;
+                running_max = score;
+            }
+            float weight = __expf(score - running_max);
+            running_sum += weight;
+#pragma unroll
+            for (int e = 0; e < DIMS_PER_LANE; e++) {
+                int d = lane + 32 * e;
+                if (d < head_dim) acc[e] += weight * __half2float(value[d]);
+            }
+        }
+    }
+    /* merge the block's warps */
+    if (lane == 0) {
+        warp_max[warp] = running_max;
+        warp_sum_shared[warp] = running_sum;
+    }
+#pragma unroll
+    for (int e = 0; e < DIMS_PER_LANE; e++) {
+        int d = lane + 32 * e;
+        if (d < head_dim) warp_acc[warp][d] = acc[e];
+    }
+    __syncthreads();
+    float block_max = -INFINITY;
+    for (int w = 0; w < ATTENTION_WARPS; w++) block_max = fmaxf(block_max, warp_max[w]);
+    float block_sum = 0.0f;
+    float factors[ATTENTION_WARPS];
+    for (int w = 0; w < ATTENTION_WARPS; w++) {
+        factors[w] = warp_max[w] == -INFINITY ? 0.0f : __expf(warp_max[w] - block_max);
+        block_sum += factors[w] * warp_sum_shared[w];
+    }
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float value = 0.0f;
+        for (int w = 0; w < ATTENTION_WARPS; w++) value += factors[w] * warp_acc[w][d];
+        if (args.n_splits == 1) {
+            args.out[(size_t)item * head_dim + d] = block_sum > 0.0f ? value / block_sum : 0.0f;
+        } else {
+            float *partial = args.partials + ((size_t)item * args.n_splits + split) * (head_dim + 2);
+            partial[2 + d] = value;
+            if (d == 0) {
+                partial[0] = block_max;
+                partial[1] = block_sum;
+            }
+        }
+    }
+}
+
+/* One block per (token, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s. */
+__global__ void attention_merge_kernel(float *out, const float *partials, int n_splits,
+                                       int head_dim) {
+    const int item = blockIdx.x;
+    const float *first = partials + (size_t)item * n_splits * (head_dim + 2);
+    float global_max = -INFINITY;
+    for (int s = 0; s < n_splits; s++) global_max = fmaxf(global_max, first[s * (head_dim + 2)]);
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float numerator = 0.0f, denominator = 0.0f;
+        for (int s = 0; s < n_splits; s++) {
+            const float *partial = first + (size_t)s * (head_dim + 2);
+            if (partial[0] == -INFINITY) continue; /* this split saw no keys */
+            float factor = __expf(partial[0] - global_max);
+            numerator += factor * partial[2 + d];
+            denominator += factor * partial[1];
+        }
+        out[(size_t)item * head_dim + d] = denominator > 0.0f ? numerator / denominator : 0.0f;
+    }
+}
+
+ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
+                            const ferry_kv_layer *cache, const ferry_token_batch *batch,
+                            ferry_attention_shape shape) {
+    cuda_backend *state = cuda_state(backend);
+    if (shape.n_kv_heads <= 0 || shape.n_heads % shape.n_kv_heads != 0)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "attention: %d query heads are not a multiple of %d KV heads",
+                          shape.n_heads, shape.n_kv_heads);
+    if (shape.head_dim <= 0 || shape.head_dim > MAX_HEAD_DIM)
+        return ferry_fail(FERRY_ERR_UNSUPPORTED, "attention: head_dim %d (the CUDA kernels take 1..%d)",
+                          shape.head_dim, MAX_HEAD_DIM);
+    if (batch->n_tokens <= 0) return FERRY_OK;
+    const long items = (long)batch->n_tokens * shape.n_heads;
+    if (items > INT32_MAX) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "attention: batch too large");
+    /* Split the context only while there are too few (token, head) items
+     * to fill the GPU; never into pieces of fewer than a few keys per warp. */
+    long target_blocks = (long)state->n_multiprocessors * BLOCKS_PER_SM_TARGET;
+    long by_occupancy = (target_blocks + items - 1) / items;
+    long by_length = (cache->max_context + ATTENTION_WARPS * MIN_KEYS_PER_WARP - 1) /
+                     (ATTENTION_WARPS * MIN_KEYS_PER_WARP);
+    int n_splits = (int)(by_occupancy < by_length ? by_occupancy : by_length);
+    if (n_splits < 1) n_splits = 1;
+    if (n_splits > 1) {
+        size_t bytes = (size_t)items * n_splits * (shape.head_dim + 2) * sizeof(float);
+        void *buffer = state->attention_partials;
+        size_t capacity = state->attention_partials_floats * sizeof(float);
+        FERRY_TRY(cuda_scratch_reserve(state, &buffer, &capacity, bytes));
+        state->attention_partials = (float *)buffer;
+        state->attention_partials_floats = capacity / sizeof(float);
+    }
+    attention_args args;
+    args.out = out;
+    args.partials = state->attention_partials;
+    args.q = q;
+    args.cache_k = (const __half *)cache->k;
+    args.cache_v = (const __half *)cache->v;
+    args.positions = batch->positions;
+    args.slots = batch->slots;
+    args.error_flag = state->error_flag;
+    args.n_heads = shape.n_heads;
+    args.n_kv_heads = shape.n_kv_heads;
+    args.head_dim = shape.head_dim;
+    args.n_slots = cache->n_slots;
+    args.max_context = cache->max_context;
+    args.n_splits = n_splits;
+    args.scale = 1.0f / sqrtf((float)shape.head_dim);
+    dim3 grid((unsigned)items, (unsigned)n_splits);
+    const int threads = ATTENTION_WARPS * 32;
+    if (shape.head_dim <= 64) attention_kernel<2><<<grid, threads, 0, state->stream>>>(args);
+    else if (shape.head_dim <= 128) attention_kernel<4><<<grid, threads, 0, state->stream>>>(args);
+    else attention_kernel<8><<<grid, threads, 0, state->stream>>>(args);
+    CUDA_TRY_LAUNCH();
+    if (n_splits > 1) {
+        attention_merge_kernel<<<(unsigned)items, 128, 0, state->stream>>>(
+            out, state->attention_partials, n_splits, shape.head_dim);
+        CUDA_TRY_LAUNCH();
+    }
+    return FERRY_OK;
+}

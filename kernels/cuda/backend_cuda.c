@@ -1,0 +1,260 @@
+/*
+ * backend_cuda.c — the CUDA backend's life and memory: finding a usable
+ * GPU (never aborting when there is no driver), the compute stream and
+ * cuBLAS handle every op uses, device allocations, uploads/downloads
+ * ordered on that stream, the device-side error flag that kernels raise
+ * on bad token ids or cache places, and the op table.  Kernels live in
+ * the .cu files beside this one.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "kernels/cuda/cuda_backend.h"
+
+enum {
+    MIN_COMPUTE_MAJOR = 8,              /* bf16 loads and cp.async need Ampere or newer */
+    DEFAULT_MATVEC_MAX_TOKENS = 8,      /* measured on the H100: see bench/RESULTS.md */
+};
+
+int ferry_cuda_available(void) {
+    int count = 0;
+    /* Without a driver this returns an error code; it never aborts. */
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky-free error so later calls start clean */
+        return 0;
+    }
+    return count > 0;
+}
+
+ferry_status cuda_scratch_reserve(cuda_backend *state, void **buffer, size_t *capacity,
+                                  size_t bytes) {
+    if (bytes <= *capacity) return FERRY_OK;
+    if (*buffer) {
+        /* the old buffer may still be read by queued work */
+        CUDA_TRY(cudaStreamSynchronize(state->stream));
+        CUDA_TRY(cudaFree(*buffer));
+        *buffer = NULL;
+        *capacity = 0;
+    }
+    cudaError_t error = cudaMalloc(buffer, bytes);
+    if (error != cudaSuccess) {
+        *buffer = NULL;
+        return ferry_fail(FERRY_ERR_NO_MEMORY, "cuda:%d: scratch of %zu bytes: %s", state->device,
+                          bytes, cudaGetErrorString(error));
+    }
+    *capacity = bytes;
+    return FERRY_OK;
+}
+
+/* -------------------------------------------------------------- memory */
+
+static ferry_status cuda_alloc(ferry_backend *backend, size_t bytes, void **out) {
+    cuda_backend *state = cuda_state(backend);
+    *out = NULL;
+    CUDA_TRY(cudaSetDevice(state->device));
+    cudaError_t error = cudaMalloc(out, bytes ? bytes : 256);
+    if (error != cudaSuccess) {
+        *out = NULL;
+        size_t free_bytes = 0, total_bytes = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&free_bytes, &total_bytes);
+        return ferry_fail(FERRY_ERR_NO_MEMORY,
+                          "cuda:%d: cannot allocate %zu bytes (%zu of %zu bytes free): %s",
+                          state->device, bytes, free_bytes, total_bytes,
+                          cudaGetErrorString(error));
+    }
+    return FERRY_OK;
+}
+
+static void cuda_free(ferry_backend *backend, void *ptr) {
+    (void)backend;
+    if (ptr) cudaFree(ptr);
+}
+
+/* Copies are ordered on the compute stream and waited for, so the host
+ * buffer may be reused as soon as the call returns. */
+static ferry_status cuda_upload(ferry_backend *backend, void *dst, const void *host_src,
+                                size_t bytes) {
+    cuda_backend *state = cuda_state(backend);
+    if (!bytes) return FERRY_OK;
+    CUDA_TRY(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, state->stream));
+    CUDA_TRY(cudaStreamSynchronize(state->stream));
+    return FERRY_OK;
+}
+
+static ferry_status check_error_flag(cuda_backend *state) {
+    int code = 0;
+    CUDA_TRY(cudaMemcpyAsync(&code, state->error_flag, sizeof code, cudaMemcpyDeviceToHost,
+                             state->stream));
+    CUDA_TRY(cudaStreamSynchronize(state->stream));
+    if (code == 0) return FERRY_OK;
+    CUDA_TRY(cudaMemsetAsync(state->error_flag, 0, sizeof(int), state->stream));
+    CUDA_TRY(cudaStreamSynchronize(state->stream));
+    if (code == CUDA_BAD_TOKEN)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "cuda:%d: embed: a token id is negative",
+                          state->device);
+    return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                      "cuda:%d: kv_store/attention: a token's slot or position is outside the "
+                      "KV cache (its work was skipped)",
+                      state->device);
+}
+
+static ferry_status cuda_download(ferry_backend *backend, void *host_dst, const void *src,
+                                  size_t bytes) {
+    cuda_backend *state = cuda_state(backend);
+    if (bytes) {
+        CUDA_TRY(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, state->stream));
+    }
+    CUDA_TRY(cudaStreamSynchronize(state->stream));
+    return check_error_flag(state);
+}
+
+static ferry_status cuda_synchronize(ferry_backend *backend) {
+    cuda_backend *state = cuda_state(backend);
+    CUDA_TRY(cudaStreamSynchronize(state->stream));
+    return check_error_flag(state);
+}
+
+static void release_state(cuda_backend *state) {
+    if (!state) return;
+    cudaSetDevice(state->device);
+    if (state->stream) cudaStreamSynchronize(state->stream);
+    if (state->cublas) cublasDestroy(state->cublas);
+    if (state->error_flag) cudaFree(state->error_flag);
+    if (state->activations) cudaFree(state->activations);
+    if (state->attention_partials) cudaFree(state->attention_partials);
+    if (state->stream) cudaStreamDestroy(state->stream);
+    free(state);
+}
+
+static void cuda_destroy(ferry_backend *backend) {
+    if (!backend) return;
+    release_state(backend->impl);
+    free(backend);
+}
+
+/* ------------------------------------------------------ measurement */
+
+/* Device-to-device copy bandwidth, counting bytes read plus written,
+ * median-free but warmed up: best of 5 copies of `bytes`. */
+static ferry_status cuda_copy_bandwidth(ferry_backend *backend, size_t bytes, double *out_gbps) {
+    cuda_backend *state = cuda_state(backend);
+    ferry_status status = FERRY_OK;
+    void *source = NULL, *target = NULL;
+    cudaEvent_t start = NULL, stop = NULL;
+    double best_ms = 1e30;
+    *out_gbps = 0;
+    FERRY_TRY_GOTO(cuda_alloc(backend, bytes, &source));
+    FERRY_TRY_GOTO(cuda_alloc(backend, bytes, &target));
+    if (cudaMemsetAsync(source, 1, bytes, state->stream) != cudaSuccess ||
+        cudaEventCreate(&start) != cudaSuccess || cudaEventCreate(&stop) != cudaSuccess) {
+        status = ferry_fail(FERRY_ERR_BACKEND, "cuda: copy bandwidth: setup failed");
+        goto fail;
+    }
+    for (int i = 0; i < 7; i++) {
+        float ms = 0;
+        if (cudaEventRecord(start, state->stream) != cudaSuccess ||
+            cudaMemcpyAsync(target, source, bytes, cudaMemcpyDeviceToDevice, state->stream) !=
+                cudaSuccess ||
+            cudaEventRecord(stop, state->stream) != cudaSuccess ||
+            cudaEventSynchronize(stop) != cudaSuccess ||
+            cudaEventElapsedTime(&ms, start, stop) != cudaSuccess) {
+            status = ferry_fail(FERRY_ERR_BACKEND, "cuda: copy bandwidth: a timed copy failed");
+            goto fail;
+        }
+        if (i >= 2 && ms < best_ms) best_ms = ms; /* two warm-up copies */
+    }
+    *out_gbps = 2.0 * (double)bytes / (best_ms * 1e-3) / 1e9;
+fail:
+    if (start) cudaEventDestroy(start);
+    if (stop) cudaEventDestroy(stop);
+    cuda_free(backend, source);
+    cuda_free(backend, target);
+    return status;
+}
+
+static ferry_status cuda_memory_info(ferry_backend *backend, size_t *used_bytes,
+                                     size_t *total_bytes) {
+    size_t free_bytes = 0;
+    CUDA_TRY(cudaSetDevice(cuda_state(backend)->device));
+    CUDA_TRY(cudaMemGetInfo(&free_bytes, total_bytes));
+    *used_bytes = *total_bytes - free_bytes;
+    return FERRY_OK;
+}
+
+static const ferry_backend_ops cuda_ops = {
+    .name = "cuda",
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .synchronize = cuda_synchronize,
+    .destroy = cuda_destroy,
+    .embed = cuda_embed,
+    .rmsnorm = cuda_rmsnorm,
+    .matmul = cuda_matmul,
+    .rope = cuda_rope,
+    .kv_store = cuda_kv_store,
+    .attention = cuda_attention,
+    .silu_mul = cuda_silu_mul,
+    .kv_dtype = FERRY_DTYPE_F16,
+    .copy_bandwidth = cuda_copy_bandwidth,
+    .memory_info = cuda_memory_info,
+};
+
+/* ------------------------------------------------------------ creation */
+
+static ferry_status open_device(int device, cuda_backend *state) {
+    int count = 0;
+    cudaError_t error = cudaGetDeviceCount(&count);
+    if (error != cudaSuccess) {
+        cudaGetLastError();
+        return ferry_fail(FERRY_ERR_UNAVAILABLE,
+                          "backend 'cuda': no usable CUDA driver or GPU (%s); use --backend cpu",
+                          cudaGetErrorString(error));
+    }
+    if (device < 0 || device >= count)
+        return ferry_fail(FERRY_ERR_UNAVAILABLE,
+                          "backend 'cuda:%d': no such GPU (this machine has %d)", device, count);
+    struct cudaDeviceProp properties;
+    CUDA_TRY(cudaGetDeviceProperties(&properties, device));
+    if (properties.major < MIN_COMPUTE_MAJOR)
+        return ferry_fail(FERRY_ERR_UNSUPPORTED,
+                          "backend 'cuda:%d': %s has compute capability %d.%d; ferry's kernels "
+                          "need %d.0 or newer (use --backend cpu)",
+                          device, properties.name, properties.major, properties.minor,
+                          MIN_COMPUTE_MAJOR);
+    state->n_multiprocessors = properties.multiProcessorCount;
+    CUDA_TRY(cudaSetDevice(device));
+    CUDA_TRY(cudaStreamCreateWithFlags(&state->stream, cudaStreamNonBlocking));
+    CUBLAS_TRY(cublasCreate(&state->cublas));
+    CUBLAS_TRY(cublasSetStream(state->cublas, state->stream));
+    CUDA_TRY(cudaMalloc((void **)&state->error_flag, sizeof(int)));
+    CUDA_TRY(cudaMemsetAsync(state->error_flag, 0, sizeof(int), state->stream));
+    CUDA_TRY(cudaStreamSynchronize(state->stream));
+    return FERRY_OK;
+}
+
+ferry_status ferry_backend_cuda_new(int device, ferry_backend **out) {
+    *out = NULL;
+    ferry_backend *backend = NULL;
+    cuda_backend *state = NULL;
+    ferry_status status;
+    FERRY_TRY_GOTO(ferry_calloc(1, sizeof *backend, "cuda backend", (void **)&backend));
+    FERRY_TRY_GOTO(ferry_calloc(1, sizeof *state, "cuda backend", (void **)&state));
+    state->device = device;
+    state->matvec_max_tokens = DEFAULT_MATVEC_MAX_TOKENS;
+    /* FERRY_CUDA_MATVEC_MAX overrides the switch point (for measuring it). */
+    const char *matvec_max = getenv("FERRY_CUDA_MATVEC_MAX");
+    if (matvec_max && *matvec_max) state->matvec_max_tokens = atoi(matvec_max);
+    FERRY_TRY_GOTO(open_device(device, state));
+    backend->ops = &cuda_ops;
+    backend->impl = state;
+    snprintf(backend->label, sizeof backend->label, "cuda:%d", device);
+    *out = backend;
+    return FERRY_OK;
+fail:
+    release_state(state);
+    free(backend);
+    return status;
+}

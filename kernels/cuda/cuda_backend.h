@@ -1,0 +1,93 @@
+/*
+ * cuda_backend.h — internals shared by the CUDA backend's files: the
+ * backend state (device, compute stream, cuBLAS handle, scratch, the
+ * device-side error flag), the CUDA_TRY / CUBLAS_TRY macros, and the C
+ * entry points of the kernel families (one .cu file each).  Nothing
+ * outside kernels/cuda includes this; the runtime sees only ops.h.
+ */
+#ifndef FERRY_KERNELS_CUDA_BACKEND_H
+#define FERRY_KERNELS_CUDA_BACKEND_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "kernels/ops.h"
+
+/* A failing CUDA runtime call becomes a ferry_fail with file, line, the
+ * call and CUDA's own words; the function returns that status. */
+#define CUDA_TRY(call)                                                                       \
+    do {                                                                                     \
+        cudaError_t cuda_try_error_ = (call);                                                \
+        if (cuda_try_error_ != cudaSuccess)                                                  \
+            return ferry_fail(FERRY_ERR_BACKEND, "%s:%d: %s failed: %s", __FILE__, __LINE__, \
+                              #call, cudaGetErrorString(cuda_try_error_));                   \
+    } while (0)
+
+#define CUBLAS_TRY(call)                                                                     \
+    do {                                                                                     \
+        cublasStatus_t cublas_try_status_ = (call);                                          \
+        if (cublas_try_status_ != CUBLAS_STATUS_SUCCESS)                                     \
+            return ferry_fail(FERRY_ERR_BACKEND, "%s:%d: %s failed: %s", __FILE__, __LINE__, \
+                              #call, cublasGetStatusString(cublas_try_status_));             \
+    } while (0)
+
+/* After a kernel launch: a bad configuration shows up here, not later. */
+#define CUDA_TRY_LAUNCH() CUDA_TRY(cudaGetLastError())
+
+/* Codes a kernel writes into the error flag when its input is bad (the
+ * host cannot check device-resident token ids and positions without a
+ * copy); synchronize() turns them into a message. */
+enum {
+    CUDA_BAD_TOKEN = 1,         /* embed: token id < 0 */
+    CUDA_BAD_KV_PLACE = 2,      /* kv_store / attention: slot or position outside the cache */
+};
+
+typedef struct cuda_backend {
+    int device;
+    cudaStream_t stream;        /* every op runs here, in order */
+    cublasHandle_t cublas;
+    int *error_flag;            /* device int: 0, or a CUDA_BAD_* code */
+    void *activations;          /* scratch: x converted to the weight dtype for cuBLAS */
+    size_t activations_bytes;
+    float *attention_partials;  /* scratch: flash-decoding partial results */
+    size_t attention_partials_floats;
+    int n_multiprocessors;
+    int matvec_max_tokens;      /* matmuls with n <= this use the matvec kernel */
+} cuda_backend;
+
+static inline cuda_backend *cuda_state(ferry_backend *backend) {
+    return (cuda_backend *)backend->impl;
+}
+
+/* Grow a scratch buffer to at least `bytes` (outside the hot path once
+ * the largest shape has been seen). */
+ferry_status cuda_scratch_reserve(cuda_backend *state, void **buffer, size_t *capacity,
+                                  size_t bytes);
+
+/* ---- ops (contracts in kernels/ops.h) ---- */
+ferry_status cuda_embed(ferry_backend *backend, float *out, const void *table, ferry_dtype dtype,
+                        const ferry_token_batch *batch, int dim);
+ferry_status cuda_rmsnorm(ferry_backend *backend, float *out, const float *x, const float *weight,
+                          int n, int dim, float eps);
+ferry_status cuda_silu_mul(ferry_backend *backend, float *out, const float *gate, const float *up,
+                           int n, int dim);
+ferry_status cuda_matmul(ferry_backend *backend, float *out, const float *x, const void *w,
+                         ferry_dtype dtype, const float *bias, int n, int rows, int cols,
+                         int accumulate);
+ferry_status cuda_rope(ferry_backend *backend, float *q, float *k, const ferry_token_batch *batch,
+                       const float *inv_freq, ferry_attention_shape shape);
+ferry_status cuda_kv_store(ferry_backend *backend, ferry_kv_layer *cache, const float *k,
+                           const float *v, const ferry_token_batch *batch,
+                           ferry_attention_shape shape);
+ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
+                            const ferry_kv_layer *cache, const ferry_token_batch *batch,
+                            ferry_attention_shape shape);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FERRY_KERNELS_CUDA_BACKEND_H */

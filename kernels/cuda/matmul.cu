@@ -1,0 +1,242 @@
+/*
+ * matmul.cu — out[t] (+)= x[t] W^T (+ bias) on the GPU, two ways:
+ * - a matrix-vector kernel for small batches (n <= matvec_max_tokens):
+ *   one warp per weight row streams the row with 16-byte loads, every
+ *   token's partial dot products stay in registers (float32), warp
+ *   shuffles reduce them, and bias + residual accumulate happen in the
+ *   epilogue, so W is read from HBM exactly once per call;
+ * - cuBLAS (cublasGemmEx, float32 compute) for larger n, with x first
+ *   converted to the weight dtype in a scratch buffer.
+ * Hot path: no allocation once the scratch has grown to the largest n.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "kernels/cuda/cuda_backend.h"
+
+enum {
+    MATVEC_THREADS = 256,               /* 8 warps, one weight row each */
+    MATVEC_ROWS_PER_BLOCK = MATVEC_THREADS / 32,
+    MATVEC_MAX_TILE = 16,               /* largest token tile of the vector kernel */
+    COLS_PER_LANE_STEP = 8,             /* one 16-byte load of f16/bf16 */
+    COLS_PER_WARP_STEP = 32 * COLS_PER_LANE_STEP,
+};
+
+/* Eight 16-bit weights (one 16-byte load) as floats. */
+__device__ __forceinline__ void widen8(const uint4 packed, __half, float *w) {
+    const __half2 *pairs = reinterpret_cast<const __half2 *>(&packed);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __half22float2(pairs[i]);
+        w[2 * i] = f.x;
+        w[2 * i + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void widen8(const uint4 packed, __nv_bfloat16, float *w) {
+    const __nv_bfloat162 *pairs = reinterpret_cast<const __nv_bfloat162 *>(&packed);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __bfloat1622float2(pairs[i]);
+        w[2 * i] = f.x;
+        w[2 * i + 1] = f.y;
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float value) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1)
+        value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
+}
+
+/* acc[t] += x[t][c .. c+8) . w[0 .. 8) for the tile's live tokens. */
+template <int TILE>
+__device__ __forceinline__ void dot8_tokens(float *acc, const float *x, int n, int cols, int c,
+                                            const float *w) {
+#pragma unroll
+    for (int t = 0; t < TILE; t++) {
+        if (t < n) {
+            const float4 *xv = reinterpret_cast<const float4 *>(x + (size_t)t * cols + c);
+            float4 a = __ldg(xv), b = __ldg(xv + 1);
+            acc[t] += a.x * w[0] + a.y * w[1] + a.z * w[2] + a.w * w[3] + b.x * w[4] +
+                      b.y * w[5] + b.z * w[6] + b.w * w[7];
+        }
+    }
+}
+
+/* Vector kernel: cols % 8 == 0, W and x 16-byte aligned, n <= TILE.
+ * Two column steps per iteration keep two weight loads in flight. */
+template <typename T, int TILE>
+__global__ void __launch_bounds__(MATVEC_THREADS)
+    matvec_kernel(float *out, const float *x, const T *w, const float *bias, int n, int rows,
+                  int cols, int accumulate) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * MATVEC_ROWS_PER_BLOCK + threadIdx.x / 32;
+    if (row >= rows) return;
+    const uint4 *w_row = reinterpret_cast<const uint4 *>(w + (size_t)row * cols);
+    float acc[TILE];
+#pragma unroll
+    for (int t = 0; t < TILE; t++) acc[t] = 0.0f;
+    int c = lane * COLS_PER_LANE_STEP;
+    for (; c + COLS_PER_WARP_STEP < cols; c += 2 * COLS_PER_WARP_STEP) {
+        /* both loads issued before either is used */
+        uint4 packed0 = __ldg(w_row + c / COLS_PER_LANE_STEP);
+        uint4 packed1 = __ldg(w_row + (c + COLS_PER_WARP_STEP) / COLS_PER_LANE_STEP);
+        float w0[8], w1[8];
+        widen8(packed0, T(), w0);
+        widen8(packed1, T(), w1);
+        dot8_tokens<TILE>(acc, x, n, cols, c, w0);
+        dot8_tokens<TILE>(acc, x, n, cols, c + COLS_PER_WARP_STEP, w1);
+    }
+    if (c < cols) {
+        float w0[8];
+        widen8(__ldg(w_row + c / COLS_PER_LANE_STEP), T(), w0);
+        dot8_tokens<TILE>(acc, x, n, cols, c, w0);
+    }
+    const float b = bias ? bias[row] : 0.0f;
+#pragma unroll
+    for (int t = 0; t < TILE; t++) {
+        float sum = warp_sum(acc[t]);
+        if (lane == 0 && t < n) {
+            float *dst = out + (size_t)t * rows + row;
+            float y = sum + b;
+            *dst = accumulate ? *dst + y : y;
+        }
+    }
+}
+
+__device__ __forceinline__ float load_any(const void *data, ferry_dtype dtype, size_t i) {
+    switch (dtype) {
+    case FERRY_DTYPE_F16: return __half2float(((const __half *)data)[i]);
+    case FERRY_DTYPE_BF16: return __bfloat162float(((const __nv_bfloat16 *)data)[i]);
+    default: return ((const float *)data)[i];
+    }
+}
+
+/* Any shape, any dtype, any alignment: one warp per (row, token). */
+__global__ void matvec_generic_kernel(float *out, const float *x, const void *w,
+                                      ferry_dtype dtype, const float *bias, int rows, int cols,
+                                      int accumulate) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * MATVEC_ROWS_PER_BLOCK + threadIdx.x / 32;
+    const int t = blockIdx.y;
+    if (row >= rows) return;
+    const float *xt = x + (size_t)t * cols;
+    float acc = 0.0f;
+    for (int c = lane; c < cols; c += 32) acc += xt[c] * load_any(w, dtype, (size_t)row * cols + c);
+    acc = warp_sum(acc);
+    if (lane == 0) {
+        float *dst = out + (size_t)t * rows + row;
+        float y = acc + (bias ? bias[row] : 0.0f);
+        *dst = accumulate ? *dst + y : y;
+    }
+}
+
+template <typename T>
+static void launch_matvec(cudaStream_t stream, float *out, const float *x, const void *w,
+                          const float *bias, int n, int rows, int cols, int accumulate) {
+    dim3 grid((rows + MATVEC_ROWS_PER_BLOCK - 1) / MATVEC_ROWS_PER_BLOCK);
+    const T *weights = static_cast<const T *>(w);
+#define LAUNCH_TILE(TILE)                                                                    \
+    matvec_kernel<T, TILE><<<grid, MATVEC_THREADS, 0, stream>>>(out, x, weights, bias, n, rows, \
+                                                                cols, accumulate)
+    if (n <= 1) LAUNCH_TILE(1);
+    else if (n <= 2) LAUNCH_TILE(2);
+    else if (n <= 4) LAUNCH_TILE(4);
+    else if (n <= 8) LAUNCH_TILE(8);
+    else LAUNCH_TILE(16);
+#undef LAUNCH_TILE
+}
+
+/* --------------------------------------------------------- cuBLAS path */
+
+template <typename T> __device__ T from_float(float f);
+template <> __device__ __half from_float<__half>(float f) { return __float2half_rn(f); }
+template <> __device__ __nv_bfloat16 from_float<__nv_bfloat16>(float f) {
+    return __float2bfloat16_rn(f);
+}
+
+template <typename T>
+__global__ void convert_kernel(T *dst, const float *src, size_t total) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = from_float<T>(src[i]);
+}
+
+/* out[t][r] = (accumulate ? out[t][r] : 0) + bias[r], so the GEMM can add
+ * into it with beta = 1. */
+__global__ void bias_prefill_kernel(float *out, const float *bias, int rows, size_t total,
+                                    int accumulate) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = (accumulate ? out[i] : 0.0f) + bias[i % rows];
+}
+
+static unsigned grid_for(size_t total) {
+    size_t blocks = (total + 255) / 256;
+    return (unsigned)(blocks > 65535 ? 65535 : blocks);
+}
+
+static ferry_status gemm(cuda_backend *state, float *out, const float *x, const void *w,
+                         ferry_dtype dtype, const float *bias, int n, int rows, int cols,
+                         int accumulate) {
+    size_t x_elements = (size_t)n * cols;
+    const void *x_operand = x;
+    cudaDataType_t operand_type = CUDA_R_32F;
+    if (dtype != FERRY_DTYPE_F32) {
+        FERRY_TRY(cuda_scratch_reserve(state, &state->activations, &state->activations_bytes,
+                                       x_elements * 2));
+        if (dtype == FERRY_DTYPE_F16) {
+            convert_kernel<__half><<<grid_for(x_elements), 256, 0, state->stream>>>(
+                (__half *)state->activations, x, x_elements);
+            operand_type = CUDA_R_16F;
+        } else {
+            convert_kernel<__nv_bfloat16><<<grid_for(x_elements), 256, 0, state->stream>>>(
+                (__nv_bfloat16 *)state->activations, x, x_elements);
+            operand_type = CUDA_R_16BF;
+        }
+        CUDA_TRY_LAUNCH();
+        x_operand = state->activations;
+    }
+    if (bias) {
+        size_t total = (size_t)n * rows;
+        bias_prefill_kernel<<<grid_for(total), 256, 0, state->stream>>>(out, bias, rows, total,
+                                                                        accumulate);
+        CUDA_TRY_LAUNCH();
+    }
+    /* Column-major view: out^T [rows, n] = W [rows, cols] . x^T [cols, n],
+     * where row-major W is a column-major [cols, rows] matrix, hence OP_T. */
+    const float alpha = 1.0f, beta = (accumulate || bias) ? 1.0f : 0.0f;
+    CUBLAS_TRY(cublasGemmEx(state->cublas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &alpha, w,
+                            operand_type, cols, x_operand, operand_type, cols, &beta, out,
+                            CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return FERRY_OK;
+}
+
+ferry_status cuda_matmul(ferry_backend *backend, float *out, const float *x, const void *w,
+                         ferry_dtype dtype, const float *bias, int n, int rows, int cols,
+                         int accumulate) {
+    cuda_backend *state = cuda_state(backend);
+    if (n <= 0 || rows <= 0) return FERRY_OK;
+    if (cols <= 0)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "matmul: %d columns", cols);
+    if (n > state->matvec_max_tokens)
+        return gemm(state, out, x, w, dtype, bias, n, rows, cols, accumulate);
+    int vector_ok = dtype != FERRY_DTYPE_F32 && n <= MATVEC_MAX_TILE &&
+                    cols % COLS_PER_LANE_STEP == 0 && ((uintptr_t)w % 16) == 0 &&
+                    ((uintptr_t)x % 16) == 0;
+    if (vector_ok) {
+        if (dtype == FERRY_DTYPE_F16)
+            launch_matvec<__half>(state->stream, out, x, w, bias, n, rows, cols, accumulate);
+        else
+            launch_matvec<__nv_bfloat16>(state->stream, out, x, w, bias, n, rows, cols,
+                                         accumulate);
+    } else {
+        dim3 grid((rows + MATVEC_ROWS_PER_BLOCK - 1) / MATVEC_ROWS_PER_BLOCK, n);
+        matvec_generic_kernel<<<grid, MATVEC_THREADS, 0, state->stream>>>(
+            out, x, w, dtype, bias, rows, cols, accumulate);
+    }
+    CUDA_TRY_LAUNCH();
+    return FERRY_OK;
+}

@@ -1,0 +1,460 @@
+/*
+ * test_cuda_ops.c — each op of the CUDA backend against the same op of
+ * the CPU backend (the oracle) on fresh random inputs: odd sizes, head_dim
+ * 64 and 128, GQA ratios 1/4/8, contexts up to ~2k, f32/f16/bf16 weights.
+ * GPU outputs are poisoned with NaN first and every element is checked.
+ * Skips (and says so) where there is no CUDA GPU; bad-input tests that
+ * need no GPU run everywhere.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "helpers.h"
+#include "kernels/ops.h"
+
+static ferry_backend *cpu, *gpu;
+static uint64_t rng;
+
+static void setup(void) {
+    cpu = NULL;
+    gpu = NULL;
+    if (!ferry_cuda_available()) return;
+    cr_assert_eq(ferry_backend_cpu_new(2, &cpu), FERRY_OK, "cpu: %s", ferry_last_error());
+    cr_assert_eq(ferry_backend_cuda_new(0, &gpu), FERRY_OK, "cuda: %s", ferry_last_error());
+    rng = test_seed();
+}
+
+static void teardown(void) {
+    ferry_backend_free(gpu);
+    ferry_backend_free(cpu);
+}
+
+TestSuite(cuda_ops, .init = setup, .fini = teardown, .timeout = 300);
+
+#define NEED_GPU()                                                                           \
+    do {                                                                                     \
+        if (!gpu) cr_skip_test("no CUDA GPU: this build or machine cannot run the CUDA backend"); \
+    } while (0)
+
+/* ---------------------------------------------------------- helpers */
+
+static float *random_floats(size_t n, float lo, float hi) {
+    float *data = malloc(n * sizeof *data + 4);
+    test_fill_uniform(&rng, data, n, lo, hi);
+    return data;
+}
+
+static int rand_int(int lo, int hi) { return lo + (int)(test_rand_u64(&rng) % (uint64_t)(hi - lo + 1)); }
+
+/* A device copy of host bytes. */
+static void *to_gpu(const void *host, size_t bytes) {
+    void *device = NULL;
+    cr_assert_eq(gpu->ops->alloc(gpu, bytes, &device), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(gpu->ops->upload(gpu, device, host, bytes), FERRY_OK, "%s", ferry_last_error());
+    return device;
+}
+
+/* A device buffer of n floats, all NaN. */
+static float *gpu_poisoned(size_t n) {
+    float *nan_host = malloc(n * sizeof(float) + 4);
+    for (size_t i = 0; i < n; i++) nan_host[i] = NAN;
+    float *device = to_gpu(nan_host, n * sizeof(float));
+    free(nan_host);
+    return device;
+}
+
+static float *from_gpu(const float *device, size_t n) {
+    float *host = malloc(n * sizeof(float) + 4);
+    cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(gpu->ops->download(gpu, host, device, n * sizeof(float)), FERRY_OK, "%s",
+                 ferry_last_error());
+    return host;
+}
+
+/* |got - want| <= atol + rtol * scale[i] (scale NULL: |want|) for every
+ * element; NaN never passes. */
+static void expect_close(const char *what, const float *got, const float *want,
+                         const double *scale, size_t n, double rtol, double atol) {
+    size_t n_bad = 0, first = 0;
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double s = scale ? scale[i] : fabs((double)want[i]);
+        double diff = fabs((double)got[i] - (double)want[i]);
+        if (!(diff <= atol + rtol * s)) {
+            if (n_bad++ == 0) first = i;
+        }
+        if (s > 0 && diff / s > worst) worst = diff / s;
+    }
+    cr_assert_eq(n_bad, 0, "%s: %zu of %zu elements off; first at %zu: got %.9g want %.9g", what,
+                 n_bad, n, first, (double)got[first], (double)want[first]);
+}
+
+/* The CPU and GPU versions of a batch's index arrays. */
+typedef struct two_batches {
+    ferry_token_batch host, device;
+    void *device_arrays[3];
+} two_batches;
+
+static two_batches make_batches(int n, const int32_t *tokens, const int32_t *positions,
+                                const int32_t *slots) {
+    two_batches b;
+    size_t bytes = (size_t)n * sizeof(int32_t);
+    b.host = (ferry_token_batch){n, tokens, positions, slots};
+    b.device_arrays[0] = tokens ? to_gpu(tokens, bytes) : NULL;
+    b.device_arrays[1] = positions ? to_gpu(positions, bytes) : NULL;
+    b.device_arrays[2] = slots ? to_gpu(slots, bytes) : NULL;
+    b.device = (ferry_token_batch){n, b.device_arrays[0], b.device_arrays[1], b.device_arrays[2]};
+    return b;
+}
+
+static void free_batches(two_batches *b) {
+    for (int i = 0; i < 3; i++) gpu->ops->free(gpu, b->device_arrays[i]);
+}
+
+static const ferry_dtype all_dtypes[] = {FERRY_DTYPE_F32, FERRY_DTYPE_F16, FERRY_DTYPE_BF16};
+
+/* ------------------------------------------------------------ matmul */
+
+/* Activation rounding of the cuBLAS path: x goes to the weight dtype. */
+static double matmul_rtol(ferry_dtype dtype, int uses_gemm) {
+    if (!uses_gemm) return 2e-5;
+    switch (dtype) {
+    case FERRY_DTYPE_F16: return 1.5e-3;
+    case FERRY_DTYPE_BF16: return 1e-2;
+    default: return 2e-5;
+    }
+}
+
+static void check_matmul(ferry_dtype dtype, int n, int rows, int cols, int with_bias,
+                         int accumulate) {
+    size_t w_count = (size_t)rows * cols;
+    float *w_values = random_floats(w_count, -1, 1);
+    void *w = malloc(w_count * ferry_dtype_bytes(dtype) + 4);
+    ferry_convert_dtype(w, dtype, w_values, FERRY_DTYPE_F32, w_count);
+    float *x = random_floats((size_t)n * cols, -1, 1);
+    float *bias = with_bias ? random_floats((size_t)rows, -1, 1) : NULL;
+    float *base = random_floats((size_t)n * rows, -1, 1);
+    /* error scale per output: sum_c |x w| + |bias| + |base| */
+    double *scale = calloc((size_t)n * rows, sizeof(double));
+    for (int t = 0; t < n; t++)
+        for (int r = 0; r < rows; r++) {
+            double s = 0;
+            for (int c = 0; c < cols; c++)
+                s += fabs((double)x[(size_t)t * cols + c] *
+                          ferry_load_f32(w, dtype, (size_t)r * cols + c));
+            scale[(size_t)t * rows + r] = s + (bias ? fabs(bias[r]) : 0) + fabs(base[(size_t)t * rows + r]);
+        }
+    float *want = malloc((size_t)n * rows * sizeof(float));
+    memcpy(want, base, (size_t)n * rows * sizeof(float));
+    cr_assert_eq(cpu->ops->matmul(cpu, want, x, w, dtype, bias, n, rows, cols, accumulate), FERRY_OK);
+
+    void *w_gpu = to_gpu(w, w_count * ferry_dtype_bytes(dtype));
+    float *x_gpu = to_gpu(x, (size_t)n * cols * sizeof(float));
+    float *bias_gpu = bias ? to_gpu(bias, rows * sizeof(float)) : NULL;
+    float *out_gpu = accumulate ? to_gpu(base, (size_t)n * rows * sizeof(float))
+                                : gpu_poisoned((size_t)n * rows);
+    cr_assert_eq(gpu->ops->matmul(gpu, out_gpu, x_gpu, w_gpu, dtype, bias_gpu, n, rows, cols,
+                                  accumulate),
+                 FERRY_OK, "%s", ferry_last_error());
+    float *got = from_gpu(out_gpu, (size_t)n * rows);
+    char what[160];
+    snprintf(what, sizeof what, "matmul %s n=%d rows=%d cols=%d bias=%d acc=%d",
+             ferry_dtype_name(dtype), n, rows, cols, with_bias, accumulate);
+    /* n > 8 goes through cuBLAS with the default switch point; both bars
+     * are checked with the looser one when unsure. */
+    expect_close(what, got, want, scale, (size_t)n * rows, matmul_rtol(dtype, n > 8), 1e-6);
+    gpu->ops->free(gpu, w_gpu);
+    gpu->ops->free(gpu, x_gpu);
+    gpu->ops->free(gpu, bias_gpu);
+    gpu->ops->free(gpu, out_gpu);
+    free(w_values), free(w), free(x), free(bias), free(base), free(scale), free(want), free(got);
+}
+
+Test(cuda_ops, matmul_matches_cpu_for_every_dtype_and_small_batch) {
+    NEED_GPU();
+    static const int batches[] = {1, 2, 3, 5, 8};
+    for (size_t d = 0; d < 3; d++)
+        for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+            int rows = rand_int(1, 300) | 1, cols = 8 * rand_int(1, 140);
+            check_matmul(all_dtypes[d], batches[b], rows, cols, (int)(b % 2), (int)(b / 2 % 2));
+        }
+}
+
+Test(cuda_ops, matmul_matches_cpu_on_odd_columns) {
+    NEED_GPU();
+    for (size_t d = 0; d < 3; d++) {
+        check_matmul(all_dtypes[d], 1, 37, 999, 1, 0);
+        check_matmul(all_dtypes[d], 4, 129, 1001, 0, 1);
+        check_matmul(all_dtypes[d], 13, 65, 333, 1, 1);
+    }
+}
+
+Test(cuda_ops, matmul_matches_cpu_for_large_batches_through_cublas) {
+    NEED_GPU();
+    for (size_t d = 0; d < 3; d++) {
+        check_matmul(all_dtypes[d], 9, 257, 1024, 1, 0);
+        check_matmul(all_dtypes[d], 16, 300, 512, 0, 1);
+        check_matmul(all_dtypes[d], 67, 131, 776, 1, 1);
+    }
+}
+
+Test(cuda_ops, matmul_matches_cpu_at_llama_width) {
+    NEED_GPU();
+    check_matmul(FERRY_DTYPE_F16, 1, 512, 4096, 0, 1);
+    check_matmul(FERRY_DTYPE_BF16, 4, 256, 11008, 0, 0);
+}
+
+/* ------------------------------------------- embed, rmsnorm, silu_mul */
+
+Test(cuda_ops, embed_matches_cpu_for_every_dtype) {
+    NEED_GPU();
+    for (size_t d = 0; d < 3; d++) {
+        ferry_dtype dtype = all_dtypes[d];
+        int vocab = rand_int(50, 400), dim = rand_int(1, 300), n = rand_int(1, 40);
+        float *values = random_floats((size_t)vocab * dim, -2, 2);
+        void *table = malloc((size_t)vocab * dim * ferry_dtype_bytes(dtype) + 4);
+        ferry_convert_dtype(table, dtype, values, FERRY_DTYPE_F32, (size_t)vocab * dim);
+        int32_t *tokens = malloc(n * sizeof(int32_t));
+        for (int t = 0; t < n; t++) tokens[t] = rand_int(0, vocab - 1);
+        two_batches b = make_batches(n, tokens, NULL, NULL);
+        float *want = malloc((size_t)n * dim * sizeof(float));
+        cr_assert_eq(cpu->ops->embed(cpu, want, table, dtype, &b.host, dim), FERRY_OK);
+        void *table_gpu = to_gpu(table, (size_t)vocab * dim * ferry_dtype_bytes(dtype));
+        float *out = gpu_poisoned((size_t)n * dim);
+        cr_assert_eq(gpu->ops->embed(gpu, out, table_gpu, dtype, &b.device, dim), FERRY_OK);
+        float *got = from_gpu(out, (size_t)n * dim);
+        expect_close("embed", got, want, NULL, (size_t)n * dim, 0, 0);
+        free_batches(&b);
+        gpu->ops->free(gpu, table_gpu), gpu->ops->free(gpu, out);
+        free(values), free(table), free(tokens), free(want), free(got);
+    }
+}
+
+Test(cuda_ops, rmsnorm_matches_cpu_in_place_and_out_of_place) {
+    NEED_GPU();
+    for (int in_place = 0; in_place < 2; in_place++) {
+        int n = rand_int(1, 33), dim = rand_int(1, 5000);
+        float *x = random_floats((size_t)n * dim, -3, 3);
+        float *weight = random_floats((size_t)dim, -2, 2);
+        float *want = malloc((size_t)n * dim * sizeof(float));
+        cr_assert_eq(cpu->ops->rmsnorm(cpu, want, x, weight, n, dim, 1e-5f), FERRY_OK);
+        float *x_gpu = to_gpu(x, (size_t)n * dim * sizeof(float));
+        float *w_gpu = to_gpu(weight, (size_t)dim * sizeof(float));
+        float *out = in_place ? x_gpu : gpu_poisoned((size_t)n * dim);
+        cr_assert_eq(gpu->ops->rmsnorm(gpu, out, x_gpu, w_gpu, n, dim, 1e-5f), FERRY_OK);
+        float *got = from_gpu(out, (size_t)n * dim);
+        expect_close("rmsnorm", got, want, NULL, (size_t)n * dim, 1e-5, 1e-6);
+        if (!in_place) gpu->ops->free(gpu, out);
+        gpu->ops->free(gpu, x_gpu), gpu->ops->free(gpu, w_gpu);
+        free(x), free(weight), free(want), free(got);
+    }
+}
+
+Test(cuda_ops, silu_mul_matches_cpu) {
+    NEED_GPU();
+    int n = rand_int(1, 17), dim = rand_int(1, 12000);
+    size_t total = (size_t)n * dim;
+    float *gate = random_floats(total, -8, 8), *up = random_floats(total, -3, 3);
+    float *want = malloc(total * sizeof(float));
+    cr_assert_eq(cpu->ops->silu_mul(cpu, want, gate, up, n, dim), FERRY_OK);
+    float *gate_gpu = to_gpu(gate, total * sizeof(float)), *up_gpu = to_gpu(up, total * sizeof(float));
+    float *out = gpu_poisoned(total);
+    cr_assert_eq(gpu->ops->silu_mul(gpu, out, gate_gpu, up_gpu, n, dim), FERRY_OK);
+    float *got = from_gpu(out, total);
+    expect_close("silu_mul", got, want, NULL, total, 1e-5, 1e-6);
+    gpu->ops->free(gpu, gate_gpu), gpu->ops->free(gpu, up_gpu), gpu->ops->free(gpu, out);
+    free(gate), free(up), free(want), free(got);
+}
+
+/* ------------------------------------------------- rope and attention */
+
+Test(cuda_ops, rope_matches_cpu_at_long_positions) {
+    NEED_GPU();
+    static const int head_dims[] = {64, 128};
+    for (int i = 0; i < 2; i++) {
+        ferry_attention_shape shape = {8, 2, head_dims[i]};
+        int n = rand_int(1, 40);
+        size_t q_count = (size_t)n * shape.n_heads * shape.head_dim;
+        size_t k_count = (size_t)n * shape.n_kv_heads * shape.head_dim;
+        float *q = random_floats(q_count, -2, 2), *k = random_floats(k_count, -2, 2);
+        float *inv_freq = malloc(shape.head_dim / 2 * sizeof(float));
+        for (int j = 0; j < shape.head_dim / 2; j++)
+            inv_freq[j] = (float)pow(10000.0, -2.0 * j / shape.head_dim);
+        int32_t *positions = malloc(n * sizeof(int32_t));
+        for (int t = 0; t < n; t++) positions[t] = rand_int(0, 4095);
+        two_batches b = make_batches(n, NULL, positions, NULL);
+        float *q_gpu = to_gpu(q, q_count * sizeof(float)), *k_gpu = to_gpu(k, k_count * sizeof(float));
+        float *freq_gpu = to_gpu(inv_freq, shape.head_dim / 2 * sizeof(float));
+        cr_assert_eq(cpu->ops->rope(cpu, q, k, &b.host, inv_freq, shape), FERRY_OK);
+        cr_assert_eq(gpu->ops->rope(gpu, q_gpu, k_gpu, &b.device, freq_gpu, shape), FERRY_OK);
+        float *q_got = from_gpu(q_gpu, q_count), *k_got = from_gpu(k_gpu, k_count);
+        expect_close("rope q", q_got, q, NULL, q_count, 1e-5, 1e-5);
+        expect_close("rope k", k_got, k, NULL, k_count, 1e-5, 1e-5);
+        free_batches(&b);
+        gpu->ops->free(gpu, q_gpu), gpu->ops->free(gpu, k_gpu), gpu->ops->free(gpu, freq_gpu);
+        free(q), free(k), free(inv_freq), free(positions), free(q_got), free(k_got);
+    }
+}
+
+/* Round to f16 and back: the values an f16 cache holds exactly. */
+static void round_to_f16(float *data, size_t n) {
+    for (size_t i = 0; i < n; i++) data[i] = ferry_f16_to_f32(ferry_f32_to_f16(data[i]));
+}
+
+/* Fill slot s of both caches with lengths[s] random (f16-exact) K/V rows
+ * through kv_store, then attend with `n` query tokens at (slots, positions)
+ * and compare every output element. */
+static void check_attention(ferry_attention_shape shape, int n_slots, const int *lengths,
+                            int max_context, int n, const int32_t *slots,
+                            const int32_t *positions) {
+    size_t row = (size_t)shape.n_kv_heads * shape.head_dim;
+    size_t cache_elements = (size_t)n_slots * max_context * row;
+    ferry_kv_layer host_cache = {malloc(cache_elements * 4), malloc(cache_elements * 4), n_slots,
+                                 max_context};
+    ferry_kv_layer gpu_cache = {NULL, NULL, n_slots, max_context};
+    cr_assert_eq(gpu->ops->kv_dtype, FERRY_DTYPE_F16);
+    cr_assert_eq(gpu->ops->alloc(gpu, cache_elements * 2, &gpu_cache.k), FERRY_OK);
+    cr_assert_eq(gpu->ops->alloc(gpu, cache_elements * 2, &gpu_cache.v), FERRY_OK);
+    for (int s = 0; s < n_slots; s++) {
+        int len = lengths[s];
+        float *k = random_floats((size_t)len * row, -2, 2), *v = random_floats((size_t)len * row, -2, 2);
+        round_to_f16(k, (size_t)len * row);
+        round_to_f16(v, (size_t)len * row);
+        int32_t *fill_positions = malloc(len * sizeof(int32_t)), *fill_slots = malloc(len * sizeof(int32_t));
+        for (int p = 0; p < len; p++) fill_positions[p] = p, fill_slots[p] = s;
+        two_batches b = make_batches(len, NULL, fill_positions, fill_slots);
+        float *k_gpu = to_gpu(k, (size_t)len * row * 4), *v_gpu = to_gpu(v, (size_t)len * row * 4);
+        cr_assert_eq(cpu->ops->kv_store(cpu, &host_cache, k, v, &b.host, shape), FERRY_OK);
+        cr_assert_eq(gpu->ops->kv_store(gpu, &gpu_cache, k_gpu, v_gpu, &b.device, shape), FERRY_OK);
+        cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
+        free_batches(&b);
+        gpu->ops->free(gpu, k_gpu), gpu->ops->free(gpu, v_gpu);
+        free(k), free(v), free(fill_positions), free(fill_slots);
+    }
+    size_t q_count = (size_t)n * shape.n_heads * shape.head_dim;
+    float *q = random_floats(q_count, -1, 1);
+    float *want = malloc(q_count * sizeof(float));
+    two_batches b = make_batches(n, NULL, positions, slots);
+    cr_assert_eq(cpu->ops->attention(cpu, want, q, &host_cache, &b.host, shape), FERRY_OK);
+    float *q_gpu = to_gpu(q, q_count * sizeof(float));
+    float *out = gpu_poisoned(q_count);
+    cr_assert_eq(gpu->ops->attention(gpu, out, q_gpu, &gpu_cache, &b.device, shape), FERRY_OK,
+                 "%s", ferry_last_error());
+    float *got = from_gpu(out, q_count);
+    char what[160];
+    snprintf(what, sizeof what, "attention heads=%d kv=%d dim=%d n=%d", shape.n_heads,
+             shape.n_kv_heads, shape.head_dim, n);
+    /* outputs are convex combinations of values in [-2, 2] */
+    expect_close(what, got, want, NULL, q_count, 2e-5, 2e-5);
+    free_batches(&b);
+    gpu->ops->free(gpu, q_gpu), gpu->ops->free(gpu, out);
+    gpu->ops->free(gpu, gpu_cache.k), gpu->ops->free(gpu, gpu_cache.v);
+    free(host_cache.k), free(host_cache.v), free(q), free(want), free(got);
+}
+
+Test(cuda_ops, decode_attention_matches_cpu_for_gqa_ratios_and_long_contexts) {
+    NEED_GPU();
+    static const int head_dims[] = {64, 128};
+    static const int ratios[] = {1, 4, 8};
+    for (int i = 0; i < 2; i++)
+        for (int r = 0; r < 3; r++) {
+            ferry_attention_shape shape = {2 * ratios[r], 2, head_dims[i]};
+            int lengths[3] = {rand_int(1800, 2100), rand_int(2, 700), 1};
+            int32_t slots[5] = {0, 1, 1, 2, 0};
+            int32_t positions[5] = {lengths[0] - 1, lengths[1] - 1, lengths[1] / 2, 0, 0};
+            check_attention(shape, 3, lengths, 2112, 5, slots, positions);
+        }
+}
+
+Test(cuda_ops, prefill_attention_matches_cpu_for_many_tokens) {
+    NEED_GPU();
+    ferry_attention_shape shape = {32, 4, 128};
+    int n = rand_int(250, 400);
+    int lengths[1] = {n};
+    int32_t *slots = calloc(n, sizeof(int32_t)), *positions = malloc(n * sizeof(int32_t));
+    for (int t = 0; t < n; t++) positions[t] = t;
+    check_attention(shape, 1, lengths, n + 3, n, slots, positions);
+    free(slots), free(positions);
+}
+
+Test(cuda_ops, kv_store_rounds_to_f16_exactly) {
+    NEED_GPU();
+    ferry_attention_shape shape = {4, 2, 64};
+    int n = 7, max_context = 33, n_slots = 2;
+    size_t row = (size_t)shape.n_kv_heads * shape.head_dim, cache_elements = n_slots * max_context * row;
+    ferry_kv_layer cache = {NULL, NULL, n_slots, max_context};
+    cr_assert_eq(gpu->ops->alloc(gpu, cache_elements * 2, &cache.k), FERRY_OK);
+    cr_assert_eq(gpu->ops->alloc(gpu, cache_elements * 2, &cache.v), FERRY_OK);
+    float *k = random_floats(n * row, -100, 100), *v = random_floats(n * row, -1e-3f, 1e-3f);
+    int32_t positions[7], slots[7];
+    for (int t = 0; t < n; t++) positions[t] = rand_int(0, max_context - 1), slots[t] = t % 2;
+    positions[1] = positions[0] + 1 < max_context ? positions[0] + 1 : 0; /* distinct places */
+    for (int t = 2; t < n; t++) positions[t] = (positions[0] + 2 + t) % max_context;
+    two_batches b = make_batches(n, NULL, positions, slots);
+    float *k_gpu = to_gpu(k, n * row * 4), *v_gpu = to_gpu(v, n * row * 4);
+    cr_assert_eq(gpu->ops->kv_store(gpu, &cache, k_gpu, v_gpu, &b.device, shape), FERRY_OK);
+    cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
+    uint16_t *k_cache = malloc(cache_elements * 2), *v_cache = malloc(cache_elements * 2);
+    cr_assert_eq(gpu->ops->download(gpu, k_cache, cache.k, cache_elements * 2), FERRY_OK);
+    cr_assert_eq(gpu->ops->download(gpu, v_cache, cache.v, cache_elements * 2), FERRY_OK);
+    for (int t = 0; t < n; t++)
+        for (size_t i = 0; i < row; i++) {
+            size_t at = ((size_t)slots[t] * max_context + positions[t]) * row + i;
+            cr_assert_eq(k_cache[at], ferry_f32_to_f16(k[t * row + i]), "K token %d element %zu", t, i);
+            cr_assert_eq(v_cache[at], ferry_f32_to_f16(v[t * row + i]), "V token %d element %zu", t, i);
+        }
+    free_batches(&b);
+    gpu->ops->free(gpu, k_gpu), gpu->ops->free(gpu, v_gpu);
+    gpu->ops->free(gpu, cache.k), gpu->ops->free(gpu, cache.v);
+    free(k), free(v), free(k_cache), free(v_cache);
+}
+
+/* ---------------------------------------------------------- bad input */
+
+Test(cuda_ops, cuda_backend_without_gpu_or_with_a_bad_device_fails_cleanly) {
+    ferry_backend *backend = (ferry_backend *)1;
+    ferry_status status = ferry_backend_cuda_new(4000, &backend);
+    cr_assert_neq(status, FERRY_OK);
+    cr_assert_null(backend);
+    cr_assert(strlen(ferry_last_error()) > 10, "message: '%s'", ferry_last_error());
+    fprintf(stderr, "[cuda] cuda:4000 -> %s\n", ferry_last_error());
+    if (!ferry_cuda_available()) {
+        cr_assert_neq(ferry_backend_cuda_new(0, &backend), FERRY_OK);
+        cr_assert_null(backend);
+        fprintf(stderr, "[cuda] cuda:0 without a GPU -> %s\n", ferry_last_error());
+    }
+}
+
+Test(cuda_ops, kv_store_outside_the_cache_is_reported_at_synchronize) {
+    NEED_GPU();
+    ferry_attention_shape shape = {2, 2, 64};
+    ferry_kv_layer cache = {NULL, NULL, 1, 4};
+    cr_assert_eq(gpu->ops->alloc(gpu, 1 * 4 * 128 * 2, &cache.k), FERRY_OK);
+    cr_assert_eq(gpu->ops->alloc(gpu, 1 * 4 * 128 * 2, &cache.v), FERRY_OK);
+    float *k = random_floats(128, -1, 1);
+    int32_t positions[1] = {4}, slots[1] = {0};
+    two_batches b = make_batches(1, NULL, positions, slots);
+    float *k_gpu = to_gpu(k, 128 * 4);
+    cr_assert_eq(gpu->ops->kv_store(gpu, &cache, k_gpu, k_gpu, &b.device, shape), FERRY_OK);
+    cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(ferry_last_error(), "outside the KV cache"), "%s", ferry_last_error());
+    /* the flag is cleared: the backend is usable afterwards */
+    cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
+    free_batches(&b);
+    gpu->ops->free(gpu, k_gpu), gpu->ops->free(gpu, cache.k), gpu->ops->free(gpu, cache.v);
+    free(k);
+}
+
+Test(cuda_ops, attention_with_a_bad_geometry_is_an_error) {
+    NEED_GPU();
+    ferry_kv_layer cache = {NULL, NULL, 1, 4};
+    ferry_token_batch batch = {1, NULL, NULL, NULL};
+    cr_assert_eq(gpu->ops->attention(gpu, NULL, NULL, &cache, &batch, (ferry_attention_shape){6, 4, 64}),
+                 FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(gpu->ops->attention(gpu, NULL, NULL, &cache, &batch, (ferry_attention_shape){4, 4, 512}),
+                 FERRY_ERR_UNSUPPORTED);
+    cr_assert_eq(gpu->ops->rope(gpu, NULL, NULL, &batch, NULL, (ferry_attention_shape){4, 4, 63}),
+                 FERRY_ERR_INVALID_ARGUMENT);
+}
