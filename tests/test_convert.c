@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "helpers.h"
 #include "runtime/format.h"
@@ -530,4 +531,41 @@ Test(convert, help_and_bad_options) {
     cr_assert_eq(test_run("'" FERRY_CLI "' convert a b --dtype f8", NULL, "/dev/null"), 2);
     cr_assert_eq(test_run("'" FERRY_CLI "' convert onlyone", NULL, "/dev/null"), 2);
     cr_assert_eq(test_run("'" FERRY_CLI "' convert a b c", NULL, "/dev/null"), 2);
+}
+
+Test(convert, truncated_checkpoint_is_a_one_line_error) {
+    uint64_t rng = test_seed();
+    checkpoint ckpt;
+    make_model(&ckpt, SRC_F32, 0, &rng);
+    char *hf_dir = write_checkpoint(&ckpt, "LlamaForCausalLM", 0, SRC_F32);
+    char *weights = test_path(hf_dir, "model.safetensors");
+    struct stat st;
+    cr_assert_eq(stat(weights, &st), 0);
+    cr_assert_eq(truncate(weights, st.st_size - 100), 0);
+    expect_failure(hf_dir, "model.safetensors", "truncated");
+    free(weights);
+    free(hf_dir);
+    free_checkpoint(&ckpt);
+}
+
+Test(convert, index_naming_a_missing_shard_is_an_error) {
+    uint64_t rng = test_seed();
+    checkpoint ckpt;
+    make_model(&ckpt, SRC_F32, 0, &rng);
+    char *hf_dir = write_checkpoint(&ckpt, "LlamaForCausalLM", 0, SRC_F32);
+    char index[8192];
+    size_t used = (size_t)snprintf(index, sizeof index, "{\"weight_map\": {");
+    for (int i = 0; i < ckpt.n; i++)
+        used += (size_t)snprintf(index + used, sizeof index - used, "%s\"%s\": \"%s\"", i ? ", " : "",
+                                 ckpt.tensors[i].name,
+                                 strcmp(ckpt.tensors[i].name, "model.norm.weight") == 0
+                                     ? "model-00002-of-00002.safetensors"
+                                     : "model.safetensors");
+    snprintf(index + used, sizeof index - used, "}}");
+    char *path = test_path(hf_dir, "model.safetensors.index.json");
+    cr_assert_eq(test_write_file(path, index, strlen(index)), 0);
+    expect_failure(hf_dir, "model-00002-of-00002.safetensors", "missing");
+    free(path);
+    free(hf_dir);
+    free_checkpoint(&ckpt);
 }
