@@ -118,6 +118,13 @@ typedef struct ferry_model_info {
 
 FERRY_API ferry_status ferry_model_get_info(const ferry_model *model, ferry_model_info *out_info);
 
+/* For a model opened with streaming: the placement plan (tier of each
+ * layer, memory, bytes per pass, predicted time) and what was measured so
+ * far (passes, time per pass, bytes copied, effective host->device GB/s),
+ * as text into buf (always NUL-terminated).  Returns the length the full
+ * text needs; 0 when the model does not stream. */
+FERRY_API size_t ferry_model_stream_report(const ferry_model *model, char *buf, size_t size);
+
 /* -------------------------------------------------------------- sessions */
 
 /* A session holds the KV cache for up to max_batch sequences of up to

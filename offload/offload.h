@@ -226,6 +226,7 @@ typedef struct offload_ring_stats {
     uint64_t bytes_read;        /* from the file */
     uint64_t wait_slot_ns;      /* host time blocked for a slot to free */
     uint64_t wait_staging_ns;   /* host time blocked on reads */
+    uint64_t step_ns;           /* wall time inside successful steps */
 } offload_ring_stats;
 
 offload_ring_stats offload_ring_get_stats(const offload_ring *ring);

@@ -232,6 +232,7 @@ ferry_status offload_ring_step(offload_ring *ring, void *step_user, const volati
     if (!ring) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ring: NULL ring");
     const offload_device_ops *ops = ring->device.ops;
     const uint64_t run_ahead = (uint64_t)ring->options.run_ahead;
+    const uint64_t start_ns = ferry_now_ns();
     ferry_status status = FERRY_OK;
     offload_event last_done = 0;
     int last_layer = -1;
@@ -280,6 +281,7 @@ ferry_status offload_ring_step(offload_ring *ring, void *step_user, const volati
     }
     ring->step_base += (uint64_t)ring->n_streamed;
     ring->stats.steps++;
+    ring->stats.step_ns += ferry_now_ns() - start_ns;
     return FERRY_OK;
 fail:
     return recover(ring, status);

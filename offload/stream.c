@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -257,6 +258,32 @@ ferry_status offload_stream_run(offload_stream *stream, offload_stream_layer_fn 
     ferry_status status = offload_ring_step(stream->ring, &pass, NULL);
     pthread_mutex_unlock(&stream->lock);
     return status;
+}
+
+size_t ferry_model_stream_report(const ferry_model *model, char *buf, size_t size) {
+    if (buf && size) buf[0] = '\0';
+    if (!model || !model->stream) return 0;
+    const offload_stream *stream = model->stream;
+    char *text = NULL;
+    size_t length = 0;
+    FILE *out = open_memstream(&text, &length);
+    if (!out) return 0;
+    offload_plan_print(&stream->plan, out);
+    offload_ring_stats stats = offload_ring_get_stats(stream->ring);
+    if (stats.steps) {
+        double pass_s = (double)stats.step_ns * 1e-9 / (double)stats.steps;
+        double copied_gb = (double)stats.bytes_copied * 1e-9;
+        fprintf(out,
+                "measured     %llu layer passes, %.3f ms each (predicted decode step %.3f ms), "
+                "%.2f GB copied, %.2f GB/s host->device, %.2f GB read from the file\n",
+                (unsigned long long)stats.steps, pass_s * 1e3, stream->plan.step_s * 1e3,
+                copied_gb, stats.step_ns ? copied_gb / ((double)stats.step_ns * 1e-9) : 0.0,
+                (double)stats.bytes_read * 1e-9);
+    }
+    fclose(out);
+    if (buf && size) snprintf(buf, size, "%s", text ? text : "");
+    free(text);
+    return length;
 }
 
 offload_ring_stats offload_stream_stats(const offload_stream *stream) {

@@ -145,6 +145,9 @@ Test(offload_stream, every_tier_mix_gives_logits_bit_identical_to_all_resident) 
     ferry_model_options plain = {0};
     ferry_model *model = open_model(path, plain);
     cr_assert_null(model->stream);
+    char none[8] = "x";
+    cr_assert_eq(ferry_model_stream_report(model, none, sizeof none), 0);
+    cr_assert_str_empty(none);
     cr_assert_eq(run_model(model, &resident), FERRY_OK, "%s", ferry_last_error());
     ferry_model_close(model);
     for (size_t i = 0; i < sizeof resident.prompt / sizeof(float); i++)
@@ -186,6 +189,12 @@ Test(offload_stream, every_tier_mix_gives_logits_bit_identical_to_all_resident) 
                   "%s: %llu bytes copied in %llu steps", mixes[m].what,
                   (unsigned long long)stats.bytes_copied, (unsigned long long)stats.steps);
         cr_assert_geq(stats.steps, 2, "%s: the prompt and the decode step streamed", mixes[m].what);
+        char report[4096];
+        size_t needed = ferry_model_stream_report(model, report, sizeof report);
+        cr_assert(needed > 0 && needed < sizeof report, "%s: report of %zu bytes", mixes[m].what,
+                  needed);
+        cr_assert(strstr(report, "plan: batch ") && strstr(report, "measured     "),
+                  "%s: report:\n%s", mixes[m].what, report);
         ferry_model_close(model);
     }
     test_rmtree(dir);
