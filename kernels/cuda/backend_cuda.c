@@ -182,6 +182,11 @@ static ferry_status cuda_memory_info(ferry_backend *backend, size_t *used_bytes,
     return FERRY_OK;
 }
 
+/* offload/'s slot ring orders its copy events with the ops on this stream. */
+static void *cuda_compute_stream(ferry_backend *backend) {
+    return (void *)cuda_state(backend)->stream;
+}
+
 static const ferry_backend_ops cuda_ops = {
     .name = "cuda",
     .alloc = cuda_alloc,
@@ -200,6 +205,7 @@ static const ferry_backend_ops cuda_ops = {
     .kv_dtype = FERRY_DTYPE_F16,
     .copy_bandwidth = cuda_copy_bandwidth,
     .memory_info = cuda_memory_info,
+    .compute_stream = cuda_compute_stream,
 };
 
 /* ------------------------------------------------------------ creation */

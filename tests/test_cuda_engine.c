@@ -1,0 +1,249 @@
+/*
+ * test_cuda_engine.c — the whole engine on the CUDA backend: logits of
+ * synthesised models against the CPU backend (ragged batches, several
+ * slots, prefill then decode steps), and logits and greedy tokens of the
+ * HF fixtures against what transformers computed.  Skips (and says so)
+ * without a CUDA GPU.
+ */
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "helpers.h"
+#include "kernels/ops.h"
+
+#define FIXTURES_DIR FERRY_SOURCE_DIR "/tests/fixtures/hf"
+
+static char *dir;
+
+static void setup(void) { dir = test_tempdir(); }
+static void teardown(void) {
+    test_rmtree(dir);
+    free(dir);
+}
+
+TestSuite(cuda_engine, .init = setup, .fini = teardown, .timeout = 300);
+
+#define NEED_GPU()                                                                           \
+    do {                                                                                     \
+        if (!ferry_cuda_available())                                                         \
+            cr_skip_test("no CUDA GPU: this build or machine cannot run the CUDA backend");  \
+    } while (0)
+
+static void run_cli(const char *arguments) {
+    char command[4096];
+    char *stderr_path = test_path(dir, "stderr.txt");
+    snprintf(command, sizeof command, "'%s' %s", test_cli(), arguments);
+    int exit_status = test_run(command, NULL, stderr_path);
+    char *message = test_read_file(stderr_path, NULL);
+    cr_assert_eq(exit_status, 0, "ferry %s: exit %d: %s", arguments, exit_status,
+                 message ? message : "");
+    free(message);
+    free(stderr_path);
+}
+
+static ferry_model *open_model(const char *path, const char *backend) {
+    ferry_model_options options = {.backend = backend, .n_threads = 2};
+    ferry_model *model = NULL;
+    ferry_status status = ferry_model_open(path, &options, &model);
+    cr_assert_eq(status, FERRY_OK, "%s on %s: %s", path, backend, ferry_last_error());
+    return model;
+}
+
+/* Worst over rows of max|got - want| / max|want|. */
+static double worst_row_error(const float *got, const float *want, int n_rows, int vocab) {
+    double worst = 0;
+    for (int r = 0; r < n_rows; r++) {
+        double max_diff = 0, max_ref = 0;
+        for (int v = 0; v < vocab; v++) {
+            size_t i = (size_t)r * vocab + v;
+            cr_assert(isfinite(got[i]), "logit [%d, %d] is %g", r, v, (double)got[i]);
+            double diff = fabs((double)got[i] - want[i]);
+            if (diff > max_diff) max_diff = diff;
+            if (fabs(want[i]) > max_ref) max_ref = fabs(want[i]);
+        }
+        if (max_diff / max_ref > worst) worst = max_diff / max_ref;
+    }
+    return worst;
+}
+
+/* ------------------------------------------------- CUDA vs the CPU */
+
+enum { N_SEQS = 3, DECODE_STEPS = 4 };
+
+static void forward_both(ferry_session *sessions[2], const ferry_batch *batch,
+                         ferry_logits_mode mode, int n_rows, int vocab, const char *what,
+                         double bar) {
+    size_t n = (size_t)n_rows * vocab;
+    float *logits[2];
+    for (int b = 0; b < 2; b++) {
+        logits[b] = malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) logits[b][i] = NAN;
+        ferry_status status = ferry_forward(sessions[b], batch, mode, logits[b], n);
+        cr_assert_eq(status, FERRY_OK, "%s: %s", what, ferry_last_error());
+    }
+    double error = worst_row_error(logits[1], logits[0], n_rows, vocab);
+    fprintf(stderr, "[cuda-engine] %s: worst row max|diff|/max|ref| = %.3g\n", what, error);
+    cr_assert_leq(error, bar, "%s: cuda vs cpu logits differ by %.3g > %.3g", what, error, bar);
+    free(logits[0]);
+    free(logits[1]);
+}
+
+static void check_against_cpu(const char *preset, const char *dtype, double bar) {
+    char arguments[1024], *path = test_path(dir, "synth.ferry");
+    snprintf(arguments, sizeof arguments, "synth --preset %s --dtype %s --seed 7 '%s'", preset,
+             dtype, path);
+    run_cli(arguments);
+    ferry_model *models[2] = {open_model(path, "cpu"), open_model(path, "cuda")};
+    ferry_model_info info;
+    ferry_model_get_info(models[0], &info);
+    ferry_session *sessions[2];
+    for (int b = 0; b < 2; b++)
+        cr_assert_eq(ferry_session_new(models[b], N_SEQS, 64, &sessions[b]), FERRY_OK, "%s",
+                     ferry_last_error());
+    uint64_t rng = test_seed();
+    /* ragged prefill: slots 2, 0, 1 with 11, 3 and 20 tokens (>8: the cuBLAS path) */
+    int seq_ids[N_SEQS] = {2, 0, 1}, n_tokens[N_SEQS] = {11, 3, 20};
+    int32_t tokens[34];
+    for (int i = 0; i < 34; i++) tokens[i] = (int32_t)(test_rand_u64(&rng) % (uint64_t)info.vocab_size);
+    ferry_batch prefill = {N_SEQS, seq_ids, n_tokens, tokens};
+    char what[256];
+    snprintf(what, sizeof what, "%s %s prefill", preset, dtype);
+    forward_both(sessions, &prefill, FERRY_LOGITS_ALL, 34, info.vocab_size, what, bar);
+    /* decode steps: one token per sequence (the matvec path) */
+    int ones[N_SEQS] = {1, 1, 1};
+    for (int step = 0; step < DECODE_STEPS; step++) {
+        int32_t step_tokens[N_SEQS];
+        for (int i = 0; i < N_SEQS; i++)
+            step_tokens[i] = (int32_t)(test_rand_u64(&rng) % (uint64_t)info.vocab_size);
+        ferry_batch decode = {N_SEQS, seq_ids, ones, step_tokens};
+        snprintf(what, sizeof what, "%s %s decode step %d", preset, dtype, step);
+        forward_both(sessions, &decode, FERRY_LOGITS_LAST, N_SEQS, info.vocab_size, what, bar);
+    }
+    for (int b = 0; b < 2; b++) {
+        ferry_session_free(sessions[b]);
+        ferry_model_close(models[b]);
+    }
+    free(path);
+}
+
+/* f16 KV cache and f16/bf16 activations into cuBLAS set the bars. */
+Test(cuda_engine, tiny_llama_logits_match_the_cpu_backend_for_every_dtype) {
+    NEED_GPU();
+    check_against_cpu("tiny", "f32", 2e-3);
+    check_against_cpu("tiny", "f16", 2e-3);
+    check_against_cpu("tiny", "bf16", 1e-2);
+}
+
+Test(cuda_engine, qwen2_bias_and_llama3_rope_logits_match_the_cpu_backend) {
+    NEED_GPU();
+    check_against_cpu("tiny-qwen2", "f16", 2e-3);
+    check_against_cpu("tiny-llama3", "f16", 2e-3);
+}
+
+Test(cuda_engine, small_model_with_head_dim_64_matches_the_cpu_backend) {
+    NEED_GPU();
+    check_against_cpu("small", "f16", 2e-3);
+}
+
+/* ------------------------------------------------ CUDA vs HF fixtures */
+
+static char *fixture_text(const char *name, const char *file, size_t *bytes) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s/%s", FIXTURES_DIR, name, file);
+    char *text = test_read_file(path, bytes);
+    cr_assert(text, "read %s", path);
+    return text;
+}
+
+static void check_fixture_on_cuda(const char *name, double bar, double tie_gap) {
+    char *meta_text = fixture_text(name, "meta.json", NULL);
+    cJSON *meta = cJSON_Parse(meta_text);
+    cr_assert(meta);
+    int n_tokens = cJSON_GetObjectItem(meta, "n_tokens")->valueint;
+    int vocab = cJSON_GetObjectItem(meta, "vocab_size")->valueint;
+    int n_new = cJSON_GetObjectItem(meta, "n_new_tokens")->valueint;
+    const cJSON *gaps = cJSON_GetObjectItem(meta, "greedy_top2_gaps");
+    int32_t *prompt = NULL, *hf_greedy = NULL;
+    int n_prompt = 0, n_greedy = 0;
+    char *tokens_text = fixture_text(name, "tokens.txt", NULL);
+    char *greedy_text = fixture_text(name, "greedy.txt", NULL);
+    prompt = malloc(strlen(tokens_text) * sizeof(int32_t));
+    hf_greedy = malloc(strlen(greedy_text) * sizeof(int32_t));
+    for (char *p = tokens_text; *p;) {
+        char *end;
+        long value = strtol(p, &end, 10);
+        if (end == p) break;
+        prompt[n_prompt++] = (int32_t)value;
+        p = *end == ',' ? end + 1 : end;
+    }
+    for (char *p = greedy_text; *p;) {
+        char *end;
+        long value = strtol(p, &end, 10);
+        if (end == p) break;
+        hf_greedy[n_greedy++] = (int32_t)value;
+        p = *end == ',' ? end + 1 : end;
+    }
+    cr_assert_eq(n_prompt, n_tokens);
+    size_t logit_bytes = 0;
+    float *hf_logits = (float *)fixture_text(name, "logits.f32", &logit_bytes);
+    cr_assert_eq(logit_bytes, (size_t)n_tokens * vocab * sizeof(float));
+
+    char arguments[2048], *model_path = test_path(dir, "fixture.ferry");
+    snprintf(arguments, sizeof arguments, "convert '%s/%s/hf' '%s' --dtype keep", FIXTURES_DIR,
+             name, model_path);
+    run_cli(arguments);
+    ferry_model *model = open_model(model_path, "cuda");
+    ferry_session *session = NULL;
+    cr_assert_eq(ferry_session_new(model, 1, n_tokens + n_new + 1, &session), FERRY_OK);
+    size_t n = (size_t)n_tokens * vocab;
+    float *logits = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) logits[i] = NAN;
+    ferry_batch batch = {.n_seqs = 1, .n_tokens = &n_tokens, .tokens = prompt};
+    cr_assert_eq(ferry_forward(session, &batch, FERRY_LOGITS_ALL, logits, n), FERRY_OK, "%s",
+                 ferry_last_error());
+    double error = worst_row_error(logits, hf_logits, n_tokens, vocab);
+    fprintf(stderr, "[cuda-hf] %s: worst row max|diff|/max|ref| = %.3g\n", name, error);
+    cr_assert_leq(error, bar, "%s: cuda vs HF logits differ by %.3g > %.3g", name, error, bar);
+
+    /* greedy tokens equal HF's up to the first near-tie */
+    ferry_generate_params params = {.sampling = ferry_sampling_default(), .max_new_tokens = n_new,
+                                    .ignore_eos = 1};
+    params.sampling.greedy = 1;
+    int32_t ours[64];
+    int n_out = 0;
+    cr_assert_eq(ferry_generate(session, prompt, n_prompt, &params, ours, 64, &n_out), FERRY_OK,
+                 "%s", ferry_last_error());
+    cr_assert_eq(n_out, n_new);
+    for (int step = 0; step < n_new && step < n_greedy; step++) {
+        if (ours[step] == hf_greedy[step]) continue;
+        double gap = cJSON_GetArrayItem(gaps, step)->valuedouble;
+        cr_assert_lt(gap, tie_gap, "%s: step %d: cuda %d, HF %d, and HF's top-2 gap %.3g is no tie",
+                     name, step, ours[step], hf_greedy[step], gap);
+        fprintf(stderr, "[cuda-hf] %s: step %d differs at a near-tie (gap %.3g)\n", name, step, gap);
+        break;
+    }
+    ferry_session_free(session);
+    ferry_model_close(model);
+    cJSON_Delete(meta);
+    free(meta_text), free(tokens_text), free(greedy_text), free(prompt), free(hf_greedy);
+    free(hf_logits), free(logits), free(model_path);
+}
+
+/* f32 checkpoints: the f16 KV cache and f32 activations stay within 2e-3. */
+Test(cuda_engine, hf_fixtures_logits_and_greedy_tokens_match_on_cuda) {
+    NEED_GPU();
+    check_fixture_on_cuda("llama_gqa_llama3", 2e-3, 1e-2);
+    check_fixture_on_cuda("mistral_mqa", 2e-3, 1e-2);
+    check_fixture_on_cuda("qwen2_bias_tied", 2e-3, 1e-2);
+    check_fixture_on_cuda("llama_tf4_spelling", 2e-3, 1e-2);
+}
+
+/* bf16 weights: the cuBLAS path rounds activations to bf16 (8 bits). */
+Test(cuda_engine, hf_bf16_fixture_matches_on_cuda_at_the_bf16_bar) {
+    NEED_GPU();
+    check_fixture_on_cuda("llama_linear_bf16_sharded", 1e-2, 3e-2);
+}
