@@ -23,6 +23,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_iobench(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 int cmd_batch(int argc, char **argv);
 
 /* Print "ferry <command>: <message>" to stderr (with ferry_last_error()

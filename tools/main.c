@@ -26,6 +26,7 @@ static const struct {
     {"plan", cmd_plan, "print where layers and KV cache would live, and the predicted speed"},
     {"tokenize", cmd_tokenize, "text <-> token ids with a tokenizer.json (--jsonl on stdin)"},
     {"batch", cmd_batch, "run a JSON-lines file of prompts, continuous batching, resumable"},
+    {"bench", cmd_bench, "prefill/decode throughput and achieved bandwidth per batch size"},
 };
 
 static void print_usage(FILE *out) {

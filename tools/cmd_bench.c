@@ -1,0 +1,425 @@
+/*
+ * cmd_bench.c — `ferry bench`: prefill and decode throughput of a model at
+ * several batch sizes, with the bytes each decode step must read (weights
+ * and KV cache), the bandwidth that achieves and its ratio to a
+ * device-to-device copy measured in the same run, and the GPU memory in
+ * use.  --kernels adds the matmul op alone on the model's shapes.  Drives
+ * ferry_forward like any caller; reads the model's config and backend
+ * through runtime/engine.h for the byte counts and the measurement hooks.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/engine.h"
+#include "tools/cli.h"
+#include "tools/options.h"
+
+static const char *const command = "bench";
+
+enum { COPY_PROBE_BYTES = 1 << 30, MAX_BATCHES = 16 };
+
+static void print_help(FILE *out) {
+    fprintf(out,
+            "usage: ferry bench --model M [--batch 1,16,64] [--prompt-len 128] [--gen-len 32]\n"
+            "                   [--backend B] [--threads N] [--kernels] [--json]\n\n"
+            "For each batch size: prefill of B prompts of --prompt-len random tokens, then\n"
+            "--gen-len greedy decode steps.  Prints prefill and decode tokens/s, the median\n"
+            "step time, the bytes a decode step reads (weights, and the KV cache at the mean\n"
+            "context), the bandwidth that is, its ratio to a device-to-device copy measured\n"
+            "in the same run, and the device memory in use.\n\n"
+            "  --model M        the .ferry file\n"
+            "  --batch LIST     batch sizes, comma-separated (default 1,16,64)\n"
+            "  --prompt-len N   prompt tokens per sequence (default 128)\n"
+            "  --gen-len N      decode steps (default 32)\n"
+            "  --backend B      cpu, cuda, cuda:N or auto (default auto)\n"
+            "  --threads N      CPU worker threads (default 0: one per core)\n"
+            "  --kernels        also time the matmul op alone on the model's matrix shapes\n"
+            "                   for 1..512 tokens (bandwidth and TFLOP/s)\n"
+            "  --json           one JSON object per line instead of the table\n");
+}
+
+/* ------------------------------------------------------------- counting */
+
+/* Bytes of weights one decode step of `batch` tokens reads: every matrix
+ * and vector once, except the embedding table, of which only the batch's
+ * rows are read (unless lm_head shares it). */
+static double weight_bytes_per_step(const ferry_model *model, int batch) {
+    const ferry_config *config = &model->config;
+    double bytes = 0;
+    for (int kind = 0; kind < FERRY_TENSOR_KIND_COUNT; kind++) {
+        if (!ferry_tensor_present(config, (ferry_tensor_kind)kind)) continue;
+        uint64_t rows = 0, cols = 0;
+        ferry_tensor_shape(config, (ferry_tensor_kind)kind, &rows, &cols);
+        size_t element = ferry_tensor_specs[kind].is_matrix ? ferry_dtype_bytes(model->dtype)
+                                                            : sizeof(float);
+        int copies = ferry_tensor_specs[kind].is_global ? 1 : config->n_layers;
+        if (kind == FERRY_TENSOR_EMBED) rows = config->tie_embeddings ? rows : (uint64_t)batch;
+        bytes += (double)rows * (double)cols * (double)element * copies;
+    }
+    return bytes;
+}
+
+/* Bytes of K and V a decode step reads for `batch` sequences of `context`
+ * cached tokens each. */
+static double kv_bytes_per_step(const ferry_model *model, int batch, double context) {
+    const ferry_config *config = &model->config;
+    double per_token = 2.0 * config->n_layers * config->n_kv_heads * config->head_dim *
+                       (double)ferry_dtype_bytes(model->backend->ops->kv_dtype);
+    return per_token * context * batch;
+}
+
+/* Multiply-adds x2 of the matrices for one token (attention scores aside). */
+static double matrix_flops_per_token(const ferry_model *model) {
+    const ferry_config *config = &model->config;
+    double q = (double)config->n_heads * config->head_dim;
+    double kv = (double)config->n_kv_heads * config->head_dim;
+    double hidden = config->hidden_size, inter = config->intermediate_size;
+    double per_layer = hidden * (q + 2 * kv) + q * hidden + 3 * hidden * inter;
+    return 2.0 * (per_layer * config->n_layers + hidden * config->vocab_size);
+}
+
+static uint64_t next_random(uint64_t *state) {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return *state;
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* ------------------------------------------------------- one batch size */
+
+typedef struct batch_result {
+    int batch;
+    double prefill_ms, prefill_tok_s, prefill_tflops;
+    double decode_tok_s, step_ms_median;
+    double weight_bytes, kv_bytes;         /* per decode step */
+    double achieved_gbps;                  /* (weights + KV) / median step */
+    double used_gib;                       /* device memory in use after the run; <0: unknown */
+} batch_result;
+
+static int argmax(const float *row, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (row[i] > row[best]) best = i;
+    return best;
+}
+
+static ferry_status bench_batch(ferry_model *model, int batch, int prompt_len, int gen_len,
+                                batch_result *result) {
+    const int vocab = model->config.vocab_size;
+    ferry_status status = FERRY_OK;
+    ferry_session *session = NULL;
+    int32_t *tokens = NULL;
+    int *n_tokens = NULL;
+    float *logits = NULL;
+    double *step_ms = NULL;
+    memset(result, 0, sizeof *result);
+    result->batch = batch;
+    FERRY_TRY_GOTO(ferry_session_new(model, batch, prompt_len + gen_len + 1, &session));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)batch * prompt_len * sizeof *tokens, "bench tokens",
+                                (void **)&tokens));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)batch * sizeof *n_tokens, "bench", (void **)&n_tokens));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)batch * vocab * sizeof *logits, "bench logits",
+                                (void **)&logits));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)(gen_len + 1) * sizeof *step_ms, "bench",
+                                (void **)&step_ms));
+    uint64_t random_state = 0x9e3779b97f4a7c15ull ^ (uint64_t)batch;
+    for (size_t i = 0; i < (size_t)batch * prompt_len; i++)
+        tokens[i] = (int32_t)(next_random(&random_state) % (uint64_t)vocab);
+    for (int i = 0; i < batch; i++) n_tokens[i] = prompt_len;
+    ferry_batch prompts = {.n_seqs = batch, .n_tokens = n_tokens, .tokens = tokens};
+    size_t capacity = (size_t)batch * vocab;
+
+    /* warm-up: scratch growth, cuBLAS heuristics, first-touch of pages */
+    FERRY_TRY_GOTO(ferry_forward(session, &prompts, FERRY_LOGITS_LAST, logits, capacity));
+    FERRY_TRY_GOTO(ferry_session_reset(session, -1));
+
+    double start_ms = cli_now_ms();
+    FERRY_TRY_GOTO(ferry_forward(session, &prompts, FERRY_LOGITS_LAST, logits, capacity));
+    result->prefill_ms = cli_now_ms() - start_ms;
+    double prompt_tokens = (double)batch * prompt_len;
+    result->prefill_tok_s = prompt_tokens / (result->prefill_ms * 1e-3);
+    result->prefill_tflops =
+        matrix_flops_per_token(model) * prompt_tokens / (result->prefill_ms * 1e-3) / 1e12;
+
+    /* decode: each sequence appends its own greedy token */
+    for (int i = 0; i < batch; i++) n_tokens[i] = 1;
+    ferry_batch step = {.n_seqs = batch, .n_tokens = n_tokens, .tokens = tokens};
+    double decode_total_ms = 0;
+    for (int s = 0; s < gen_len; s++) {
+        for (int i = 0; i < batch; i++) tokens[i] = argmax(logits + (size_t)i * vocab, vocab);
+        start_ms = cli_now_ms();
+        FERRY_TRY_GOTO(ferry_forward(session, &step, FERRY_LOGITS_LAST, logits, capacity));
+        step_ms[s] = cli_now_ms() - start_ms;
+        decode_total_ms += step_ms[s];
+    }
+    if (gen_len > 0) {
+        result->decode_tok_s = (double)batch * gen_len / (decode_total_ms * 1e-3);
+        qsort(step_ms, (size_t)gen_len, sizeof *step_ms, compare_doubles);
+        result->step_ms_median = step_ms[gen_len / 2];
+        result->weight_bytes = weight_bytes_per_step(model, batch);
+        /* the step s attends over prompt_len + s + 1 tokens; take the mean */
+        result->kv_bytes = kv_bytes_per_step(model, batch, prompt_len + (gen_len + 1) / 2.0);
+        result->achieved_gbps = (result->weight_bytes + result->kv_bytes) /
+                                (result->step_ms_median * 1e-3) / 1e9;
+    }
+    result->used_gib = -1;
+    ferry_backend *backend = model->backend;
+    if (backend->ops->memory_info) {
+        size_t used = 0, total = 0;
+        FERRY_TRY_GOTO(backend->ops->memory_info(backend, &used, &total));
+        result->used_gib = (double)used / (double)(1ull << 30);
+    }
+fail:
+    free(step_ms);
+    free(logits);
+    free(n_tokens);
+    free(tokens);
+    ferry_session_free(session);
+    return status;
+}
+
+static void print_batch(const batch_result *r, double copy_gbps, int json) {
+    double ratio = copy_gbps > 0 ? r->achieved_gbps / copy_gbps : NAN;
+    if (json) {
+        printf("{\"kind\":\"batch\",\"batch\":%d,\"prefill_ms\":%.3f,\"prefill_tok_s\":%.1f,"
+               "\"prefill_tflops\":%.2f,\"decode_tok_s\":%.1f,\"step_ms\":%.4f,"
+               "\"weight_bytes_per_step\":%.0f,\"kv_bytes_per_step\":%.0f,"
+               "\"achieved_gbps\":%.1f,\"of_copy\":%.3f,\"gpu_used_gib\":%.2f}\n",
+               r->batch, r->prefill_ms, r->prefill_tok_s, r->prefill_tflops, r->decode_tok_s,
+               r->step_ms_median, r->weight_bytes, r->kv_bytes, r->achieved_gbps,
+               isnan(ratio) ? -1.0 : ratio, r->used_gib);
+        return;
+    }
+    char ratio_text[16] = "-", used_text[16] = "-";
+    if (!isnan(ratio)) snprintf(ratio_text, sizeof ratio_text, "%.0f%%", 100 * ratio);
+    if (r->used_gib >= 0) snprintf(used_text, sizeof used_text, "%.1f", r->used_gib);
+    printf("%5d %12.0f %8.1f %12.1f %9.3f %9.2f %8.2f %8.0f %7s %8s\n", r->batch,
+           r->prefill_tok_s, r->prefill_tflops, r->decode_tok_s, r->step_ms_median,
+           r->weight_bytes / 1e9, r->kv_bytes / 1e9, r->achieved_gbps, ratio_text, used_text);
+}
+
+/* ------------------------------------------------------ matmul op alone */
+
+typedef struct matrix_shape {
+    const char *name;
+    int rows, cols;
+} matrix_shape;
+
+/* Fill backend memory with random values in [-1, 1) of `dtype` (never
+ * zeros: they hide unwritten outputs and can run faster than real data). */
+static ferry_status fill_random(ferry_backend *backend, void *dst, ferry_dtype dtype,
+                                size_t n_elements, uint64_t seed) {
+    enum { CHUNK = 1 << 20 };
+    ferry_status status = FERRY_OK;
+    float *values = NULL;
+    void *converted = NULL;
+    uint64_t state = seed | 1;
+    size_t element = ferry_dtype_bytes(dtype);
+    FERRY_TRY_GOTO(ferry_malloc(CHUNK * sizeof *values, "bench fill", (void **)&values));
+    FERRY_TRY_GOTO(ferry_malloc(CHUNK * element, "bench fill", &converted));
+    for (size_t done = 0; done < n_elements; done += CHUNK) {
+        size_t n = n_elements - done < CHUNK ? n_elements - done : CHUNK;
+        for (size_t i = 0; i < n; i++)
+            values[i] = (float)((double)(next_random(&state) >> 11) / 4503599627370496.0 - 1.0);
+        ferry_convert_dtype(converted, dtype, values, FERRY_DTYPE_F32, n);
+        FERRY_TRY_GOTO(backend->ops->upload(backend, (char *)dst + done * element, converted,
+                                            n * element));
+    }
+fail:
+    free(converted);
+    free(values);
+    return status;
+}
+
+/* Time matmul on one shape for each token count: weights rotate through
+ * enough copies to overflow the L2 cache, so every call reads HBM. */
+static ferry_status bench_matmul_shape(ferry_model *model, matrix_shape shape, double copy_gbps,
+                                       int json) {
+    static const int token_counts[] = {1, 2, 4, 8, 12, 16, 24, 32, 64, 128, 256, 512};
+    enum { MAX_TOKENS = 512, ROTATION_BYTES = 256 << 20, MAX_COPIES = 16 };
+    ferry_backend *backend = model->backend;
+    const ferry_backend_ops *ops = backend->ops;
+    const ferry_dtype dtype = model->dtype;
+    ferry_status status = FERRY_OK;
+    size_t matrix_bytes = (size_t)shape.rows * shape.cols * ferry_dtype_bytes(dtype);
+    int n_copies = (int)((ROTATION_BYTES + matrix_bytes - 1) / matrix_bytes);
+    if (n_copies > MAX_COPIES) n_copies = MAX_COPIES;
+    void *weights[MAX_COPIES] = {0};
+    float *x = NULL, *out = NULL;
+    for (int i = 0; i < n_copies; i++) {
+        FERRY_TRY_GOTO(ops->alloc(backend, matrix_bytes, &weights[i]));
+        FERRY_TRY_GOTO(fill_random(backend, weights[i], dtype,
+                                   (size_t)shape.rows * shape.cols, 1000 + (uint64_t)i));
+    }
+    FERRY_TRY_GOTO(ops->alloc(backend, (size_t)MAX_TOKENS * shape.cols * sizeof(float),
+                              (void **)&x));
+    FERRY_TRY_GOTO(ops->alloc(backend, (size_t)MAX_TOKENS * shape.rows * sizeof(float),
+                              (void **)&out));
+    FERRY_TRY_GOTO(fill_random(backend, x, FERRY_DTYPE_F32, (size_t)MAX_TOKENS * shape.cols, 7));
+    for (size_t k = 0; k < sizeof token_counts / sizeof token_counts[0]; k++) {
+        const int n = token_counts[k];
+        /* warm-up, then a probe to size the timed loop to ~30 ms */
+        for (int i = 0; i < 3; i++)
+            FERRY_TRY_GOTO(ops->matmul(backend, out, x, weights[i % n_copies], dtype, NULL, n,
+                                       shape.rows, shape.cols, 0));
+        FERRY_TRY_GOTO(ops->synchronize(backend));
+        double start_ms = cli_now_ms();
+        for (int i = 0; i < n_copies; i++)
+            FERRY_TRY_GOTO(ops->matmul(backend, out, x, weights[i], dtype, NULL, n, shape.rows,
+                                       shape.cols, 0));
+        FERRY_TRY_GOTO(ops->synchronize(backend));
+        double probe_ms = (cli_now_ms() - start_ms) / n_copies;
+        int repeats = (int)(30.0 / (probe_ms > 1e-3 ? probe_ms : 1e-3));
+        if (repeats < 4) repeats = 4;
+        if (repeats > 2000) repeats = 2000;
+        start_ms = cli_now_ms();
+        for (int i = 0; i < repeats; i++)
+            FERRY_TRY_GOTO(ops->matmul(backend, out, x, weights[i % n_copies], dtype, NULL, n,
+                                       shape.rows, shape.cols, 0));
+        FERRY_TRY_GOTO(ops->synchronize(backend));
+        double call_us = (cli_now_ms() - start_ms) * 1e3 / repeats;
+        double bytes = (double)matrix_bytes + (double)n * (shape.rows + shape.cols) * 4.0;
+        double gbps = bytes / (call_us * 1e-6) / 1e9;
+        double tflops = 2.0 * n * (double)shape.rows * shape.cols / (call_us * 1e-6) / 1e12;
+        double ratio = copy_gbps > 0 ? gbps / copy_gbps : -1;
+        if (json)
+            printf("{\"kind\":\"matmul\",\"matrix\":\"%s\",\"rows\":%d,\"cols\":%d,"
+                   "\"tokens\":%d,\"us\":%.2f,\"gbps\":%.1f,\"of_copy\":%.3f,"
+                   "\"tflops\":%.2f}\n",
+                   shape.name, shape.rows, shape.cols, n, call_us, gbps, ratio, tflops);
+        else
+            printf("%-8s %6d x %-6d %6d %10.2f %8.0f %7.0f%% %8.2f\n", shape.name, shape.rows,
+                   shape.cols, n, call_us, gbps, ratio > 0 ? 100 * ratio : 0.0, tflops);
+        fflush(stdout);
+    }
+fail:
+    for (int i = 0; i < n_copies; i++)
+        if (weights[i]) ops->free(backend, weights[i]);
+    if (x) ops->free(backend, x);
+    if (out) ops->free(backend, out);
+    return status;
+}
+
+/* The matmul op alone on each distinct matrix shape of the model. */
+static ferry_status bench_matmul_shapes(ferry_model *model, double copy_gbps, int json) {
+    const ferry_config *config = &model->config;
+    const int q = config->n_heads * config->head_dim, kv = config->n_kv_heads * config->head_dim;
+    const matrix_shape shapes[] = {
+        {"wq", q, config->hidden_size},
+        {"wk", kv, config->hidden_size},
+        {"wo", config->hidden_size, q},
+        {"w_up", config->intermediate_size, config->hidden_size},
+        {"w_down", config->hidden_size, config->intermediate_size},
+        {"lm_head", config->vocab_size, config->hidden_size},
+    };
+    if (!json)
+        printf("\nmatmul op alone (%s weights, f32 activations; bytes = weights + x + out)\n"
+               "%-8s %15s %6s %10s %8s %8s %8s\n",
+               ferry_dtype_name(model->dtype), "matrix", "rows x cols", "tokens", "us/call",
+               "GB/s", "of copy", "TFLOP/s");
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        int repeated = 0;
+        for (size_t j = 0; j < i; j++)
+            repeated |= shapes[j].rows == shapes[i].rows && shapes[j].cols == shapes[i].cols;
+        if (repeated) continue;
+        FERRY_TRY(bench_matmul_shape(model, shapes[i], copy_gbps, json));
+    }
+    return FERRY_OK;
+}
+
+/* ------------------------------------------------------------- command */
+
+int cmd_bench(int argc, char **argv) {
+    const char *model_path = NULL, *batch_text = "1,16,64", *backend_spec = "auto";
+    int prompt_len = 128, gen_len = 32, n_threads = 0, json = 0, kernels = 0;
+    cli_option options[] = {
+        {"--model", CLI_OPTION_STRING, &model_path, 0, 0, 0},
+        {"--batch", CLI_OPTION_STRING, &batch_text, 0, 0, 0},
+        {"--prompt-len", CLI_OPTION_INT, &prompt_len, 1, 1 << 20, 0},
+        {"--gen-len", CLI_OPTION_INT, &gen_len, 0, 1 << 20, 0},
+        {"--backend", CLI_OPTION_STRING, &backend_spec, 0, 0, 0},
+        {"--threads", CLI_OPTION_INT, &n_threads, 0, 1024, 0},
+        {"--kernels", CLI_OPTION_FLAG, &kernels, 0, 0, 0},
+        {"--json", CLI_OPTION_FLAG, &json, 0, 0, 0},
+    };
+    int parsed = cli_parse_options(command, argc, argv, options,
+                                   (int)(sizeof options / sizeof options[0]), print_help);
+    if (parsed == CLI_HELP_SHOWN) return CLI_OK;
+    if (parsed != CLI_PARSED) return CLI_USAGE;
+    if (!model_path) return cli_usage_error(command, "--model is required");
+    int32_t *batches = NULL;
+    int n_batches = 0;
+    if (cli_parse_int_list(command, batch_text, &batches, &n_batches) != 0) return CLI_USAGE;
+    for (int i = 0; i < n_batches; i++) {
+        if (batches[i] < 1 || batches[i] > 4096 || n_batches > MAX_BATCHES) {
+            free(batches);
+            return cli_usage_error(command, "--batch '%s': give up to %d sizes in 1..4096",
+                                   batch_text, MAX_BATCHES);
+        }
+    }
+
+    int rc = CLI_FAILED;
+    ferry_model *model = NULL;
+    ferry_model_options model_options = {.backend = backend_spec, .n_threads = n_threads};
+    ferry_status status = ferry_model_open(model_path, &model_options, &model);
+    if (status != FERRY_OK) {
+        rc = cli_fail(command, status, "cannot load the model");
+        goto done;
+    }
+    ferry_model_info info;
+    ferry_model_get_info(model, &info);
+    ferry_backend *backend = model->backend;
+    double copy_gbps = 0;
+    if (backend->ops->copy_bandwidth) {
+        status = backend->ops->copy_bandwidth(backend, COPY_PROBE_BYTES, &copy_gbps);
+        if (status != FERRY_OK) {
+            rc = cli_fail(command, status, "device-to-device copy probe failed");
+            goto done;
+        }
+    }
+    if (json)
+        printf("{\"kind\":\"run\",\"model\":\"%s\",\"backend\":\"%s\",\"dtype\":\"%s\","
+               "\"n_parameters\":%llu,\"n_layers\":%d,\"hidden\":%d,\"prompt_len\":%d,"
+               "\"gen_len\":%d,\"copy_gbps\":%.1f}\n",
+               model_path, info.backend, info.dtype, (unsigned long long)info.n_parameters,
+               info.n_layers, info.hidden_size, prompt_len, gen_len, copy_gbps);
+    else {
+        printf("ferry bench: %s (%s, %.2f B parameters, %s), prompt %d, %d decode steps\n",
+               model_path, info.dtype, (double)info.n_parameters / 1e9, info.backend,
+               prompt_len, gen_len);
+        if (copy_gbps > 0)
+            printf("device-to-device copy: %.0f GB/s (bytes read + written)\n", copy_gbps);
+        printf("%5s %12s %8s %12s %9s %9s %8s %8s %7s %8s\n", "batch", "prefill t/s",
+               "TFLOP/s", "decode t/s", "step ms", "weight GB", "KV GB", "GB/s", "of copy",
+               "GPU GiB");
+    }
+    fflush(stdout);
+    for (int i = 0; i < n_batches; i++) {
+        batch_result result;
+        status = bench_batch(model, batches[i], prompt_len, gen_len, &result);
+        if (status != FERRY_OK) {
+            rc = cli_fail(command, status, "batch %d", batches[i]);
+            goto done;
+        }
+        print_batch(&result, copy_gbps, json);
+        fflush(stdout);
+    }
+    if (kernels) {
+        status = bench_matmul_shapes(model, copy_gbps, json);
+        if (status != FERRY_OK) {
+            rc = cli_fail(command, status, "matmul kernels");
+            goto done;
+        }
+    }
+    rc = CLI_OK;
+done:
+    free(batches);
+    ferry_model_close(model);
+    return rc;
+}
