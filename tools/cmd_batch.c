@@ -39,6 +39,8 @@ static void print_help(FILE *out) {
             "  --prefill-tokens N     prompt tokens per step at most (default 512)\n"
             "  --tokenizer FILE       a tokenizer.json instead of the model's\n"
             "  --strict               a malformed input line is fatal\n"
+            "  --gpu-mem SIZE / --host-mem SIZE   stream layers within these budgets\n"
+            "                         (e.g. 20G); without them every layer is resident\n"
             "  --backend B / --threads N   as in ferry generate\n");
 }
 
@@ -181,6 +183,8 @@ int cmd_batch(int argc, char **argv) {
         {"--strict", CLI_OPTION_FLAG, &opts.strict, 0, 0, 0},
         {"--backend", CLI_OPTION_STRING, &opts.backend, 0, 0, 0},
         {"--threads", CLI_OPTION_INT, &opts.n_threads, 0, 1024, 0},
+        {"--gpu-mem", CLI_OPTION_STRING, &opts.gpu_mem, 0, 0, 0},
+        {"--host-mem", CLI_OPTION_STRING, &opts.host_mem, 0, 0, 0},
     };
     const int n_options = (int)(sizeof options / sizeof options[0]);
     int parsed = cli_parse_options(command, argc, argv, options, n_options, print_help);
@@ -221,8 +225,14 @@ int cmd_batch(int argc, char **argv) {
         rc = CLI_OK;
         goto done;
     }
-    ferry_model_options model_options = {.backend = opts.backend, .n_threads = opts.n_threads};
-    status = ferry_model_open(opts.model_path, &model_options, &model);
+    ferry_model_options model_options = {.backend = opts.backend, .n_threads = opts.n_threads,
+                                         .streaming = opts.gpu_mem || opts.host_mem,
+                                         .resident_layers = -1};
+    status = FERRY_OK;
+    if (opts.gpu_mem) status = ferry_parse_size(opts.gpu_mem, &model_options.gpu_mem_bytes);
+    if (status == FERRY_OK && opts.host_mem)
+        status = ferry_parse_size(opts.host_mem, &model_options.host_mem_bytes);
+    if (status == FERRY_OK) status = ferry_model_open(opts.model_path, &model_options, &model);
     ferry_model_info info;
     if (status == FERRY_OK) status = ferry_model_get_info(model, &info);
     if (status != FERRY_OK) {
