@@ -139,7 +139,8 @@ FERRY_API void ferry_session_free(ferry_session *session);
 /* Forget the tokens of one sequence slot (seq < 0: every slot). */
 FERRY_API ferry_status ferry_session_reset(ferry_session *session, int seq);
 
-/* Number of tokens currently cached for a slot. */
+/* Number of tokens currently cached for a slot (-1 if session is NULL or
+ * seq is not a slot). */
 FERRY_API int ferry_session_length(const ferry_session *session, int seq);
 
 /* A ragged batch: sequence i appends n_tokens[i] tokens (taken in order
@@ -190,7 +191,12 @@ typedef struct ferry_generate_params {
 
 /* Reset slot 0, feed the prompt, then sample up to max_new_tokens tokens
  * into out_tokens (capacity out_capacity).  *n_out receives the count.
- * Stops early at an EOS token (included in the output) unless ignore_eos. */
+ * Stops early at an EOS token (included in the output) unless ignore_eos.
+ * A callback that returns nonzero also ends generation normally: FERRY_OK,
+ * with the token it was shown counted in *n_out.  out_capacity must be at
+ * least max_new_tokens, and the session's max_context must hold the prompt
+ * plus every new token but the last (else FERRY_ERR_CONTEXT_FULL, before
+ * any work).  max_new_tokens 0 still runs and checks the prompt. */
 FERRY_API ferry_status ferry_generate(ferry_session *session, const int32_t *prompt,
                                       int n_prompt, const ferry_generate_params *params,
                                       int32_t *out_tokens, int out_capacity, int *n_out);
