@@ -132,9 +132,12 @@ static ferry_status check_shape(const convert_state *state, ferry_tensor_kind ki
                       tensor->name, found, expected);
 }
 
-static void report_progress(convert_state *state, const ferry_convert_options *options) {
+static ferry_status report_progress(convert_state *state, const ferry_convert_options *options) {
     state->progress.elapsed_ns = ferry_now_ns() - state->start_ns;
-    if (options->progress) options->progress(&state->progress, options->progress_user);
+    if (options->progress && options->progress(&state->progress, options->progress_user))
+        return ferry_fail(FERRY_ERR_CANCELLED, "%s: stopped after %d of %d tensors; no output written",
+                          state->hf_dir, state->progress.n_tensors_done, state->progress.n_tensors);
+    return FERRY_OK;
 }
 
 /* Read, convert and write one tensor of the layout. */
@@ -269,7 +272,7 @@ ferry_status ferry_convert_hf(const char *hf_dir, const char *out_path,
         state.progress.n_tensors_done = i + 1;
         int last_of_layer = i + 1 == layout->n_tensors || layout->tensors[i + 1].layer != entry->layer;
         if (entry->layer >= 0 && last_of_layer) state.progress.n_layers_done = entry->layer + 1;
-        report_progress(&state, options);
+        FERRY_TRY_GOTO(report_progress(&state, options));
     }
     FERRY_TRY_GOTO(store_side_texts(&state));
     FERRY_TRY_GOTO(ferry_writer_finish(state.writer));

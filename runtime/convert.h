@@ -17,12 +17,14 @@ typedef struct ferry_convert_progress {
     uint64_t elapsed_ns;
 } ferry_convert_progress;
 
-typedef void (*ferry_convert_progress_fn)(const ferry_convert_progress *progress, void *user);
+/* Called after every tensor; a nonzero return stops the conversion
+ * (FERRY_ERR_CANCELLED, partial output removed): how Ctrl-C is honoured. */
+typedef int (*ferry_convert_progress_fn)(const ferry_convert_progress *progress, void *user);
 
 typedef struct ferry_convert_options {
     int keep_dtype;             /* nonzero: matrices keep the checkpoint's dtype */
     ferry_dtype dtype;          /* else matrices are stored in this dtype (vectors: f32) */
-    ferry_convert_progress_fn progress;   /* optional, called after every tensor */
+    ferry_convert_progress_fn progress;   /* optional */
     void *progress_user;
 } ferry_convert_options;
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "helpers.h"
+#include "runtime/convert.h"
 #include "runtime/format.h"
 
 static char *dir;
@@ -566,6 +567,34 @@ Test(convert, index_naming_a_missing_shard_is_an_error) {
     cr_assert_eq(test_write_file(path, index, strlen(index)), 0);
     expect_failure(hf_dir, "model-00002-of-00002.safetensors", "missing");
     free(path);
+    free(hf_dir);
+    free_checkpoint(&ckpt);
+}
+
+static int stop_after_three(const ferry_convert_progress *progress, void *user) {
+    int *calls = user;
+    ++*calls;
+    cr_assert_eq(progress->n_tensors_done, *calls);
+    cr_assert_eq(progress->n_tensors, n_file_tensors(0));
+    return progress->n_tensors_done == 3;
+}
+
+Test(convert, progress_callback_can_stop_it_and_nothing_is_left) {
+    uint64_t rng = test_seed();
+    checkpoint ckpt;
+    make_model(&ckpt, SRC_F32, 0, &rng);
+    char *hf_dir = write_checkpoint(&ckpt, "LlamaForCausalLM", 0, SRC_F32);
+    char *out = test_path(dir, "stopped.ferry");
+    char *partial = test_path(dir, "stopped.ferry.partial");
+    int calls = 0;
+    ferry_convert_options options = {.keep_dtype = 1, .progress = stop_after_three,
+                                      .progress_user = &calls};
+    cr_assert_eq(ferry_convert_hf(hf_dir, out, &options), FERRY_ERR_CANCELLED);
+    cr_assert(strstr(ferry_last_error(), "stopped after 3"), "%s", ferry_last_error());
+    cr_assert_eq(calls, 3);
+    cr_assert(!file_exists(out) && !file_exists(partial));
+    free(partial);
+    free(out);
     free(hf_dir);
     free_checkpoint(&ckpt);
 }

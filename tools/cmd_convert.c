@@ -2,6 +2,7 @@
  * cmd_convert.c — `ferry convert HF_DIR OUT.ferry [--dtype keep|f32|f16|bf16]`:
  * option parsing and a progress line over ferry_convert_hf (runtime/convert.c).
  */
+#include <signal.h>
 #include <string.h>
 
 #include "runtime/convert.h"
@@ -23,15 +24,24 @@ static const char usage[] =
     "tokenizer.json, tokenizer_config.json and generation_config.json are stored\n"
     "in the file when HF_DIR has them.  The output appears only once complete.\n";
 
-/* "\r  layer 12/32, tensors 110/291, 3.42 GB read, 1.10 GB/s" on a terminal. */
-static void print_progress(const ferry_convert_progress *progress, void *user) {
-    (void)user;
+static volatile sig_atomic_t stop_requested;
+
+static void request_stop(int signal_number) {
+    (void)signal_number;
+    stop_requested = 1;
+}
+
+/* "\r  layers 12/32, tensors 110/291, 3.42 GB read, 1.10 GB/s" on a
+ * terminal; says stop once Ctrl-C or SIGTERM arrived. */
+static int on_progress(const ferry_convert_progress *progress, void *user) {
+    if (!*(const int *)user) return stop_requested;
     double seconds = (double)progress->elapsed_ns * 1e-9;
     double gigabytes = (double)progress->bytes_read * 1e-9;
     fprintf(stderr, "\r  layers %d/%d, tensors %d/%d, %.2f GB read, %.2f GB/s   ",
             progress->n_layers_done, progress->n_layers, progress->n_tensors_done,
             progress->n_tensors, gigabytes, seconds > 0 ? gigabytes / seconds : 0.0);
     if (progress->n_tensors_done == progress->n_tensors) fputc('\n', stderr);
+    return stop_requested;
 }
 
 int cmd_convert(int argc, char **argv) {
@@ -63,11 +73,17 @@ int cmd_convert(int argc, char **argv) {
         }
     }
     if (n_positional != 2) return cli_usage_error("convert", "needs HF_DIR and OUT.ferry");
-    if (cli_stderr_is_tty()) options.progress = print_progress;
+    int show_progress = cli_stderr_is_tty();
+    options.progress = on_progress;
+    options.progress_user = &show_progress;
+    struct sigaction action = {.sa_handler = request_stop};
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, NULL);
+    sigaction(SIGTERM, &action, NULL);
     ferry_status status = ferry_convert_hf(positional[0], positional[1], &options);
     if (status != FERRY_OK) {
-        if (options.progress) fputc('\n', stderr);
-        return cli_fail("convert", status, "cannot convert %s", positional[0]);
+        if (show_progress) fputc('\n', stderr);
+        return cli_fail("convert", status, "failed");
     }
     fprintf(stderr, "ferry convert: wrote %s\n", positional[1]);
     return CLI_OK;
