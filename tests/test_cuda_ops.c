@@ -127,8 +127,10 @@ static double matmul_rtol(ferry_dtype dtype, int uses_gemm) {
     }
 }
 
-static void check_matmul(ferry_dtype dtype, int n, int rows, int cols, int with_bias,
-                         int accumulate) {
+/* uses_gemm: the call may go through cuBLAS (x rounded to the weight
+ * dtype), so the looser bar applies. */
+static void check_matmul_path(ferry_dtype dtype, int n, int rows, int cols, int with_bias,
+                              int accumulate, int uses_gemm) {
     size_t w_count = (size_t)rows * cols;
     float *w_values = random_floats(w_count, -1, 1);
     void *w = malloc(w_count * ferry_dtype_bytes(dtype) + 4);
@@ -162,14 +164,18 @@ static void check_matmul(ferry_dtype dtype, int n, int rows, int cols, int with_
     char what[160];
     snprintf(what, sizeof what, "matmul %s n=%d rows=%d cols=%d bias=%d acc=%d",
              ferry_dtype_name(dtype), n, rows, cols, with_bias, accumulate);
-    /* n > 8 goes through cuBLAS with the default switch point; both bars
-     * are checked with the looser one when unsure. */
-    expect_close(what, got, want, scale, (size_t)n * rows, matmul_rtol(dtype, n > 8), 1e-6);
+    expect_close(what, got, want, scale, (size_t)n * rows, matmul_rtol(dtype, uses_gemm), 1e-6);
     gpu->ops->free(gpu, w_gpu);
     gpu->ops->free(gpu, x_gpu);
     gpu->ops->free(gpu, bias_gpu);
     gpu->ops->free(gpu, out_gpu);
     free(w_values), free(w), free(x), free(bias), free(base), free(scale), free(want), free(got);
+}
+
+/* With the default switch point (8), n > 8 goes through cuBLAS. */
+static void check_matmul(ferry_dtype dtype, int n, int rows, int cols, int with_bias,
+                         int accumulate) {
+    check_matmul_path(dtype, n, rows, cols, with_bias, accumulate, n > 8);
 }
 
 Test(cuda_ops, matmul_matches_cpu_for_every_dtype_and_small_batch) {
@@ -198,6 +204,24 @@ Test(cuda_ops, matmul_matches_cpu_for_large_batches_through_cublas) {
         check_matmul(all_dtypes[d], 16, 300, 512, 0, 1);
         check_matmul(all_dtypes[d], 67, 131, 776, 1, 1);
     }
+}
+
+/* With the switch point raised to 16, batches of 9..16 take the vector
+ * kernel (four rows per warp): same tight bar as the small batches. */
+Test(cuda_ops, matvec_kernel_matches_cpu_up_to_16_tokens) {
+    NEED_GPU();
+    ferry_backend *default_gpu = gpu;
+    setenv("FERRY_CUDA_MATVEC_MAX", "16", 1);
+    ferry_status status = ferry_backend_cuda_new(0, &gpu);
+    unsetenv("FERRY_CUDA_MATVEC_MAX");
+    cr_assert_eq(status, FERRY_OK, "%s", ferry_last_error());
+    static const int batches[] = {9, 12, 16};
+    for (size_t d = 1; d < 3; d++)
+        for (size_t b = 0; b < 3; b++)
+            check_matmul_path(all_dtypes[d], batches[b], rand_int(1, 200) * 2 + 1,
+                              8 * rand_int(1, 200), (int)(b % 2), (int)(b != 1), 0);
+    ferry_backend_free(gpu);
+    gpu = default_gpu;
 }
 
 Test(cuda_ops, matmul_matches_cpu_at_llama_width) {

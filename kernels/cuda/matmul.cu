@@ -16,8 +16,9 @@
 #include "kernels/cuda/cuda_backend.h"
 
 enum {
-    MATVEC_THREADS = 256,               /* 8 warps, one weight row each */
-    MATVEC_ROWS_PER_BLOCK = MATVEC_THREADS / 32,
+    MATVEC_THREADS = 128,               /* 4 warps */
+    MATVEC_WARPS = MATVEC_THREADS / 32,
+    MATVEC_ROWS_PER_BLOCK = MATVEC_WARPS, /* of the generic kernel: one row per warp */
     MATVEC_MAX_TILE = 16,               /* largest token tile of the vector kernel */
     COLS_PER_LANE_STEP = 8,             /* one 16-byte load of f16/bf16 */
     COLS_PER_WARP_STEP = 32 * COLS_PER_LANE_STEP,
@@ -50,58 +51,88 @@ __device__ __forceinline__ float warp_sum(float value) {
     return value;
 }
 
-/* acc[t] += x[t][c .. c+8) . w[0 .. 8) for the tile's live tokens. */
-template <int TILE>
-__device__ __forceinline__ void dot8_tokens(float *acc, const float *x, int n, int cols, int c,
-                                            const float *w) {
-#pragma unroll
-    for (int t = 0; t < TILE; t++) {
-        if (t < n) {
-            const float4 *xv = reinterpret_cast<const float4 *>(x + (size_t)t * cols + c);
-            float4 a = __ldg(xv), b = __ldg(xv + 1);
-            acc[t] += a.x * w[0] + a.y * w[1] + a.z * w[2] + a.w * w[3] + b.x * w[4] +
-                      b.y * w[5] + b.z * w[6] + b.w * w[7];
-        }
-    }
-}
-
 /* Vector kernel: cols % 8 == 0, W and x 16-byte aligned, n <= TILE.
- * Two column steps per iteration keep two weight loads in flight. */
-template <typename T, int TILE>
+ * A warp owns ROWS consecutive weight rows; each x chunk it loads serves
+ * all of them (x comes from L1, and at larger TILE the L1 traffic of x,
+ * not HBM, would be the limit).  UNROLL column steps per iteration keep
+ * UNROLL * ROWS 16-byte weight loads in flight per lane. */
+template <typename T, int TILE, int ROWS, int UNROLL>
 __global__ void __launch_bounds__(MATVEC_THREADS)
     matvec_kernel(float *out, const float *x, const T *w, const float *bias, int n, int rows,
                   int cols, int accumulate) {
     const int lane = threadIdx.x % 32;
-    const int row = blockIdx.x * MATVEC_ROWS_PER_BLOCK + threadIdx.x / 32;
-    if (row >= rows) return;
-    const uint4 *w_row = reinterpret_cast<const uint4 *>(w + (size_t)row * cols);
-    float acc[TILE];
+    const int first_row = (blockIdx.x * MATVEC_WARPS + threadIdx.x / 32) * ROWS;
+    if (first_row >= rows) return;
+    const uint4 *w_rows[ROWS];
 #pragma unroll
-    for (int t = 0; t < TILE; t++) acc[t] = 0.0f;
+    for (int r = 0; r < ROWS; r++) {
+        /* rows past the end re-read the last row; their sums are dropped */
+        int row = first_row + r < rows ? first_row + r : rows - 1;
+        w_rows[r] = reinterpret_cast<const uint4 *>(w + (size_t)row * cols);
+    }
+    float acc[TILE][ROWS];
+#pragma unroll
+    for (int t = 0; t < TILE; t++)
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) acc[t][r] = 0.0f;
     int c = lane * COLS_PER_LANE_STEP;
-    for (; c + COLS_PER_WARP_STEP < cols; c += 2 * COLS_PER_WARP_STEP) {
-        /* both loads issued before either is used */
-        uint4 packed0 = __ldg(w_row + c / COLS_PER_LANE_STEP);
-        uint4 packed1 = __ldg(w_row + (c + COLS_PER_WARP_STEP) / COLS_PER_LANE_STEP);
-        float w0[8], w1[8];
-        widen8(packed0, T(), w0);
-        widen8(packed1, T(), w1);
-        dot8_tokens<TILE>(acc, x, n, cols, c, w0);
-        dot8_tokens<TILE>(acc, x, n, cols, c + COLS_PER_WARP_STEP, w1);
-    }
-    if (c < cols) {
-        float w0[8];
-        widen8(__ldg(w_row + c / COLS_PER_LANE_STEP), T(), w0);
-        dot8_tokens<TILE>(acc, x, n, cols, c, w0);
-    }
-    const float b = bias ? bias[row] : 0.0f;
+    for (; c + (UNROLL - 1) * COLS_PER_WARP_STEP < cols; c += UNROLL * COLS_PER_WARP_STEP) {
+        uint4 packed[UNROLL][ROWS];
 #pragma unroll
-    for (int t = 0; t < TILE; t++) {
-        float sum = warp_sum(acc[t]);
-        if (lane == 0 && t < n) {
-            float *dst = out + (size_t)t * rows + row;
-            float y = sum + b;
-            *dst = accumulate ? *dst + y : y;
+        for (int u = 0; u < UNROLL; u++)
+#pragma unroll
+            for (int r = 0; r < ROWS; r++)
+                packed[u][r] = __ldg(w_rows[r] + (c + u * COLS_PER_WARP_STEP) / COLS_PER_LANE_STEP);
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            float wf[ROWS][8];
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) widen8(packed[u][r], T(), wf[r]);
+            const int cu = c + u * COLS_PER_WARP_STEP;
+#pragma unroll
+            for (int t = 0; t < TILE; t++) {
+                if (t < n) {
+                    const float4 *xv = reinterpret_cast<const float4 *>(x + (size_t)t * cols + cu);
+                    const float4 a = __ldg(xv), b = __ldg(xv + 1);
+#pragma unroll
+                    for (int r = 0; r < ROWS; r++)
+                        acc[t][r] += a.x * wf[r][0] + a.y * wf[r][1] + a.z * wf[r][2] +
+                                     a.w * wf[r][3] + b.x * wf[r][4] + b.y * wf[r][5] +
+                                     b.z * wf[r][6] + b.w * wf[r][7];
+                }
+            }
+        }
+    }
+    for (; c < cols; c += COLS_PER_WARP_STEP) {
+        float wf[ROWS][8];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) widen8(__ldg(w_rows[r] + c / COLS_PER_LANE_STEP), T(), wf[r]);
+#pragma unroll
+        for (int t = 0; t < TILE; t++) {
+            if (t < n) {
+                const float4 *xv = reinterpret_cast<const float4 *>(x + (size_t)t * cols + c);
+                const float4 a = __ldg(xv), b = __ldg(xv + 1);
+#pragma unroll
+                for (int r = 0; r < ROWS; r++)
+                    acc[t][r] += a.x * wf[r][0] + a.y * wf[r][1] + a.z * wf[r][2] +
+                                 a.w * wf[r][3] + b.x * wf[r][4] + b.y * wf[r][5] +
+                                 b.z * wf[r][6] + b.w * wf[r][7];
+            }
+        }
+    }
+    /* epilogue: reduce over the warp, add bias, accumulate into out */
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        const int row = first_row + r;
+        const float b = bias && row < rows ? bias[row] : 0.0f;
+#pragma unroll
+        for (int t = 0; t < TILE; t++) {
+            float sum = warp_sum(acc[t][r]);
+            if (lane == 0 && t < n && row < rows) {
+                float *dst = out + (size_t)t * rows + row;
+                float y = sum + b;
+                *dst = accumulate ? *dst + y : y;
+            }
         }
     }
 }
@@ -133,20 +164,26 @@ __global__ void matvec_generic_kernel(float *out, const float *x, const void *w,
     }
 }
 
+template <typename T, int TILE, int ROWS>
+static void launch_tile(cudaStream_t stream, float *out, const float *x, const T *w,
+                        const float *bias, int n, int rows, int cols, int accumulate) {
+    const int rows_per_block = MATVEC_WARPS * ROWS;
+    dim3 grid((rows + rows_per_block - 1) / rows_per_block);
+    matvec_kernel<T, TILE, ROWS, 4 / ROWS><<<grid, MATVEC_THREADS, 0, stream>>>(
+        out, x, w, bias, n, rows, cols, accumulate);
+}
+
+/* Small batches: one row per warp, four column steps in flight; larger
+ * tiles: more rows per warp so each x load serves several rows. */
 template <typename T>
 static void launch_matvec(cudaStream_t stream, float *out, const float *x, const void *w,
                           const float *bias, int n, int rows, int cols, int accumulate) {
-    dim3 grid((rows + MATVEC_ROWS_PER_BLOCK - 1) / MATVEC_ROWS_PER_BLOCK);
     const T *weights = static_cast<const T *>(w);
-#define LAUNCH_TILE(TILE)                                                                    \
-    matvec_kernel<T, TILE><<<grid, MATVEC_THREADS, 0, stream>>>(out, x, weights, bias, n, rows, \
-                                                                cols, accumulate)
-    if (n <= 1) LAUNCH_TILE(1);
-    else if (n <= 2) LAUNCH_TILE(2);
-    else if (n <= 4) LAUNCH_TILE(4);
-    else if (n <= 8) LAUNCH_TILE(8);
-    else LAUNCH_TILE(16);
-#undef LAUNCH_TILE
+    if (n <= 1) launch_tile<T, 1, 1>(stream, out, x, weights, bias, n, rows, cols, accumulate);
+    else if (n <= 2) launch_tile<T, 2, 1>(stream, out, x, weights, bias, n, rows, cols, accumulate);
+    else if (n <= 4) launch_tile<T, 4, 2>(stream, out, x, weights, bias, n, rows, cols, accumulate);
+    else if (n <= 8) launch_tile<T, 8, 2>(stream, out, x, weights, bias, n, rows, cols, accumulate);
+    else launch_tile<T, 16, 4>(stream, out, x, weights, bias, n, rows, cols, accumulate);
 }
 
 /* --------------------------------------------------------- cuBLAS path */
