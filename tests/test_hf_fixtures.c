@@ -227,3 +227,7 @@ Test(hf_fixtures, transformers4_config_spelling_matches_hf) {
 Test(hf_fixtures, sharded_bf16_llama_widened_to_f32_matches_hf_at_the_f32_bar) {
     check_fixture("llama_linear_bf16_sharded", "f32", F32_LOGITS_BAR, F32_TIE_GAP);
 }
+
+Test(hf_fixtures, f16_llama_with_gqa_8_to_2_matches_hf) {
+    check_fixture("llama_gqa_f16", "keep", F32_LOGITS_BAR, F32_TIE_GAP);
+}
