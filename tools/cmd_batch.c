@@ -274,6 +274,9 @@ int cmd_batch(int argc, char **argv) {
             run.stats.completion_tokens / (wall_s > 0 ? wall_s : 1e-9),
             (run.stats.prompt_tokens + run.stats.completion_tokens) / (wall_s > 0 ? wall_s : 1e-9),
             batch, (unsigned long long)run.stats.n_steps, run.stats.forward_ns / 1e9);
+    char plan_report[8192];
+    if (ferry_model_stream_report(model, plan_report, sizeof plan_report) > 0)
+        fprintf(stderr, "ferry batch: streaming plan and measured passes:\n%s", plan_report);
     if (status == FERRY_ERR_CANCELLED) {
         rc = cli_fail(command, FERRY_OK, "stopped by a signal after %zu of %zu requests; rerun "
                       "with the same --output to finish", run.n_done, run.n_requests);
