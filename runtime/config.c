@@ -3,6 +3,7 @@
  * tensor table, and reading them from HF config.json (transformers 4 and 5
  * spellings) or from a .ferry manifest.  Reads no weights.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 
@@ -131,6 +132,15 @@ ferry_status ferry_config_validate(const ferry_config *c) {
     if (c->n_eos_token_ids < 0 || c->n_eos_token_ids > FERRY_MAX_EOS)
         return ferry_fail(FERRY_ERR_FORMAT, "config: %d eos tokens (at most %d)",
                           c->n_eos_token_ids, FERRY_MAX_EOS);
+    if (c->bos_token_id < -1)
+        return ferry_fail(FERRY_ERR_FORMAT, "config: bos_token_id %d is negative",
+                          c->bos_token_id);
+    for (int i = 0; i < c->n_eos_token_ids; i++)
+        if (c->eos_token_ids[i] < 0)
+            return ferry_fail(FERRY_ERR_FORMAT, "config: eos_token_id %d is negative",
+                              c->eos_token_ids[i]);
+    if (c->tie_embeddings != !!c->tie_embeddings || c->attention_bias != !!c->attention_bias)
+        return ferry_fail(FERRY_ERR_FORMAT, "config: tie_embeddings and attention_bias are 0 or 1");
     return FERRY_OK;
 }
 
@@ -165,9 +175,16 @@ void ferry_rope_inv_freq(const ferry_config *config, float *inv_freq) {
 
 /* ------------------------------------------------------- JSON helpers */
 
+/* A number that does not fit an int becomes INT_MIN, which validation
+ * rejects naming the field (converting it would be undefined behaviour). */
+static int json_number_to_int(const cJSON *item) {
+    double value = item->valuedouble;
+    return value >= INT_MIN + 1.0 && value <= INT_MAX ? (int)value : INT_MIN;
+}
+
 static int json_int(const cJSON *object, const char *key, int fallback) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(object, key);
-    return cJSON_IsNumber(item) ? (int)item->valuedouble : fallback;
+    return cJSON_IsNumber(item) ? json_number_to_int(item) : fallback;
 }
 
 static double json_double(const cJSON *object, const char *key, double fallback) {
@@ -217,26 +234,45 @@ static void parse_eos(const cJSON *object, ferry_config *config) {
     const cJSON *eos = cJSON_GetObjectItemCaseSensitive(object, "eos_token_id");
     config->n_eos_token_ids = 0;
     if (cJSON_IsNumber(eos)) {
-        config->eos_token_ids[config->n_eos_token_ids++] = (int)eos->valuedouble;
+        config->eos_token_ids[config->n_eos_token_ids++] = json_number_to_int(eos);
     } else if (cJSON_IsArray(eos)) {
         const cJSON *item;
         cJSON_ArrayForEach(item, eos) {
             if (cJSON_IsNumber(item) && config->n_eos_token_ids < FERRY_MAX_EOS)
-                config->eos_token_ids[config->n_eos_token_ids++] = (int)item->valuedouble;
+                config->eos_token_ids[config->n_eos_token_ids++] = json_number_to_int(item);
         }
     }
 }
 
 /* ------------------------------------------------------ HF config.json */
 
+/* How each architecture decides on attention biases.  Qwen2 always has
+ * q/k/v biases and no o_proj bias; Mistral never has any.  HF Llama's
+ * "attention_bias" adds a bias to o_proj as well as q/k/v, which the
+ * .ferry tensor table has no slot for, so it is refused by name. */
+typedef enum {
+    BIAS_QKV_ALWAYS,
+    BIAS_NEVER,
+    BIAS_KEY_ALSO_ON_O_PROJ,
+} bias_rule;
+
+/* Whether "sliding_window" takes effect: Llama has none, Mistral applies
+ * it whenever set, Qwen2 only with "use_sliding_window" (default false). */
+typedef enum {
+    WINDOW_NONE,
+    WINDOW_WHEN_SET,
+    WINDOW_WHEN_ENABLED,
+} window_rule;
+
 static const struct {
     const char *hf_architecture;
     const char *architecture;
-    int default_attention_bias;
+    bias_rule bias;
+    window_rule window;
 } architectures[] = {
-    {"LlamaForCausalLM", "llama", 0},
-    {"MistralForCausalLM", "mistral", 0},
-    {"Qwen2ForCausalLM", "qwen2", 1},
+    {"LlamaForCausalLM", "llama", BIAS_KEY_ALSO_ON_O_PROJ, WINDOW_NONE},
+    {"MistralForCausalLM", "mistral", BIAS_NEVER, WINDOW_WHEN_SET},
+    {"Qwen2ForCausalLM", "qwen2", BIAS_QKV_ALWAYS, WINDOW_WHEN_ENABLED},
 };
 
 /* rope settings: transformers 5 keeps them in "rope_parameters" (theta
@@ -246,6 +282,7 @@ static ferry_status parse_hf_rope(const cJSON *root, const char *source, ferry_c
     if (!cJSON_IsObject(params)) params = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
     config->rope_theta = json_double(root, "rope_theta", 10000.0);
     config->rope_type = FERRY_ROPE_DEFAULT;
+    config->rope_factor = 1.0;
     if (!cJSON_IsObject(params)) return FERRY_OK;
     config->rope_theta = json_double(params, "rope_theta", config->rope_theta);
     const char *type = json_string(params, "rope_type");
@@ -309,15 +346,24 @@ ferry_status ferry_config_from_hf_json(const char *json_text, const char *source
     config.max_position = json_int(root, "max_position_embeddings", 2048);
     config.rms_norm_eps = (float)json_double(root, "rms_norm_eps", 1e-6);
     config.tie_embeddings = json_bool(root, "tie_word_embeddings", 0);
-    config.attention_bias =
-        json_bool(root, "attention_bias", architectures[arch_index].default_attention_bias);
+    config.attention_bias = architectures[arch_index].bias == BIAS_QKV_ALWAYS;
+    if (architectures[arch_index].bias == BIAS_KEY_ALSO_ON_O_PROJ &&
+        json_bool(root, "attention_bias", 0)) {
+        status = ferry_fail(FERRY_ERR_UNSUPPORTED,
+                            "%s: unsupported feature attention_bias on %s (it adds an "
+                            "o_proj bias, which ferry does not implement)",
+                            source, hf_arch);
+        goto fail;
+    }
     config.bos_token_id = json_int(root, "bos_token_id", -1);
     parse_eos(root, &config);
 
     /* A sliding window shorter than the context changes attention; ferry
      * implements full causal attention only. */
     const cJSON *window = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
-    int use_window = json_bool(root, "use_sliding_window", 1);
+    window_rule window_use = architectures[arch_index].window;
+    int use_window = window_use == WINDOW_WHEN_SET ||
+                     (window_use == WINDOW_WHEN_ENABLED && json_bool(root, "use_sliding_window", 0));
     if (use_window && cJSON_IsNumber(window) && window->valuedouble < config.max_position) {
         status = ferry_fail(FERRY_ERR_UNSUPPORTED,
                             "%s: unsupported feature sliding_window %d (shorter than "
@@ -412,7 +458,7 @@ ferry_status ferry_config_from_json(const cJSON *object, ferry_config *out) {
                               manifest_fields[i].key);
         char *field = (char *)&config + manifest_fields[i].offset;
         switch (manifest_fields[i].type) {
-        case FIELD_INT: *(int *)field = (int)item->valuedouble; break;
+        case FIELD_INT: *(int *)field = json_number_to_int(item); break;
         case FIELD_FLOAT: *(float *)field = (float)item->valuedouble; break;
         case FIELD_DOUBLE: *(double *)field = item->valuedouble; break;
         }
@@ -421,7 +467,7 @@ ferry_status ferry_config_from_json(const cJSON *object, ferry_config *out) {
     const cJSON *item;
     cJSON_ArrayForEach(item, eos) {
         if (cJSON_IsNumber(item) && config.n_eos_token_ids < FERRY_MAX_EOS)
-            config.eos_token_ids[config.n_eos_token_ids++] = (int)item->valuedouble;
+            config.eos_token_ids[config.n_eos_token_ids++] = json_number_to_int(item);
     }
     FERRY_TRY(ferry_config_validate(&config));
     *out = config;

@@ -71,27 +71,114 @@ Test(config, qwen2_has_qkv_bias_and_defaults_fill_in) {
     cr_assert(!ferry_tensor_present(&c, FERRY_TENSOR_LM_HEAD));
 }
 
-static void expect_unsupported(const char *from, const char *to, const char *named) {
+/* llama3_tf4 with the first `from` replaced by `to`, parsed. */
+static ferry_status parse_edited(const char *from, const char *to, ferry_config *c,
+                                 ferry_dtype *dtype) {
     char json[4096];
     const char *at = strstr(llama3_tf4, from);
     cr_assert_not_null(at, "pattern %s", from);
     snprintf(json, sizeof json, "%.*s%s%s", (int)(at - llama3_tf4), llama3_tf4, to,
              at + strlen(from));
+    return ferry_config_from_hf_json(json, "cfg", c, dtype);
+}
+
+static void expect_unsupported(const char *from, const char *to, const char *named) {
     ferry_config c;
     ferry_dtype dtype;
-    ferry_status status = ferry_config_from_hf_json(json, "cfg", &c, &dtype);
+    ferry_status status = parse_edited(from, to, &c, &dtype);
     cr_assert_eq(status, FERRY_ERR_UNSUPPORTED, "%s -> %s gave %d", from, to, status);
     cr_assert(strstr(ferry_last_error(), named), "'%s' lacks '%s'", ferry_last_error(), named);
 }
 
+static void expect_accepted(const char *from, const char *to) {
+    ferry_config c;
+    ferry_dtype dtype;
+    cr_assert_eq(parse_edited(from, to, &c, &dtype), FERRY_OK, "%s -> %s: %s", from, to,
+                 ferry_last_error());
+}
+
+#define MISTRAL "\"MistralForCausalLM\"], \"sliding_window\": "
+#define QWEN2 "\"Qwen2ForCausalLM\"], \"sliding_window\": "
+
 Test(config, unsupported_features_are_named) {
     expect_unsupported("LlamaForCausalLM", "GPT2LMHeadModel", "GPT2LMHeadModel");
+    expect_unsupported("\"LlamaForCausalLM\"", "", "(none given)");
     expect_unsupported("\"llama3\"", "\"yarn\"", "yarn");
+    expect_unsupported("\"llama3\"", "\"dynamic\"", "dynamic");
     expect_unsupported("\"silu\"", "\"gelu\"", "gelu");
     expect_unsupported("\"rms_norm_eps\"", "\"mlp_bias\": true, \"rms_norm_eps\"", "mlp_bias");
-    expect_unsupported("\"rms_norm_eps\"", "\"sliding_window\": 128, \"rms_norm_eps\"",
+    /* HF Llama's attention_bias also puts a bias on o_proj */
+    expect_unsupported("\"rms_norm_eps\"", "\"attention_bias\": true, \"rms_norm_eps\"",
+                       "attention_bias");
+    expect_unsupported("\"LlamaForCausalLM\"]", MISTRAL "128", "sliding_window");
+    expect_unsupported("\"LlamaForCausalLM\"]", QWEN2 "128, \"use_sliding_window\": true",
                        "sliding_window");
     expect_unsupported("\"bfloat16\"", "\"float8\"", "float8");
+}
+
+Test(config, sliding_windows_that_never_bind_are_accepted) {
+    expect_accepted("\"LlamaForCausalLM\"]", MISTRAL "null");
+    expect_accepted("\"LlamaForCausalLM\"]", MISTRAL "4096");   /* = max_position */
+    expect_accepted("\"LlamaForCausalLM\"]", MISTRAL "100000");
+    expect_accepted("\"LlamaForCausalLM\"]", QWEN2 "128");      /* use_sliding_window off */
+    expect_accepted("\"LlamaForCausalLM\"]", QWEN2 "128, \"use_sliding_window\": false");
+    expect_accepted("\"rms_norm_eps\"", "\"attention_bias\": false, \"rms_norm_eps\"");
+}
+
+Test(config, older_spellings_and_defaults_are_read) {
+    ferry_config c;
+    ferry_dtype dtype;
+    /* transformers 4.3x: rope_scaling {"type": ...} */
+    cr_assert_eq(parse_edited("{\"rope_type\": \"llama3\", \"factor\": 8.0",
+                              "{\"type\": \"linear\", \"factor\": 2.5", &c, &dtype),
+                 FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(c.rope_type, FERRY_ROPE_LINEAR);
+    cr_assert_eq(c.rope_factor, 2.5);
+    cr_assert_eq(c.rope_theta, 500000.0);
+    /* rope_scaling null: default rope; no dtype key: f32; scalar eos; null bos */
+    const char *json =
+        "{\"architectures\": [\"MistralForCausalLM\"], \"vocab_size\": 300, \"hidden_size\": 64,"
+        " \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+        " \"num_key_value_heads\": 1, \"head_dim\": null, \"rope_scaling\": null,"
+        " \"rope_theta\": 1000000.0, \"bos_token_id\": null, \"eos_token_id\": 3}";
+    cr_assert_eq(ferry_config_from_hf_json(json, "mistral", &c, &dtype), FERRY_OK, "%s",
+                 ferry_last_error());
+    cr_assert_str_eq(c.architecture, "mistral");
+    cr_assert_eq(c.rope_type, FERRY_ROPE_DEFAULT);
+    cr_assert_eq(c.rope_theta, 1e6);
+    cr_assert_eq(c.head_dim, 16);
+    cr_assert_eq(c.n_kv_heads, 1);
+    cr_assert_eq(dtype, FERRY_DTYPE_F32);
+    cr_assert_eq(c.bos_token_id, -1);
+    cr_assert_eq(c.n_eos_token_ids, 1);
+    cr_assert_eq(c.eos_token_ids[0], 3);
+    cr_assert(!c.tie_embeddings);
+    cr_assert(!c.attention_bias);
+    cr_assert(ferry_tensor_present(&c, FERRY_TENSOR_LM_HEAD));
+}
+
+Test(config, out_of_range_numbers_are_errors_not_overflows) {
+    ferry_config c;
+    ferry_dtype dtype;
+    static const struct {
+        const char *from, *to, *named;
+    } cases[] = {
+        {"\"hidden_size\": 96", "\"hidden_size\": 1e30", "hidden_size"},
+        {"\"hidden_size\": 96", "\"hidden_size\": -96", "hidden_size"},
+        {"\"num_hidden_layers\": 3", "\"num_hidden_layers\": 0", "num_hidden_layers"},
+        {"\"head_dim\": 32", "\"head_dim\": 31", "head_dim"},
+        {"\"rms_norm_eps\": 1e-5", "\"rms_norm_eps\": 0", "rms_norm_eps"},
+        {"\"bos_token_id\": 7", "\"bos_token_id\": -1e300", "bos_token_id"},
+        {"\"high_freq_factor\": 4.0", "\"high_freq_factor\": 0.5", "llama3"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cr_assert_eq(parse_edited(cases[i].from, cases[i].to, &c, &dtype), FERRY_ERR_FORMAT,
+                     "%s", cases[i].to);
+        cr_assert(strstr(ferry_last_error(), cases[i].named), "'%s' lacks '%s'",
+                  ferry_last_error(), cases[i].named);
+        cr_assert(strstr(ferry_last_error(), "cfg"), "'%s' lacks the source name",
+                  ferry_last_error());
+    }
 }
 
 Test(config, impossible_shapes_are_rejected) {
@@ -171,4 +258,48 @@ Test(config, presets_have_published_parameter_counts) {
         cr_assert_eq(ferry_config_validate(&preset->config), FERRY_OK);
     }
     cr_assert_null(ferry_preset_find("gpt-5"));
+}
+
+/* Published config.json files (abridged to the keys that matter) give
+ * exactly the presets of the same name. */
+Test(config, published_configs_give_the_presets) {
+    static const struct {
+        const char *preset;
+        const char *json;
+    } cases[] = {
+        {"llama3-8b",
+         "{\"architectures\": [\"LlamaForCausalLM\"], \"attention_bias\": false,"
+         " \"bos_token_id\": 128000, \"eos_token_id\": 128001, \"hidden_act\": \"silu\","
+         " \"hidden_size\": 4096, \"intermediate_size\": 14336,"
+         " \"max_position_embeddings\": 131072, \"mlp_bias\": false, \"num_attention_heads\": 32,"
+         " \"num_hidden_layers\": 32, \"num_key_value_heads\": 8, \"rms_norm_eps\": 1e-05,"
+         " \"rope_scaling\": {\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0,"
+         " \"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"},"
+         " \"rope_theta\": 500000.0, \"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\","
+         " \"vocab_size\": 128256}"},
+        {"mistral-7b",
+         "{\"architectures\": [\"MistralForCausalLM\"], \"bos_token_id\": 1, \"eos_token_id\": 2,"
+         " \"hidden_act\": \"silu\", \"hidden_size\": 4096, \"intermediate_size\": 14336,"
+         " \"max_position_embeddings\": 32768, \"num_attention_heads\": 32,"
+         " \"num_hidden_layers\": 32, \"num_key_value_heads\": 8, \"rms_norm_eps\": 1e-05,"
+         " \"rope_theta\": 1000000.0, \"sliding_window\": null, \"tie_word_embeddings\": false,"
+         " \"torch_dtype\": \"bfloat16\", \"vocab_size\": 32768}"},
+        {"llama2-7b",
+         "{\"architectures\": [\"LlamaForCausalLM\"], \"bos_token_id\": 1, \"eos_token_id\": 2,"
+         " \"hidden_act\": \"silu\", \"hidden_size\": 4096, \"intermediate_size\": 11008,"
+         " \"max_position_embeddings\": 4096, \"num_attention_heads\": 32,"
+         " \"num_hidden_layers\": 32, \"num_key_value_heads\": 32, \"rms_norm_eps\": 1e-05,"
+         " \"rope_scaling\": null, \"tie_word_embeddings\": false, \"torch_dtype\": \"float16\","
+         " \"vocab_size\": 32000}"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ferry_config parsed;
+        ferry_dtype dtype;
+        cr_assert_eq(ferry_config_from_hf_json(cases[i].json, cases[i].preset, &parsed, &dtype),
+                     FERRY_OK, "%s", ferry_last_error());
+        const ferry_preset *preset = ferry_preset_find(cases[i].preset);
+        cr_assert_not_null(preset);
+        cr_assert_eq(memcmp(&parsed, &preset->config, sizeof parsed), 0, "%s differs",
+                     cases[i].preset);
+    }
 }
