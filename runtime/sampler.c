@@ -109,32 +109,85 @@ static int by_probability(const void *a, const void *b, void *context) {
     return (ia > ib) - (ia < ib);
 }
 
+/* Is token a ahead of token b in the candidate order? */
+static int ranks_before(int a, int b, const double *probs) {
+    return probs[a] > probs[b] || (probs[a] == probs[b] && a < b);
+}
+
+/* Quickselect: reorder so that order[0 .. m) hold the m best tokens (in no
+ * particular order), in O(n) on average. */
+static void select_best(int *order, int n, int m, const double *probs) {
+    int lo = 0, hi = n - 1, target = m - 1;
+    while (lo < hi) {
+        int pivot = order[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (ranks_before(order[i], pivot, probs)) i++;
+            while (ranks_before(pivot, order[j], probs)) j--;
+            if (i <= j) {
+                int swap = order[i];
+                order[i++] = order[j];
+                order[j--] = swap;
+            }
+        }
+        /* [lo, j] rank before [i, hi]; between them sits the pivot */
+        if (target <= j) hi = j;
+        else if (target >= i) lo = i;
+        else break;
+    }
+}
+
+/* The shortest prefix of order[0 .. n) whose mass, divided by kept,
+ * reaches top_p; 0 if even all n do not. */
+static int top_p_prefix(const int *order, int n, const double *probs, double kept, double top_p) {
+    double cumulative = 0;
+    for (int j = 0; j < n; j++) {
+        cumulative += probs[order[j]] / kept;
+        if (cumulative >= top_p) return j + 1;
+    }
+    return 0;
+}
+
+/* Tokens sorted first when top-p runs without top-k: the nucleus almost
+ * always lies within them, and sorting them beats sorting the vocabulary. */
+enum { NUCLEUS_GUESS = 512 };
+
 int ferry_sampler_candidates(ferry_sampler *sampler, const float *logits, double *out_probs) {
     const int vocab = sampler->vocab_size;
     const ferry_sampling *p = &sampler->params;
     double *probs = sampler->probs;
-    softmax_weights(logits, vocab, p->temperature, probs);
-    for (int i = 0; i < vocab; i++) sampler->order[i] = i;
-    qsort_r(sampler->order, (size_t)vocab, sizeof *sampler->order, by_probability, probs);
+    int *order = sampler->order;
+    double total = softmax_weights(logits, vocab, p->temperature, probs);
+    for (int i = 0; i < vocab; i++) order[i] = i;
 
-    /* top-k: the k most probable */
+    /* top-k: the k most probable, sorted */
     int n = (p->top_k > 0 && p->top_k < vocab) ? p->top_k : vocab;
+    int use_top_p = p->top_p < 1.0f && total > 0;
+    int sorted = n;
+    if (n == vocab && use_top_p && vocab > NUCLEUS_GUESS) sorted = NUCLEUS_GUESS;
+    if (sorted < vocab) select_best(order, vocab, sorted, probs);
+    qsort_r(order, (size_t)sorted, sizeof *order, by_probability, probs);
     double kept = 0;
-    for (int j = 0; j < n; j++) kept += probs[sampler->order[j]];
+    if (n < vocab) {
+        for (int j = 0; j < n; j++) kept += probs[order[j]];
+    } else {
+        kept = total;
+    }
 
     /* top-p: the shortest prefix whose renormalised mass reaches top_p
      * (the first candidate always stays) */
-    if (p->top_p < 1.0f && kept > 0) {
-        double cumulative = 0;
-        int j = 0;
-        while (j < n) {
-            cumulative += probs[sampler->order[j]] / kept;
-            j++;
-            if (cumulative >= (double)p->top_p) break;
+    if (use_top_p && kept > 0) {
+        int prefix = top_p_prefix(order, sorted, probs, kept, (double)p->top_p);
+        if (prefix == 0 && sorted < n) {
+            /* the nucleus is wider than the guess: sort everything */
+            qsort_r(order, (size_t)n, sizeof *order, by_probability, probs);
+            prefix = top_p_prefix(order, n, probs, kept, (double)p->top_p);
         }
-        n = j;
+        n = prefix > 0 ? prefix : n; /* rounding: all of them */
         kept = 0;
-        for (j = 0; j < n; j++) kept += probs[sampler->order[j]];
+        for (int j = 0; j < n; j++) kept += probs[order[j]];
+    } else if (sorted < n) {
+        qsort_r(order, (size_t)n, sizeof *order, by_probability, probs);
     }
     if (out_probs)
         for (int j = 0; j < n; j++)

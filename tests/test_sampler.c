@@ -119,6 +119,8 @@ Test(sampler, top_k_keeps_exactly_the_k_most_probable_tokens) {
     check_candidates(&rng, 50, 1.0f, 7, 1.0f);
     check_candidates(&rng, 50, 0.5f, 1, 1.0f);
     check_candidates(&rng, 20, 2.0f, 40, 1.0f); /* k beyond the vocabulary: all */
+    check_candidates(&rng, 3001, 1.0f, 100, 1.0f); /* selection of k, then a sort */
+    check_candidates(&rng, 3001, 0.3f, 1, 1.0f);
 }
 
 Test(sampler, top_p_keeps_the_smallest_prefix_reaching_p_and_at_least_one) {
@@ -127,6 +129,11 @@ Test(sampler, top_p_keeps_the_smallest_prefix_reaching_p_and_at_least_one) {
     check_candidates(&rng, 60, 0.7f, 0, 0.5f);
     check_candidates(&rng, 60, 1.0f, 0, 1e-6f); /* one token only */
     check_candidates(&rng, 60, 1.3f, 10, 0.8f); /* top-k first, then top-p */
+    /* large vocabularies: a nucleus inside the first sorted guess, one far
+     * wider (every token nearly equal), and top-k before top-p */
+    check_candidates(&rng, 4000, 0.2f, 0, 0.9f);
+    check_candidates(&rng, 4000, 50.0f, 0, 0.95f);
+    check_candidates(&rng, 4000, 1.0f, 700, 0.9f);
 }
 
 Test(sampler, top_p_is_exact_on_a_hand_made_distribution) {
