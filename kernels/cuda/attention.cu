@@ -2,8 +2,9 @@
  * attention.cu — the CUDA backend's attention ops: rotary embedding,
  * storing K/V into the f16 cache, and causal grouped-query attention over
  * the cache.  Attention is split over the context (flash-decoding): the
- * keys of one query head are dealt out to every warp of n_splits blocks,
- * each keeps an online softmax (running max, running sum, weighted V),
+ * keys of one query head are dealt out, 32 at a time (one per lane), to
+ * every warp of n_splits blocks; each warp keeps an online softmax
+ * (running max, running sum, weighted V),
  * and a second kernel merges the blocks' partial results.  Bad slots or
  * positions raise the backend's error flag instead of touching memory.
  * Hot path: no allocation once the partials scratch has grown.
@@ -17,7 +18,7 @@ enum {
     ATTENTION_WARPS = 4,            /* warps per block */
     MAX_HEAD_DIM = 256,
     BLOCKS_PER_SM_TARGET = 4,       /* enough blocks in flight to cover the whole GPU */
-    MIN_KEYS_PER_WARP = 16,         /* fewer makes the merge cost more than it saves */
+    MIN_KEYS_PER_WARP = 32,         /* one key block: fewer leaves lanes idle */
 };
 
 /* ---------------------------------------------------------------- rope */
@@ -103,9 +104,13 @@ struct attention_args {
     float scale;
 };
 
-/* Block (item = token * n_heads + head, split).  Lane l owns dims
- * l, l + 32, ... (up to DIMS_PER_LANE of them).  Warp g of the G =
- * n_splits * ATTENTION_WARPS warps of this item takes keys g, g + G, ... */
+/* Block (item = token * n_heads + head, split).  Keys come in blocks of
+ * 32, one key per lane: each lane scores its key against q (held in
+ * shared memory), the warp takes the max and sum of the 32 weights with
+ * two shuffle reductions, then walks the 32 values with lane l adding
+ * dims l, l + 32, ... (up to DIMS_PER_LANE of them).  Warp g of the
+ * G = n_splits * ATTENTION_WARPS warps of this item takes key blocks
+ * g, g + G, ... */
 template <int DIMS_PER_LANE>
 __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attention_args args) {
     const int item = blockIdx.x, split = blockIdx.y;
@@ -116,49 +121,73 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
     const int slot = args.slots[t], last = args.positions[t];
     __shared__ float warp_max[ATTENTION_WARPS], warp_sum_shared[ATTENTION_WARPS];
     __shared__ float warp_acc[ATTENTION_WARPS][MAX_HEAD_DIM];
+    __shared__ float q_shared[MAX_HEAD_DIM];
+
+    /* q / sqrt(head_dim), so a dot product is the score */
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+        q_shared[d] = args.q[(size_t)item * head_dim + d] * args.scale;
+    __syncthreads();
 
     float running_max = -INFINITY, running_sum = 0.0f;
-    float acc[DIMS_PER_LANE], q[DIMS_PER_LANE];
+    float acc[DIMS_PER_LANE];
+#pragma unroll
+    for (int e = 0; e < DIMS_PER_LANE; e++) acc[e] = 0.0f;
     const bool valid = place_ok(slot, last, args.n_slots, args.max_context);
     if (!valid && threadIdx.x == 0 && split == 0) atomicExch(args.error_flag, CUDA_BAD_KV_PLACE);
-#pragma unroll
-    for (int e = 0; e < DIMS_PER_LANE; e++) {
-        int d = lane + 32 * e;
-        acc[e] = 0.0f;
-        q[e] = d < head_dim ? args.q[(size_t)item * head_dim + d] * args.scale : 0.0f;
-    }
     if (valid) {
         const size_t row_width = (size_t)args.n_kv_heads * head_dim;
         const size_t base = (size_t)slot * args.max_context * row_width + (size_t)kv_head * head_dim;
-        const int stride = args.n_splits * ATTENTION_WARPS;
-        for (int p = split * ATTENTION_WARPS + warp; p <= last; p += stride) {
-            const __half *key = args.cache_k + base + (size_t)p * row_width;
-            const __half *value = args.cache_v + base + (size_t)p * row_width;
-            /* score = (q . K[p]) / sqrt(head_dim); scale is already in q */
-            float partial = 0.0f;
+        const int block_stride = args.n_splits * ATTENTION_WARPS * 32;
+        const bool vector_rows = head_dim % 8 == 0; /* 16-byte aligned K rows */
+        for (int block_start = (split * ATTENTION_WARPS + warp) * 32; block_start <= last;
+             block_start += block_stride) {
+            const int p = block_start + lane;
+            float score = -INFINITY;
+            if (p <= last) {
+                const __half *key = args.cache_k + base + (size_t)p * row_width;
+                float dot = 0.0f;
+                if (vector_rows) {
+                    for (int d = 0; d < head_dim; d += 8) {
+                        const uint4 packed = *reinterpret_cast<const uint4 *>(key + d);
+                        const __half2 *pairs = reinterpret_cast<const __half2 *>(&packed);
 #pragma unroll
-            for (int e = 0; e < DIMS_PER_LANE; e++) {
-                int d = lane + 32 * e;
-                if (d < head_dim) partial += q[e] * __half2float(key[d]);
+                        for (int i = 0; i < 4; i++) {
+                            const float2 f = __half22float2(pairs[i]);
+                            dot += q_shared[d + 2 * i] * f.x + q_shared[d + 2 * i + 1] * f.y;
+                        }
+                    }
+                } else {
+                    for (int d = 0; d < head_dim; d++) dot += q_shared[d] * __half2float(key[d]);
+                }
+                score = dot;
             }
+            /* online softmax over the block: the new running max (finite:
+             * lane 0's key is always in range), rescale what we have */
+            float block_max = score;
 #pragma unroll
             for (int offset = 16; offset > 0; offset >>= 1)
-                partial += __shfl_xor_sync(0xffffffffu, partial, offset);
-            const float score = partial;
-            /* online softmax: rescale what we have when the maximum grows */
-            if (score > running_max) {
-                float correction = __expf(running_max - score);
-                running_sum *= correction;
+                block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, offset));
+            const float new_max = fmaxf(running_max, block_max);
+            const float correction = __expf(running_max - new_max); /* 0 on the first block */
+            const float weight = p <= last ? __expf(score - new_max) : 0.0f;
+            float weight_sum = weight;
 #pragma unroll
-                for (int e = 0; e < DIMS_PER_LANE; e++) acc[e] *= correction;
-                running_max = score;
-            }
-            float weight = __expf(score - running_max);
-            running_sum += weight;
+            for (int offset = 16; offset > 0; offset >>= 1)
+                weight_sum += __shfl_xor_sync(0xffffffffu, weight_sum, offset);
+            running_sum = running_sum * correction + weight_sum;
+            running_max = new_max;
 #pragma unroll
-            for (int e = 0; e < DIMS_PER_LANE; e++) {
-                int d = lane + 32 * e;
-                if (d < head_dim) acc[e] += weight * __half2float(value[d]);
+            for (int e = 0; e < DIMS_PER_LANE; e++) acc[e] *= correction;
+            /* out += sum_j weight_j V[block_start + j] */
+            const int n_keys = last - block_start + 1 < 32 ? last - block_start + 1 : 32;
+            for (int j = 0; j < n_keys; j++) {
+                const float weight_j = __shfl_sync(0xffffffffu, weight, j);
+                const __half *value = args.cache_v + base + (size_t)(block_start + j) * row_width;
+#pragma unroll
+                for (int e = 0; e < DIMS_PER_LANE; e++) {
+                    const int d = lane + 32 * e;
+                    if (d < head_dim) acc[e] += weight_j * __half2float(value[d]);
+                }
             }
         }
     }
