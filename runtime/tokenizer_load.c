@@ -161,13 +161,46 @@ static ferry_status set_text(tk_step *step, const char *text) {
     return FERRY_OK;
 }
 
+/* Pre-tokenizers that are a Split with a fixed pattern: fills step's kind,
+ * behavior and invert, and *pattern. */
+static int fixed_split(const char *type, const cJSON *node, tk_step *step, const char **pattern) {
+    static const char whitespace_words[] =
+        "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]+|"
+        "[^\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}\\p{White_Space}]+";
+    step->kind = TK_PRETOKENIZE_SPLIT;
+    if (strcmp(type, "Digits") == 0) {
+        *pattern = "\\p{N}";
+        step->behavior = bool_member(node, "individual_digits", 0) ? TK_SPLIT_ISOLATED
+                                                                   : TK_SPLIT_CONTIGUOUS;
+    } else if (strcmp(type, "Punctuation") == 0) {
+        /* Rust: is_ascii_punctuation() or a Unicode punctuation category */
+        *pattern = "[\\p{P}\\x21-\\x2F\\x3A-\\x40\\x5B-\\x60\\x7B-\\x7E]";
+        const char *behavior = string_member(node, "behavior");
+        static const char *const behaviors[] = {"Removed", "Isolated", "MergedWithPrevious",
+                                                "MergedWithNext", "Contiguous"};
+        step->behavior = TK_SPLIT_ISOLATED;
+        for (int i = 0; behavior && i < 5; i++)
+            if (strcmp(behavior, behaviors[i]) == 0) step->behavior = (tk_split_behavior)i;
+    } else if (strcmp(type, "WhitespaceSplit") == 0) {
+        *pattern = "\\p{White_Space}+";
+        step->behavior = TK_SPLIT_REMOVED;
+    } else if (strcmp(type, "Whitespace") == 0) {
+        *pattern = whitespace_words;
+        step->behavior = TK_SPLIT_REMOVED;
+        step->invert = 1;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 typedef enum part { PART_NORMALIZER, PART_PRE_TOKENIZER, PART_DECODER } part;
 
 static const char *const part_names[] = {"normalizer", "pre_tokenizer", "decoder"};
 static const char *const sequence_members[] = {"normalizers", "pretokenizers", "decoders"};
 static const char *const supported[] = {
     "Sequence, Prepend, Replace, NFC",
-    "Sequence, Split, ByteLevel, Metaspace",
+    "Sequence, Split, ByteLevel, Metaspace, Digits, Punctuation, Whitespace, WhitespaceSplit",
     "Sequence, ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace"};
 
 static ferry_status load_part(ferry_tokenizer *t, part which, const cJSON *node, tk_steps *steps) {
@@ -187,6 +220,7 @@ static ferry_status load_part(ferry_tokenizer *t, part which, const cJSON *node,
     tk_step step = {0};
     ferry_status status = FERRY_OK;
     int known = 1;
+    const char *pattern = NULL;
     if (which == PART_NORMALIZER && strcmp(type, "Prepend") == 0 && string_member(node, "prepend")) {
         step.kind = TK_NORMALIZE_PREPEND;
         FERRY_TRY_GOTO(set_text(&step, string_member(node, "prepend")));
@@ -213,6 +247,9 @@ static ferry_status load_part(ferry_tokenizer *t, part which, const cJSON *node,
         step.behavior = (tk_split_behavior)found;
         step.invert = bool_member(node, "invert", 0);
         FERRY_TRY_GOTO(load_pattern(t, node, "Split", &step.regex));
+    } else if (which == PART_PRE_TOKENIZER && fixed_split(type, node, &step, &pattern)) {
+        /* a fixed pattern; Rust's char classes spelled as Unicode properties */
+        FERRY_TRY_GOTO(tk_regex_compile(pattern, strlen(pattern), 0, type, &step.regex));
     } else if (which != PART_NORMALIZER && strcmp(type, "ByteLevel") == 0) {
         step.kind = which == PART_DECODER ? TK_DECODE_BYTELEVEL : TK_PRETOKENIZE_BYTELEVEL;
         step.add_prefix_space = bool_member(node, "add_prefix_space", 1);

@@ -3,7 +3,7 @@
  * string of tests/fixtures/tokenizers/strings.jsonl and each fixture
  * tokenizer (byte-level Llama-3 style, GPT-2 style with lstrip / rstrip /
  * single_word tokens, sentencepiece-style Llama-2, Metaspace Mistral, Qwen2
- * with NFC), the
+ * with NFC, Falcon's Punctuation/Digits, Whitespace with a BERT template), the
  * ids with and without special tokens and both decodes equal what HF gave
  * (make_tokenizers.py).  Also: random text round-trips, bad tokenizer.json
  * files give clear errors, and `ferry tokenize --jsonl` keeps order and
@@ -127,6 +127,8 @@ Test(tokenizer, sentencepiece_style_with_byte_fallback_matches_hf) { check_fixtu
 Test(tokenizer, metaspace_style_matches_hf) { check_fixture("metaspace"); }
 Test(tokenizer, qwen2_style_with_nfc_matches_hf_on_every_string) { check_fixture("qwen2"); }
 Test(tokenizer, tiny_512_token_vocabulary_matches_hf) { check_fixture("tiny"); }
+Test(tokenizer, falcon_style_punctuation_and_digits_match_hf) { check_fixture("falcon"); }
+Test(tokenizer, whitespace_split_without_decoder_or_unk_matches_hf) { check_fixture("words"); }
 
 /* A random string of code points from everywhere in Unicode except
  * surrogates, controls included. */
@@ -228,8 +230,8 @@ Test(tokenizer, bad_tokenizer_json_files_are_refused_with_clear_errors) {
                    FERRY_ERR_FORMAT, "vocab entry");
     expect_refused(MODEL(", \"merges\": []}, \"normalizer\": {\"type\": \"Lowercase\"}"),
                    FERRY_ERR_UNSUPPORTED, "Lowercase");
-    expect_refused(MODEL(", \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Whitespace\"}"),
-                   FERRY_ERR_UNSUPPORTED, "Whitespace");
+    expect_refused(MODEL(", \"merges\": []}, \"pre_tokenizer\": {\"type\": \"BertPreTokenizer\"}"),
+                   FERRY_ERR_UNSUPPORTED, "BertPreTokenizer");
     expect_refused(MODEL(", \"merges\": []}, \"decoder\": {\"type\": \"WordPiece\"}"),
                    FERRY_ERR_UNSUPPORTED, "decoder \"WordPiece\"");
     expect_refused(MODEL(", \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": "
