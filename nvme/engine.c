@@ -100,8 +100,8 @@ ferry_status nvme_engine_open(const nvme_options *options, nvme_engine **out_eng
     status = engine->options.force_pread ? FERRY_ERR_UNAVAILABLE
                                          : engine->backend->start(engine, reason, sizeof reason);
     if (status == FERRY_ERR_UNAVAILABLE) {
-        nvme_note(engine, NVME_NOTE_NO_URING, "io_uring unavailable: %s; using %d pread threads",
-                  reason, engine->options.n_pread_threads);
+        nvme_note(engine, NVME_NOTE_NO_URING, "io_uring unavailable: %s; using a pool of pread threads",
+                  reason);
         engine->backend = &nvme_pread_backend;
         status = engine->backend->start(engine, reason, sizeof reason);
     }
