@@ -41,13 +41,6 @@ typedef struct convert_state {
     uint64_t start_ns;
 } convert_state;
 
-static char *join_path(const char *dir, const char *name) {
-    size_t bytes = strlen(dir) + strlen(name) + 2;
-    char *path = malloc(bytes);
-    if (path) snprintf(path, bytes, "%s/%s", dir, name);
-    return path;
-}
-
 static ferry_status grow(void **buffer, size_t *capacity, size_t bytes, const char *what) {
     if (bytes <= *capacity) return FERRY_OK;
     void *bigger = realloc(*buffer, bytes);
@@ -70,7 +63,7 @@ static void hf_tensor_name(int layer, ferry_tensor_kind kind, char *buf, size_t 
 static ferry_status load_config(convert_state *state, ferry_dtype *checkpoint_dtype) {
     ferry_status status = FERRY_OK;
     char *text = NULL;
-    char *path = join_path(state->hf_dir, "config.json");
+    char *path = ferry_path_join(state->hf_dir, "config.json");
     if (!path) return ferry_fail(FERRY_ERR_NO_MEMORY, "out of memory");
     FERRY_TRY_GOTO(ferry_read_text_file(path, MAX_CONFIG_BYTES, &text, NULL));
     FERRY_TRY_GOTO(ferry_config_from_hf_json(text, path, &state->config, checkpoint_dtype));
@@ -216,7 +209,7 @@ static ferry_status store_side_texts(convert_state *state) {
     for (size_t i = 0; i < sizeof side_texts / sizeof side_texts[0]; i++) {
         ferry_status status = FERRY_OK;
         char *text = NULL;
-        char *path = join_path(state->hf_dir, side_texts[i]);
+        char *path = ferry_path_join(state->hf_dir, side_texts[i]);
         if (!path) return ferry_fail(FERRY_ERR_NO_MEMORY, "out of memory");
         struct stat st;
         if (stat(path, &st) == 0) {

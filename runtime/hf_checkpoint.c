@@ -71,7 +71,7 @@ static int compare_entries(const void *a, const void *b) {
     return strcmp(((const checkpoint_entry *)a)->name, ((const checkpoint_entry *)b)->name);
 }
 
-static char *join_path(const char *dir, const char *name) {
+char *ferry_path_join(const char *dir, const char *name) {
     size_t bytes = strlen(dir) + strlen(name) + 2;
     char *path = malloc(bytes);
     if (path) snprintf(path, bytes, "%s/%s", dir, name);
@@ -92,7 +92,7 @@ static ferry_status add_shard(ferry_checkpoint *checkpoint, const char *file_nam
     checkpoint->shards = grown;
     checkpoint_shard *shard = &grown[checkpoint->n_shards];
     shard->file = NULL;
-    shard->path = join_path(checkpoint->dir, file_name);
+    shard->path = ferry_path_join(checkpoint->dir, file_name);
     if (!shard->path) return ferry_fail(FERRY_ERR_NO_MEMORY, "%s: out of memory", checkpoint->dir);
     *out_index = checkpoint->n_shards++;
     return FERRY_OK;
@@ -186,8 +186,8 @@ ferry_status ferry_checkpoint_open(const char *dir, ferry_checkpoint **out) {
     *out = NULL;
     FERRY_TRY_GOTO(ferry_calloc(1, sizeof *checkpoint, "checkpoint", (void **)&checkpoint));
     checkpoint->dir = strdup(dir);
-    index_path = join_path(dir, INDEX_FILE_NAME);
-    single_path = join_path(dir, SINGLE_FILE_NAME);
+    index_path = ferry_path_join(dir, INDEX_FILE_NAME);
+    single_path = ferry_path_join(dir, SINGLE_FILE_NAME);
     if (!checkpoint->dir || !index_path || !single_path) {
         status = ferry_fail(FERRY_ERR_NO_MEMORY, "%s: out of memory", dir);
         goto fail;

@@ -83,4 +83,7 @@ ferry_status ferry_checkpoint_find(ferry_checkpoint *checkpoint, const char *nam
 ferry_status ferry_read_text_file(const char *path, uint64_t max_bytes, char **out_text,
                                   size_t *out_bytes);
 
+/* dir + "/" + name, malloc'd (NULL when out of memory). */
+char *ferry_path_join(const char *dir, const char *name);
+
 #endif /* FERRY_RUNTIME_SAFETENSORS_H */
