@@ -186,6 +186,13 @@ ferry_status offload_reader_pread_new(int fd, const char *path, int n_tickets,
                                       offload_reader *out);
 void offload_reader_pread_free(offload_reader *reader);
 
+/* DISK-tier reads through the nvme/ engine (reader_nvme.c): O_DIRECT,
+ * io_uring (or its pread pool), one request in flight per ticket. */
+ferry_status offload_reader_nvme_new(const char *path, int n_tickets, offload_reader *out);
+void offload_reader_nvme_free(offload_reader *reader);
+/* "io_uring" / "pread" for an nvme reader, "" for any other. */
+const char *offload_reader_nvme_backend(const offload_reader *reader);
+
 /* ============================================================== ring */
 
 typedef struct offload_ring offload_ring;

@@ -1,7 +1,7 @@
 /*
  * stream.c — layer streaming for a model: turns a .ferry layout into the
  * plan's shape, makes the plan, keeps DRAM-tier layers in host memory and
- * a reader on the file for the NVMe tier, and runs the slot ring with the
+ * an nvme/ reader on the file for the NVMe tier, and runs the slot ring with the
  * backend's device, handing the runtime per-tensor pointers into a slot or
  * into resident memory.  The only file of offload/ that knows tensors.
  */
@@ -22,8 +22,7 @@ struct offload_stream {
     uint64_t *tensor_offsets;       /* [n_layers][KIND_COUNT] within the blob; UINT64_MAX: absent */
     void **host_layers;             /* [n_layers]: DRAM-tier copies */
     offload_source *sources;        /* [n_layers] */
-    int fd;                         /* model file, for the NVMe tier (-1: none) */
-    char path[200];
+    char path[200];                 /* model file, read by the NVMe tier */
     offload_reader reader;
     offload_device device;
     int device_is_cuda;
@@ -93,7 +92,6 @@ ferry_status offload_stream_open(const ferry_file *file, const offload_stream_op
     offload_stream *stream = NULL;
     ferry_status status;
     FERRY_TRY_GOTO(ferry_calloc(1, sizeof *stream, "layer stream", (void **)&stream));
-    stream->fd = -1;
     pthread_mutex_init(&stream->lock, NULL);
     stream->n_layers = n_layers;
     snprintf(stream->path, sizeof stream->path, "%s", file->path ? file->path : "model file");
@@ -142,13 +140,6 @@ ferry_status offload_stream_open(const ferry_file *file, const offload_stream_op
         FERRY_TRY_GOTO(read_extent(file->fd, stream->path, layer, extent->offset, extent->bytes,
                                    stream->host_layers[layer]));
         source->host = stream->host_layers[layer];
-    }
-    if (stream->plan.n_disk) {
-        stream->fd = dup(file->fd);
-        if (stream->fd < 0) {
-            status = ferry_fail(FERRY_ERR_IO, "%s: dup: %s", stream->path, strerror(errno));
-            goto fail;
-        }
     }
     *out = stream;
     return FERRY_OK;
@@ -240,13 +231,13 @@ ferry_status offload_stream_attach(offload_stream *stream, ferry_model *model) {
         }
     const int n_slots = stream->plan.n_slots ? stream->plan.n_slots : 1;
     if (stream->plan.n_disk)
-        FERRY_TRY_GOTO(offload_reader_pread_new(stream->fd, stream->path, n_slots, &stream->reader));
+        FERRY_TRY_GOTO(offload_reader_nvme_new(stream->path, n_slots, &stream->reader));
     offload_ring_options options = {n_slots, -1, 1, n_slots};
     FERRY_TRY_GOTO(offload_ring_new(&options, stream->n_layers, stream->sources, stream->device,
                                     stream->reader, &stream->ring));
     return FERRY_OK;
 fail:
-    offload_reader_pread_free(&stream->reader);
+    offload_reader_nvme_free(&stream->reader);
     free_device(stream);
     return status;
 }
@@ -293,11 +284,10 @@ offload_ring_stats offload_stream_stats(const offload_stream *stream) {
 void offload_stream_free(offload_stream *stream) {
     if (!stream) return;
     offload_ring_free(stream->ring);
-    offload_reader_pread_free(&stream->reader);
+    offload_reader_nvme_free(&stream->reader);
     free_device(stream);
     if (stream->host_layers)
         for (int i = 0; i < stream->n_layers; i++) free(stream->host_layers[i]);
-    if (stream->fd >= 0) close(stream->fd);
     offload_plan_free(&stream->plan);
     free(stream->host_layers);
     free(stream->layer_bytes);

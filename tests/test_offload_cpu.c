@@ -72,6 +72,11 @@ static void file_model_init(file_model *model, layer_check *check, const char *t
     cr_assert_geq(model->fd, 0);
 }
 
+static void free_reader(offload_reader *reader, int use_nvme) {
+    if (use_nvme) offload_reader_nvme_free(reader);
+    else offload_reader_pread_free(reader);
+}
+
 static void file_model_free(file_model *model) {
     for (int i = 0; i < N_LAYERS; i++) free(model->host[i]);
     close(model->fd);
@@ -80,10 +85,15 @@ static void file_model_free(file_model *model) {
     free(model->path);
 }
 
-static offload_ring *make_ring(file_model *model, layer_check *check, int n_slots,
+/* use_nvme: the nvme/ engine (O_DIRECT, io_uring) instead of pread. */
+static offload_ring *make_ring(file_model *model, layer_check *check, int n_slots, int use_nvme,
                                offload_device *device, offload_reader *reader) {
     cr_assert_eq(offload_device_cpu_new(check_layer, check, device), FERRY_OK);
-    cr_assert_eq(offload_reader_pread_new(model->fd, model->path, n_slots, reader), FERRY_OK);
+    if (use_nvme)
+        cr_assert_eq(offload_reader_nvme_new(model->path, n_slots, reader), FERRY_OK, "%s",
+                     ferry_last_error());
+    else
+        cr_assert_eq(offload_reader_pread_new(model->fd, model->path, n_slots, reader), FERRY_OK);
     offload_ring_options options = {n_slots, -1, 1, 0};
     offload_ring *ring = NULL;
     cr_assert_eq(offload_ring_new(&options, N_LAYERS, model->sources, *device, *reader, &ring),
@@ -93,6 +103,7 @@ static offload_ring *make_ring(file_model *model, layer_check *check, int n_slot
 
 Test(offload_cpu, every_layer_sees_its_own_bytes_for_every_tier_mix_and_depth) {
     const char *mixes[] = {"G", "H", "D", "GHD", "DDHG"};
+    for (int use_nvme = 0; use_nvme <= 1; use_nvme++)
     for (size_t mix = 0; mix < sizeof mixes / sizeof mixes[0]; mix++)
         for (int n_slots = 1; n_slots <= 3; n_slots++) {
             file_model model;
@@ -100,36 +111,43 @@ Test(offload_cpu, every_layer_sees_its_own_bytes_for_every_tier_mix_and_depth) {
             file_model_init(&model, &check, mixes[mix]);
             offload_device device;
             offload_reader reader;
-            offload_ring *ring = make_ring(&model, &check, n_slots, &device, &reader);
+            offload_ring *ring = make_ring(&model, &check, n_slots, use_nvme, &device, &reader);
             for (int step = 0; step < 3; step++)
                 cr_assert_eq(offload_ring_step(ring, NULL, NULL), FERRY_OK, "%s", ferry_last_error());
-            cr_assert_eq(check.bad_layer, -1, "mix %s, %d slots: layer %d saw wrong bytes",
-                         mixes[mix], n_slots, check.bad_layer);
+            cr_assert_eq(check.bad_layer, -1, "%s, mix %s, %d slots: layer %d saw wrong bytes",
+                         use_nvme ? "nvme" : "pread", mixes[mix], n_slots, check.bad_layer);
             cr_assert_eq(check.n_calls, 3 * N_LAYERS);
             for (int i = 0; i < 3 * N_LAYERS; i++) cr_assert_eq(check.order[i], i % N_LAYERS);
             offload_ring_free(ring);
-            offload_reader_pread_free(&reader);
+            free_reader(&reader, use_nvme);
             offload_device_cpu_free(&device);
             file_model_free(&model);
         }
 }
 
-Test(offload_cpu, a_truncated_file_names_the_layer_file_and_offset) {
+static void truncated_read_fails(int use_nvme, const char *expected_read) {
     file_model model;
     layer_check check;
     file_model_init(&model, &check, "D");
     cr_assert_eq(truncate(model.path, 6 * LAYER_STRIDE + 100), 0);
     offload_device device;
     offload_reader reader;
-    offload_ring *ring = make_ring(&model, &check, 2, &device, &reader);
+    offload_ring *ring = make_ring(&model, &check, 2, use_nvme, &device, &reader);
     cr_assert_eq(offload_ring_step(ring, NULL, NULL), FERRY_ERR_IO);
     const char *message = ferry_last_error();
     cr_assert(strstr(message, "layer 6 (file offset 49152, "), "message: %s", message);
-    cr_assert(strstr(message, "layers.bin: read at offset 49252 failed: unexpected end of file"),
-              "message: %s", message);
+    cr_assert(strstr(message, expected_read), "message: %s", message);
     cr_assert_eq(check.n_calls, 6, "layers 0-5 ran, then the step stopped");
     offload_ring_free(ring);
-    offload_reader_pread_free(&reader);
+    free_reader(&reader, use_nvme);
     offload_device_cpu_free(&device);
     file_model_free(&model);
+}
+
+Test(offload_cpu, a_truncated_file_names_the_layer_file_and_offset) {
+    truncated_read_fails(0, "layers.bin: read at offset 49252 failed: unexpected end of file");
+}
+
+Test(offload_cpu, a_truncated_file_read_through_nvme_names_the_layer_file_and_offset) {
+    truncated_read_fails(1, "layers.bin: read at offset 49152: 100 of ");
 }
