@@ -11,7 +11,9 @@
 #include <signal.h>
 #include <stdlib.h>
 
+#include "offload/offload.h"
 #include "runtime/batch.h"
+#include "runtime/format.h"
 #include "runtime/tokenizer.h"
 #include "tools/batch_input.h"
 #include "tools/cli.h"
@@ -30,7 +32,8 @@ static void print_help(FILE *out) {
             "  --model M              the .ferry file\n"
             "  --input FILE           requests, one JSON object per line\n"
             "  --output FILE          results (appended; ids already there are skipped)\n"
-            "  --batch N              sequences per step (default 0: auto, up to 16)\n"
+            "  --batch N              sequences per step (default 0: auto: the plan's best\n"
+            "                         predicted tokens/s within --gpu-mem, else up to 16)\n"
             "  --max-new-tokens N     default per request (default 128)\n"
             "  --greedy / --temperature T / --top-k K / --top-p P / --seed S\n"
             "                         default sampling (as in ferry generate)\n"
@@ -162,6 +165,39 @@ static ferry_status write_result(void *user, const ferry_batch_result *result) {
 
 /* ----------------------------------------------------------- the command */
 
+/* --batch auto: with a GPU budget, the placement plan's batch of best
+ * predicted tokens/s (KV counted as f32, the larger case); else up to 16. */
+static int auto_batch(const batch_options *opts, uint64_t gpu_mem_bytes, uint64_t host_mem_bytes,
+                      int max_context, size_t n_pending) {
+    int fallback = n_pending < 16 ? (int)n_pending : 16;
+    if (!opts->gpu_mem) return fallback;
+    ferry_file *file = NULL;
+    uint64_t *layer_bytes = NULL;
+    offload_plan plan = {0};
+    int batch = fallback;
+    if (ferry_file_open(opts->model_path, &file) != FERRY_OK) return fallback;
+    layer_bytes = calloc((size_t)file->layout.config.n_layers, sizeof *layer_bytes);
+    offload_model_shape shape;
+    offload_request request = {.gpu_mem_bytes = gpu_mem_bytes, .host_mem_bytes = host_mem_bytes,
+                               .batch = 0, .max_auto_batch = n_pending < 1024 ? (int)n_pending : 1024,
+                               .context = max_context, .resident_layers = -1};
+    offload_bandwidths bandwidths = offload_bandwidths_default();
+    if (layer_bytes &&
+        offload_shape_from_layout(&file->layout, sizeof(float), layer_bytes, &shape) == FERRY_OK &&
+        offload_plan_make(&shape, &request, &bandwidths, &plan) == FERRY_OK) {
+        batch = plan.batch;
+        fprintf(stderr, "ferry batch: --batch auto: the plan predicts %.1f tokens/s at batch %d\n",
+                plan.tokens_per_s, batch);
+    } else {
+        fprintf(stderr, "ferry batch: --batch auto: no plan (%s); batch %d\n", ferry_last_error(),
+                fallback);
+    }
+    offload_plan_free(&plan);
+    free(layer_bytes);
+    ferry_file_close(file);
+    return batch;
+}
+
 int cmd_batch(int argc, char **argv) {
     batch_options opts = {.backend = "auto", .max_new_tokens = 128,
                           .sampling = ferry_sampling_default()};
@@ -247,7 +283,9 @@ int cmd_batch(int argc, char **argv) {
         }
         if (max_context > info.max_position) max_context = info.max_position;
     }
-    if (batch == 0) batch = run.n_requests < 16 ? (int)run.n_requests : 16;
+    if (batch == 0)
+        batch = auto_batch(&opts, model_options.gpu_mem_bytes, model_options.host_mem_bytes,
+                           max_context, run.n_requests);
     status = ferry_session_new(model, batch, max_context, &session);
     if (status != FERRY_OK) {
         rc = cli_fail(command, status, "cannot make a session of %d x %d tokens", batch, max_context);
