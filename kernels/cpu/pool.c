@@ -1,47 +1,57 @@
 /*
  * pool.c — the CPU backend's worker threads.  Workers are created once with
- * the backend and sleep on a condition variable between jobs; a job is a
- * function plus a range of items that is cut into one contiguous piece per
- * thread.  Hot path: cpu_pool_run allocates nothing.
+ * the backend and sleep on a condition variable between jobs.  A job is a
+ * function over a range of items, cut into chunks that threads claim from
+ * an atomic counter: the caller works too, and never waits for a worker
+ * that has not woken up yet (on a busy machine it may simply do every
+ * chunk itself).  Which thread computes an item never changes its result.
+ * Hot path: cpu_pool_run allocates nothing.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include "kernels/cpu/cpu.h"
+
+/* Chunks per thread a job is cut into (balance against claim overhead). */
+enum { CHUNKS_PER_THREAD = 4 };
 
 struct cpu_pool {
     int n_threads;              /* including the caller of cpu_pool_run */
     int n_workers_started;
     pthread_t *workers;         /* n_threads - 1 background threads */
     pthread_mutex_t run_lock;   /* one job at a time */
-    pthread_mutex_t lock;       /* guards everything below */
+    pthread_mutex_t lock;       /* guards the fields below up to the job */
     pthread_cond_t job_ready;
-    pthread_cond_t job_done;
+    pthread_cond_t job_left;
     uint64_t generation;        /* bumped for each job */
-    int n_busy;                 /* workers still running the current job */
+    int job_open;               /* workers may still join the current job */
+    int n_inside;               /* workers that joined it and have not left */
     int stopping;
+    /* the current job; written by the caller before it opens the job */
     cpu_task_fn task;
     void *job;
     int n_items;
+    int chunk_items;
+    int n_chunks;
+    atomic_int next_chunk;      /* next chunk to claim */
 };
 
-typedef struct worker_start {
-    cpu_pool *pool;
-    int index;                  /* 1 .. n_threads-1; the caller is 0 */
-} worker_start;
-
-/* Thread `index` of n takes items [n_items*index/n, n_items*(index+1)/n). */
-static void run_share(cpu_pool *pool, cpu_task_fn task, void *job, int n_items, int index) {
-    int64_t begin = (int64_t)n_items * index / pool->n_threads;
-    int64_t end = (int64_t)n_items * (index + 1) / pool->n_threads;
-    if (end > begin) task(job, (int)begin, (int)end);
+/* Claim and run chunks until none are left. */
+static void run_chunks(cpu_pool *pool) {
+    for (;;) {
+        int chunk = atomic_fetch_add_explicit(&pool->next_chunk, 1, memory_order_relaxed);
+        if (chunk >= pool->n_chunks) return;
+        int begin = chunk * pool->chunk_items;
+        int end = begin + pool->chunk_items < pool->n_items ? begin + pool->chunk_items
+                                                            : pool->n_items;
+        pool->task(pool->job, begin, end);
+    }
 }
 
 static void *worker_main(void *arg) {
-    worker_start start = *(worker_start *)arg;
-    free(arg);
-    cpu_pool *pool = start.pool;
+    cpu_pool *pool = arg;
     uint64_t seen = 0;
     pthread_mutex_lock(&pool->lock);
     for (;;) {
@@ -49,13 +59,13 @@ static void *worker_main(void *arg) {
             pthread_cond_wait(&pool->job_ready, &pool->lock);
         if (pool->stopping) break;
         seen = pool->generation;
-        cpu_task_fn task = pool->task;
-        void *job = pool->job;
-        int n_items = pool->n_items;
+        /* A job already closed (the caller did it all) is skipped. */
+        if (!pool->job_open) continue;
+        pool->n_inside++;
         pthread_mutex_unlock(&pool->lock);
-        run_share(pool, task, job, n_items, start.index);
+        run_chunks(pool);
         pthread_mutex_lock(&pool->lock);
-        if (--pool->n_busy == 0) pthread_cond_signal(&pool->job_done);
+        if (--pool->n_inside == 0) pthread_cond_signal(&pool->job_left);
     }
     pthread_mutex_unlock(&pool->lock);
     return NULL;
@@ -75,24 +85,18 @@ ferry_status cpu_pool_new(int n_threads, cpu_pool **out) {
     ferry_status status = ferry_calloc(1, sizeof *pool, "cpu thread pool", (void **)&pool);
     if (status != FERRY_OK) return status;
     pool->n_threads = n_threads;
+    atomic_init(&pool->next_chunk, 0);
     pthread_mutex_init(&pool->run_lock, NULL);
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->job_ready, NULL);
-    pthread_cond_init(&pool->job_done, NULL);
+    pthread_cond_init(&pool->job_left, NULL);
     if (n_threads > 1) {
         FERRY_TRY_GOTO(ferry_calloc((size_t)n_threads - 1, sizeof *pool->workers,
                                     "cpu worker threads", (void **)&pool->workers));
     }
     for (int i = 1; i < n_threads; i++) {
-        worker_start *start = malloc(sizeof *start);
-        if (!start) {
-            status = ferry_fail(FERRY_ERR_NO_MEMORY, "cpu backend: out of memory");
-            goto fail;
-        }
-        *start = (worker_start){pool, i};
-        int rc = pthread_create(&pool->workers[i - 1], NULL, worker_main, start);
+        int rc = pthread_create(&pool->workers[i - 1], NULL, worker_main, pool);
         if (rc != 0) {
-            free(start);
             status = ferry_fail(FERRY_ERR_NO_MEMORY,
                                 "cpu backend: cannot start worker thread %d of %d (error %d)", i,
                                 n_threads, rc);
@@ -114,7 +118,7 @@ void cpu_pool_free(cpu_pool *pool) {
     pthread_cond_broadcast(&pool->job_ready);
     pthread_mutex_unlock(&pool->lock);
     for (int i = 0; i < pool->n_workers_started; i++) pthread_join(pool->workers[i], NULL);
-    pthread_cond_destroy(&pool->job_done);
+    pthread_cond_destroy(&pool->job_left);
     pthread_cond_destroy(&pool->job_ready);
     pthread_mutex_destroy(&pool->lock);
     pthread_mutex_destroy(&pool->run_lock);
@@ -132,20 +136,32 @@ void cpu_pool_run(cpu_pool *pool, int n_items, int min_items_per_thread, cpu_tas
         task(job, 0, n_items);
         return;
     }
+    /* chunk size: about CHUNKS_PER_THREAD chunks per thread, never below
+     * the job's minimum */
+    int64_t wanted_chunks = (int64_t)pool->n_threads * CHUNKS_PER_THREAD;
+    int chunk_items = (int)(((int64_t)n_items + wanted_chunks - 1) / wanted_chunks);
+    if (chunk_items < min_items_per_thread) chunk_items = min_items_per_thread;
+
     pthread_mutex_lock(&pool->run_lock);
     pthread_mutex_lock(&pool->lock);
     pool->task = task;
     pool->job = job;
     pool->n_items = n_items;
-    pool->n_busy = pool->n_threads - 1;
+    pool->chunk_items = chunk_items;
+    pool->n_chunks = (int)(((int64_t)n_items + chunk_items - 1) / chunk_items);
+    atomic_store_explicit(&pool->next_chunk, 0, memory_order_relaxed);
+    pool->job_open = 1;
     pool->generation++;
     pthread_cond_broadcast(&pool->job_ready);
     pthread_mutex_unlock(&pool->lock);
 
-    run_share(pool, task, job, n_items, 0);
+    run_chunks(pool);
 
+    /* Every chunk is claimed; wait for the workers still computing theirs,
+     * then close the job so late wakers skip it. */
     pthread_mutex_lock(&pool->lock);
-    while (pool->n_busy > 0) pthread_cond_wait(&pool->job_done, &pool->lock);
+    while (pool->n_inside > 0) pthread_cond_wait(&pool->job_left, &pool->lock);
+    pool->job_open = 0;
     pthread_mutex_unlock(&pool->lock);
     pthread_mutex_unlock(&pool->run_lock);
 }
