@@ -371,15 +371,14 @@ static char *run_ok(const char *dir, const char *command) {
     return text;
 }
 
-Test(tokenizer, generate_with_a_text_prompt_prints_the_decoded_continuation) {
-    char *dir = test_tempdir();
-    char *model = test_path(dir, "tiny.ferry");
+/* generate --prompt on model (with --tokenizer when tokenizer_option is
+ * not empty) prints the decode of what generate --tokens gives for the
+ * prompt's ids. */
+static void check_generate_prompt(const char *dir, const char *model, const char *fixture,
+                                  const char *tokenizer_option) {
     char command[4096];
-    snprintf(command, sizeof command, "%s synth --preset tiny %s --seed 5", test_cli(), model);
-    free(run_ok(dir, command));
     const char *prompt = "Hello world, the model";
-    /* the prompt's ids as the tokenizer gives them, then generate from ids */
-    ferry_tokenizer *tokenizer = load_fixture("tiny");
+    ferry_tokenizer *tokenizer = load_fixture(fixture);
     ferry_token_list ids = {0};
     cr_assert_eq(ferry_tokenizer_encode(tokenizer, prompt, strlen(prompt), 1, &ids), FERRY_OK);
     char tokens_option[2048];
@@ -397,9 +396,9 @@ Test(tokenizer, generate_with_a_text_prompt_prints_the_decoded_continuation) {
     size_t expected_bytes = 0;
     cr_assert_eq(ferry_tokenizer_decode(tokenizer, generated, (size_t)n_generated, 1, &expected,
                                         &expected_bytes), FERRY_OK);
-    snprintf(command, sizeof command, "%s generate --model %s --tokenizer %stiny.json --prompt '%s' "
+    snprintf(command, sizeof command, "%s generate --model %s %s --prompt '%s' "
              "--max-new-tokens 12 --greedy --ignore-eos --backend cpu", test_cli(), model,
-             FIXTURES, prompt);
+             tokenizer_option, prompt);
     char *text = run_ok(dir, command);
     cr_assert(strlen(text) == expected_bytes + 1 && memcmp(text, expected, expected_bytes) == 0 &&
               text[expected_bytes] == '\n', "printed '%s', expected '%s'", text, expected);
@@ -409,7 +408,43 @@ Test(tokenizer, generate_with_a_text_prompt_prints_the_decoded_continuation) {
     free(id_text);
     ferry_token_list_free(&ids);
     ferry_tokenizer_free(tokenizer);
+}
+
+Test(tokenizer, generate_with_a_text_prompt_prints_the_decoded_continuation) {
+    char *dir = test_tempdir();
+    char *model = test_path(dir, "tiny.ferry");
+    char command[4096];
+    snprintf(command, sizeof command, "%s synth --preset tiny %s --seed 5", test_cli(), model);
+    free(run_ok(dir, command));
+    check_generate_prompt(dir, model, "tiny", "--tokenizer " FIXTURES "tiny.json");
     test_rmtree(dir);
+    free(model);
+    free(dir);
+}
+
+/* The issue's path: a checkpoint with tokenizer.json, ferry convert, then
+ * the .ferry file alone tokenizes and generates from text. */
+Test(tokenizer, a_converted_checkpoint_carries_its_tokenizer_to_generate) {
+    char *dir = test_tempdir();
+    char *hf = test_path(dir, "hf"), *model = test_path(dir, "qwen2.ferry");
+    char command[4096];
+    snprintf(command, sizeof command, "mkdir -p %s && cp %s/tests/fixtures/hf/qwen2_bias_tied/hf/* "
+             "%s/ && cp %sqwen2_384.json %s/tokenizer.json", hf, FERRY_SOURCE_DIR, hf, FIXTURES, hf);
+    free(run_ok(dir, command));
+    snprintf(command, sizeof command, "%s convert %s %s", test_cli(), hf, model);
+    free(run_ok(dir, command));
+    snprintf(command, sizeof command, "%s tokenize --model %s --text 'caf\xc3\xa9 <|im_start|>42'",
+             test_cli(), model);
+    char *from_model = run_ok(dir, command);
+    snprintf(command, sizeof command, "%s tokenize --tokenizer %sqwen2_384.json --text "
+             "'caf\xc3\xa9 <|im_start|>42'", test_cli(), FIXTURES);
+    char *from_file = run_ok(dir, command);
+    cr_assert_str_eq(from_model, from_file);
+    check_generate_prompt(dir, model, "qwen2_384", "");
+    free(from_model);
+    free(from_file);
+    test_rmtree(dir);
+    free(hf);
     free(model);
     free(dir);
 }
