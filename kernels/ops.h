@@ -114,6 +114,19 @@ typedef struct ferry_backend_ops {
     ferry_status (*copy_bandwidth)(ferry_backend *backend, size_t bytes, double *out_gbps);
     /* Device memory in use (by every process) and the device's total. */
     ferry_status (*memory_info)(ferry_backend *backend, size_t *used_bytes, size_t *total_bytes);
+
+    /* ---- optional: record a sequence of ops once, replay it (NULL: none) ---- */
+
+    /* Ops issued after graph_begin are recorded, not run, until graph_end,
+     * which always ends the recording (also after a failed op) and gives a
+     * replayable graph, or fails.  graph_launch replays it: the same ops on
+     * the same buffers with whatever they hold now; *out_replayed is 0 when
+     * the recording went stale (scratch it used was reallocated since), and
+     * the caller then issues the ops itself.  graph_free releases it. */
+    ferry_status (*graph_begin)(ferry_backend *backend);
+    ferry_status (*graph_end)(ferry_backend *backend, void **out_graph);
+    ferry_status (*graph_launch)(ferry_backend *backend, void *graph, int *out_replayed);
+    void (*graph_free)(ferry_backend *backend, void *graph);
 } ferry_backend_ops;
 
 struct ferry_backend {

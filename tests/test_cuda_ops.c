@@ -172,10 +172,12 @@ static void check_matmul_path(ferry_dtype dtype, int n, int rows, int cols, int 
     free(w_values), free(w), free(x), free(bias), free(base), free(scale), free(want), free(got);
 }
 
-/* With the default switch point (8), n > 8 goes through cuBLAS. */
+/* Only the 1-2 token kernel keeps x in float32; the tensor-core matvec
+ * (3..16 tokens) and cuBLAS round it to the weight dtype. */
+enum { F32_ACTIVATION_MAX_TOKENS = 2 };
 static void check_matmul(ferry_dtype dtype, int n, int rows, int cols, int with_bias,
                          int accumulate) {
-    check_matmul_path(dtype, n, rows, cols, with_bias, accumulate, n > 8);
+    check_matmul_path(dtype, n, rows, cols, with_bias, accumulate, n > F32_ACTIVATION_MAX_TOKENS);
 }
 
 Test(cuda_ops, matmul_matches_cpu_for_every_dtype_and_small_batch) {
@@ -206,20 +208,23 @@ Test(cuda_ops, matmul_matches_cpu_for_large_batches_through_cublas) {
     }
 }
 
-/* With the switch point raised to 16, batches of 9..16 take the vector
- * kernel (four rows per warp): same tight bar as the small batches. */
-Test(cuda_ops, matvec_kernel_matches_cpu_up_to_16_tokens) {
+/* With FERRY_CUDA_MATVEC_MAX=16, 3..16 tokens take the tensor-core matvec
+ * (rows not a multiple of 16, columns a multiple of 32 or not). */
+Test(cuda_ops, matvec_kernels_match_cpu_up_to_16_tokens) {
     NEED_GPU();
     ferry_backend *default_gpu = gpu;
     setenv("FERRY_CUDA_MATVEC_MAX", "16", 1);
     ferry_status status = ferry_backend_cuda_new(0, &gpu);
     unsetenv("FERRY_CUDA_MATVEC_MAX");
     cr_assert_eq(status, FERRY_OK, "%s", ferry_last_error());
-    static const int batches[] = {9, 12, 16};
+    static const int batches[] = {3, 7, 8, 9, 12, 16};
     for (size_t d = 1; d < 3; d++)
-        for (size_t b = 0; b < 3; b++)
-            check_matmul_path(all_dtypes[d], batches[b], rand_int(1, 200) * 2 + 1,
-                              8 * rand_int(1, 200), (int)(b % 2), (int)(b != 1), 0);
+        for (size_t b = 0; b < 6; b++) {
+            int cols = b % 3 == 2 ? 8 * rand_int(1, 200) : 32 * rand_int(1, 150);
+            check_matmul(all_dtypes[d], batches[b], rand_int(1, 200) * 2 + 1, cols, (int)(b % 2),
+                         (int)(b % 3 != 1));
+        }
+    check_matmul(FERRY_DTYPE_F16, 16, 4096, 4096, 0, 1);
     ferry_backend_free(gpu);
     gpu = default_gpu;
 }

@@ -13,7 +13,12 @@
 
 enum {
     MIN_COMPUTE_MAJOR = 8,              /* bf16 loads and cp.async need Ampere or newer */
-    DEFAULT_MATVEC_MAX_TOKENS = 8,      /* measured on the H100: see bench/RESULTS.md */
+    /* n <= this: our matvec kernels (f32 FMAs for 1-2 tokens, tensor cores
+     * for 3..16); above: cuBLAS.  See bench/RESULTS.md for the sweep. */
+    DEFAULT_MATVEC_MAX_TOKENS = 16,
+    /* 16 tokens x 32768 columns; (2 x 4 blocks per SM x 132 SMs) x (256 + 2) */
+    PRESERVED_ACTIVATION_ELEMENTS = 16 * 32768,
+    PRESERVED_PARTIAL_FLOATS = 2 * 4 * 132 * 258,
 };
 
 int ferry_cuda_available(void) {
@@ -43,6 +48,7 @@ ferry_status cuda_scratch_reserve(cuda_backend *state, void **buffer, size_t *ca
                           bytes, cudaGetErrorString(error));
     }
     *capacity = bytes;
+    state->scratch_epoch++; /* graphs recorded with the old buffer must not replay */
     return FERRY_OK;
 }
 
@@ -206,6 +212,10 @@ static const ferry_backend_ops cuda_ops = {
     .copy_bandwidth = cuda_copy_bandwidth,
     .memory_info = cuda_memory_info,
     .compute_stream = cuda_compute_stream,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
+    .graph_launch = cuda_graph_launch,
+    .graph_free = cuda_graph_free,
 };
 
 /* ------------------------------------------------------------ creation */
@@ -238,6 +248,16 @@ static ferry_status open_device(int device, cuda_backend *state) {
     CUDA_TRY(cudaMalloc((void **)&state->error_flag, sizeof(int)));
     CUDA_TRY(cudaMemsetAsync(state->error_flag, 0, sizeof(int), state->stream));
     CUDA_TRY(cudaStreamSynchronize(state->stream));
+    /* Scratch for every decode-sized call up front, so a recorded decode
+     * step (graph) never sees a scratch buffer move. */
+    FERRY_TRY(cuda_scratch_reserve(state, &state->activations, &state->activations_bytes,
+                                   (size_t)PRESERVED_ACTIVATION_ELEMENTS * 2));
+    void *partials = NULL;
+    size_t partials_bytes = 0;
+    FERRY_TRY(cuda_scratch_reserve(state, &partials, &partials_bytes,
+                                   (size_t)PRESERVED_PARTIAL_FLOATS * sizeof(float)));
+    state->attention_partials = partials;
+    state->attention_partials_floats = partials_bytes / sizeof(float);
     return FERRY_OK;
 }
 

@@ -55,6 +55,7 @@ typedef struct cuda_backend {
     size_t activations_bytes;
     float *attention_partials;  /* scratch: flash-decoding partial results */
     size_t attention_partials_floats;
+    uint64_t scratch_epoch;     /* bumped whenever a scratch buffer moves (graphs go stale) */
     int n_multiprocessors;
     int matvec_max_tokens;      /* matmuls with n <= this use the matvec kernel */
 } cuda_backend;
@@ -67,6 +68,12 @@ static inline cuda_backend *cuda_state(ferry_backend *backend) {
  * the largest shape has been seen). */
 ferry_status cuda_scratch_reserve(cuda_backend *state, void **buffer, size_t *capacity,
                                   size_t bytes);
+
+/* ---- CUDA Graphs of a decode step (graph.c; contracts in kernels/ops.h) ---- */
+ferry_status cuda_graph_begin(ferry_backend *backend);
+ferry_status cuda_graph_end(ferry_backend *backend, void **out_graph);
+ferry_status cuda_graph_launch(ferry_backend *backend, void *graph, int *out_replayed);
+void cuda_graph_free(ferry_backend *backend, void *graph);
 
 /* ---- ops (contracts in kernels/ops.h) ---- */
 ferry_status cuda_embed(ferry_backend *backend, float *out, const void *table, ferry_dtype dtype,

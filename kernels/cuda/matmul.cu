@@ -22,6 +22,7 @@ enum {
     MATVEC_MAX_TILE = 16,               /* largest token tile of the vector kernel */
     COLS_PER_LANE_STEP = 8,             /* one 16-byte load of f16/bf16 */
     COLS_PER_WARP_STEP = 32 * COLS_PER_LANE_STEP,
+    MATVEC_F32_MAX_TOKENS = 2,          /* beyond this the f32 FMAs are the limit (H100) */
 };
 
 /* Eight 16-bit weights (one 16-byte load) as floats. */
@@ -186,6 +187,127 @@ static void launch_matvec(cudaStream_t stream, float *out, const float *x, const
     else launch_tile<T, 16, 4>(stream, out, x, weights, bias, n, rows, cols, accumulate);
 }
 
+/* ------------------------------------------ tensor-core matvec (3..16) */
+
+/* For 3..16 tokens the float32 FMAs of the kernel above, not HBM, are the
+ * limit.  This one feeds the tensor cores instead (mma.sync m16n8k16,
+ * float32 accumulate): a block owns 16 weight rows, its 8 warps split the
+ * columns (split-K) in chunks of 32, and each lane reads 16 bytes of two
+ * rows and 16 bytes of x (already converted to the weight dtype) per chunk.
+ * The dot product does not care in which order k is summed, so the
+ * fragments take k in the order the 16-byte loads deliver it: lane (g, q)
+ * holds columns 8q .. 8q+7 of rows g and g+8 and of token g, split over
+ * two mma steps (columns 8q+0..3, then 8q+4..7) for A and B alike. */
+enum { MMA_WARPS = 8, MMA_ROWS = 16, MMA_CHUNK_COLS = 32, MMA_UNROLL = 4 };
+
+template <typename T> struct mma_op;
+template <> struct mma_op<__half> {
+    static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0,
+                                               uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+template <> struct mma_op<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0,
+                                               uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+/* N_TILES tiles of 8 tokens (1: n <= 8, 2: n <= 16).  cols % 32 == 0;
+ * W and x16 16-byte aligned. */
+template <typename T, int N_TILES>
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+    mma_matvec_kernel(float *out, const T *x16, const T *w, const float *bias, int n, int rows,
+                      int cols, int accumulate) {
+    __shared__ float partial[MMA_WARPS][MMA_ROWS][8 * N_TILES];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane >> 2, q = lane & 3;
+    const int row0 = blockIdx.x * MMA_ROWS;
+    /* rows past the end re-read the last row; their sums are dropped */
+    const int row_lo = min(row0 + g, rows - 1), row_hi = min(row0 + g + 8, rows - 1);
+    const uint4 *w_lo = reinterpret_cast<const uint4 *>(w + (size_t)row_lo * cols);
+    const uint4 *w_hi = reinterpret_cast<const uint4 *>(w + (size_t)row_hi * cols);
+    const uint4 *x_rows[N_TILES];
+    bool x_live[N_TILES];
+#pragma unroll
+    for (int tile = 0; tile < N_TILES; tile++) {
+        int token = g + 8 * tile;
+        x_live[tile] = token < n;
+        x_rows[tile] = reinterpret_cast<const uint4 *>(x16 + (size_t)(x_live[tile] ? token : 0) * cols);
+    }
+    float c[N_TILES][4];
+#pragma unroll
+    for (int tile = 0; tile < N_TILES; tile++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) c[tile][i] = 0.0f;
+
+    const int n_chunks = cols / MMA_CHUNK_COLS;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    int chunk = warp;
+    for (; chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks; chunk += MMA_UNROLL * MMA_WARPS) {
+        uint4 lo[MMA_UNROLL], hi[MMA_UNROLL], xv[MMA_UNROLL][N_TILES];
+#pragma unroll
+        for (int u = 0; u < MMA_UNROLL; u++) {
+            /* 16-byte index of columns 32 * chunk + 8q .. +8 */
+            const int at = (chunk + u * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q;
+            lo[u] = __ldg(w_lo + at);
+            hi[u] = __ldg(w_hi + at);
+#pragma unroll
+            for (int tile = 0; tile < N_TILES; tile++)
+                xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + at) : zero;
+        }
+#pragma unroll
+        for (int u = 0; u < MMA_UNROLL; u++) {
+            const uint32_t a0[4] = {lo[u].x, hi[u].x, lo[u].y, hi[u].y};
+            const uint32_t a1[4] = {lo[u].z, hi[u].z, lo[u].w, hi[u].w};
+#pragma unroll
+            for (int tile = 0; tile < N_TILES; tile++) {
+                mma_op<T>::run(c[tile], a0, xv[u][tile].x, xv[u][tile].y);
+                mma_op<T>::run(c[tile], a1, xv[u][tile].z, xv[u][tile].w);
+            }
+        }
+    }
+    for (; chunk < n_chunks; chunk += MMA_WARPS) {
+        const int at = chunk * (MMA_CHUNK_COLS / 8) + q;
+        const uint4 lo = __ldg(w_lo + at), hi = __ldg(w_hi + at);
+        const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
+        const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
+#pragma unroll
+        for (int tile = 0; tile < N_TILES; tile++) {
+            const uint4 xv = x_live[tile] ? __ldg(x_rows[tile] + at) : zero;
+            mma_op<T>::run(c[tile], a0, xv.x, xv.y);
+            mma_op<T>::run(c[tile], a1, xv.z, xv.w);
+        }
+    }
+    /* C fragment: c[0], c[1] = rows g, tokens 2q, 2q+1; c[2], c[3] = row g+8 */
+#pragma unroll
+    for (int tile = 0; tile < N_TILES; tile++) {
+        partial[warp][g][8 * tile + 2 * q] = c[tile][0];
+        partial[warp][g][8 * tile + 2 * q + 1] = c[tile][1];
+        partial[warp][g + 8][8 * tile + 2 * q] = c[tile][2];
+        partial[warp][g + 8][8 * tile + 2 * q + 1] = c[tile][3];
+    }
+    __syncthreads();
+    /* epilogue: sum the warps' split-K parts, add bias, accumulate */
+    for (int i = threadIdx.x; i < MMA_ROWS * 8 * N_TILES; i += blockDim.x) {
+        const int r = i / (8 * N_TILES), token = i % (8 * N_TILES), row = row0 + r;
+        if (token >= n || row >= rows) continue;
+        float sum = 0.0f;
+#pragma unroll
+        for (int k = 0; k < MMA_WARPS; k++) sum += partial[k][r][token];
+        if (bias) sum += bias[row];
+        float *dst = out + (size_t)token * rows + row;
+        *dst = accumulate ? *dst + sum : sum;
+    }
+}
+
 /* --------------------------------------------------------- cuBLAS path */
 
 template <typename T> __device__ T from_float(float f);
@@ -213,6 +335,39 @@ __global__ void bias_prefill_kernel(float *out, const float *bias, int rows, siz
 static unsigned grid_for(size_t total) {
     size_t blocks = (total + 255) / 256;
     return (unsigned)(blocks > 65535 ? 65535 : blocks);
+}
+
+/* x to the weight dtype in the scratch, then the tensor-core kernel. */
+static ferry_status launch_mma_matvec(cuda_backend *state, float *out, const float *x,
+                                      const void *w, ferry_dtype dtype, const float *bias, int n,
+                                      int rows, int cols, int accumulate) {
+    size_t x_elements = (size_t)n * cols;
+    FERRY_TRY(cuda_scratch_reserve(state, &state->activations, &state->activations_bytes,
+                                   x_elements * 2));
+    dim3 grid((rows + MMA_ROWS - 1) / MMA_ROWS);
+    const int threads = MMA_WARPS * 32;
+    if (dtype == FERRY_DTYPE_F16) {
+        __half *x16 = (__half *)state->activations;
+        convert_kernel<__half><<<grid_for(x_elements), 256, 0, state->stream>>>(x16, x, x_elements);
+        if (n <= 8)
+            mma_matvec_kernel<__half, 1><<<grid, threads, 0, state->stream>>>(
+                out, x16, (const __half *)w, bias, n, rows, cols, accumulate);
+        else
+            mma_matvec_kernel<__half, 2><<<grid, threads, 0, state->stream>>>(
+                out, x16, (const __half *)w, bias, n, rows, cols, accumulate);
+    } else {
+        __nv_bfloat16 *x16 = (__nv_bfloat16 *)state->activations;
+        convert_kernel<__nv_bfloat16><<<grid_for(x_elements), 256, 0, state->stream>>>(x16, x,
+                                                                                        x_elements);
+        if (n <= 8)
+            mma_matvec_kernel<__nv_bfloat16, 1><<<grid, threads, 0, state->stream>>>(
+                out, x16, (const __nv_bfloat16 *)w, bias, n, rows, cols, accumulate);
+        else
+            mma_matvec_kernel<__nv_bfloat16, 2><<<grid, threads, 0, state->stream>>>(
+                out, x16, (const __nv_bfloat16 *)w, bias, n, rows, cols, accumulate);
+    }
+    CUDA_TRY_LAUNCH();
+    return FERRY_OK;
 }
 
 static ferry_status gemm(cuda_backend *state, float *out, const float *x, const void *w,
@@ -263,6 +418,9 @@ ferry_status cuda_matmul(ferry_backend *backend, float *out, const float *x, con
     int vector_ok = dtype != FERRY_DTYPE_F32 && n <= MATVEC_MAX_TILE &&
                     cols % COLS_PER_LANE_STEP == 0 && ((uintptr_t)w % 16) == 0 &&
                     ((uintptr_t)x % 16) == 0;
+    /* 3..16 tokens: tensor cores (x rounded to the weight dtype, as cuBLAS) */
+    if (vector_ok && n > MATVEC_F32_MAX_TOKENS && cols % MMA_CHUNK_COLS == 0)
+        return launch_mma_matvec(state, out, x, w, dtype, bias, n, rows, cols, accumulate);
     if (vector_ok) {
         if (dtype == FERRY_DTYPE_F16)
             launch_matvec<__half>(state->stream, out, x, w, bias, n, rows, cols, accumulate);
