@@ -170,11 +170,11 @@ static void launch_tile(cudaStream_t stream, float *out, const float *x, const T
                         const float *bias, int n, int rows, int cols, int accumulate) {
     const int rows_per_block = MATVEC_WARPS * ROWS;
     dim3 grid((rows + rows_per_block - 1) / rows_per_block);
-    matvec_kernel<T, TILE, ROWS, 4 / ROWS><<<grid, MATVEC_THREADS, 0, stream>>>(
+    matvec_kernel<T, TILE, ROWS, 8 / ROWS><<<grid, MATVEC_THREADS, 0, stream>>>(
         out, x, w, bias, n, rows, cols, accumulate);
 }
 
-/* Small batches: one row per warp, four column steps in flight; larger
+/* Small batches: one row per warp, eight column steps in flight; larger
  * tiles: more rows per warp so each x load serves several rows. */
 template <typename T>
 static void launch_matvec(cudaStream_t stream, float *out, const float *x, const void *w,
