@@ -6,7 +6,6 @@
  * cut first); SIGINT/SIGTERM stop after the current step.  Bad input lines
  * are reported with their line number and skipped (--strict: fatal).
  */
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
