@@ -1,0 +1,93 @@
+#!/bin/bash
+# gpu_run.sh — the CUDA backend's one call on the GPU machine (issue 4).
+# Builds nothing.  Two modes:
+#   bench/gpu_run.sh --pack [BUILD]   here: copy the CUDA build's binaries (default build-h4)
+#                                     and the shared libraries the GPU machine lacks into
+#                                     build-gpu/, the folder the run carries
+#   bench/gpu_run.sh [STEPS]          there: run the steps (default: all) from build-gpu,
+#                                     teeing every log into $OUT
+# Steps: info tests bench graphs_off prefill kernels hf.  The binaries carry the paths
+# they were built with (/work/main, /work/main/<build>), so the run links
+# those names to the copy it runs in.
+set -u
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CARRIED=$REPO/build-gpu
+
+if [ "${1:-}" = --pack ]; then
+    BUILD=$REPO/${2:-build-h4}
+    rm -rf "$CARRIED" && mkdir -p "$CARRIED/tests" "$CARRIED/lib"
+    cp "$BUILD/ferry" "$CARRIED/"
+    cp "$BUILD"/tests/test_cuda_ops "$BUILD"/tests/test_cuda_engine "$CARRIED/tests/"
+    basename "$BUILD" >"$CARRIED/BUILT_AS"
+    # every library outside glibc and the CUDA toolkit (the GPU machine has those)
+    ldd "$CARRIED/ferry" "$CARRIED"/tests/* | awk '$3 ~ /^\// {print $3}' | sort -u |
+        grep -v -e 'libc\.so' -e 'libm\.so' -e 'libdl\.so' -e 'libpthread\.so' -e 'librt\.so' \
+            -e 'libresolv\.so' -e 'ld-linux' -e 'libstdc++' -e 'libgcc_s' -e 'libcublas' |
+        xargs -r -I{} cp -L {} "$CARRIED/lib/"
+    du -sh "$CARRIED"
+    exit 0
+fi
+
+OUT=${OUT:-/tmp/ferry-gpu-out}
+mkdir -p "$OUT"
+STEPS=${*:-info tests bench graphs_off prefill kernels hf}
+BUILT_AS=$(cat "$CARRIED/BUILT_AS")
+if [ "$REPO" != /work/main ]; then mkdir -p /work && ln -sfn "$REPO" /work/main; fi
+[ -e "/work/main/$BUILT_AS" ] || ln -sfn "$CARRIED" "/work/main/$BUILT_AS"
+FERRY=/work/main/$BUILT_AS/ferry
+TESTS=/work/main/$BUILT_AS/tests
+# cuBLAS: the toolkit's, else the one PyTorch ships
+CUBLAS_DIR=$(dirname "$(find /usr/local/cuda*/ /usr/lib /opt -name 'libcublas.so.13*' 2>/dev/null | head -1)" 2>/dev/null)
+export LD_LIBRARY_PATH=$CARRIED/lib:${CUBLAS_DIR:-/usr/local/cuda/lib64}:/usr/local/cuda/lib64
+MODEL=/tmp/llama2-7b-f16.ferry
+has_step() { [[ " $STEPS " == *" $1 "* ]]; }
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+if has_step info; then
+    step info
+    { echo "repo $REPO"; nvidia-smi; echo "cublas: $CUBLAS_DIR"; ldd "$FERRY" "$TESTS"/* | grep 'not found'; } 2>&1 | tee "$OUT/info.log"
+fi
+
+if has_step tests; then
+    step test_cuda_ops
+    "$TESTS/test_cuda_ops" --jobs 1 --verbose 2>&1 | tee "$OUT/test_cuda_ops.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash' 
+    step test_cuda_engine
+    "$TESTS/test_cuda_engine" --jobs 1 --verbose 2>&1 | tee "$OUT/test_cuda_engine.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
+fi
+
+if has_step bench || has_step graphs_off || has_step prefill || has_step kernels; then
+    if [ ! -f "$MODEL" ]; then
+        step synth llama2-7b f16
+        "$FERRY" synth --preset llama2-7b --dtype f16 "$MODEL" 2>&1 | tail -1
+    fi
+fi
+
+if has_step bench; then
+    step "ferry bench: llama2-7b f16, batch 1,16,64, prompt 128, 32 decode steps"
+    "$FERRY" bench --model "$MODEL" --backend cuda --batch 1,4,16,32,64 --prompt-len 128 --gen-len 32 2>&1 | tee "$OUT/bench.log"
+fi
+
+if has_step graphs_off; then
+    step "ferry bench, decode steps NOT replayed from CUDA Graphs (FERRY_GRAPHS=0)"
+    FERRY_GRAPHS=0 "$FERRY" bench --model "$MODEL" --backend cuda --batch 1,16 --prompt-len 128 --gen-len 32 2>&1 | tee "$OUT/bench_graphs_off.log"
+fi
+
+if has_step prefill; then
+    step "ferry bench: prefill of 2048 tokens"
+    "$FERRY" bench --model "$MODEL" --backend cuda --batch 1 --prompt-len 2048 --gen-len 8 2>&1 | tee "$OUT/prefill.log"
+fi
+
+if has_step kernels; then
+    for max in 16 0; do
+        step "matmul op alone, FERRY_CUDA_MATVEC_MAX=$max (0: cuBLAS for every n)"
+        FERRY_CUDA_MATVEC_MAX=$max "$FERRY" bench --model "$MODEL" --backend cuda --batch 1 \
+            --prompt-len 8 --gen-len 1 --kernels 2>&1 | tee "$OUT/kernels_matvec$max.log"
+    done
+fi
+
+if has_step hf; then
+    step "HF transformers eager peer, llama2-7b shape fp16, batch 1,16, prompt 128, 32 steps"
+    PYTHONUNBUFFERED=1 LD_LIBRARY_PATH= python3 "$REPO/bench/hf_decode.py" --batch 1,16 \
+        --prompt-len 128 --gen-len 32 --attn eager 2>&1 | grep -v Warning | tee "$OUT/hf.log"
+fi
+step done
