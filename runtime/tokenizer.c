@@ -115,8 +115,9 @@ static ferry_status build_id_table(ferry_tokenizer *t) {
     FERRY_TRY(tk_vocab_init(&t->all_tokens, n_ids));
     FERRY_TRY(ferry_calloc((size_t)n_ids + 1, 1, "special flags", (void **)&t->is_special));
     for (int i = 0; i < t->n_added; i++) {
+        /* HF names a normalized added token by its normalized text (decode too) */
         const tk_added *added = &t->added[i];
-        FERRY_TRY(tk_vocab_set(&t->all_tokens, added->id, added->content, added->content_bytes));
+        FERRY_TRY(tk_vocab_set(&t->all_tokens, added->id, added->pattern, added->pattern_bytes));
         t->is_special[added->id] = (uint8_t)added->special;
     }
     for (int32_t id = 0; id < t->model_vocab.n_ids; id++)
