@@ -117,13 +117,13 @@ int cmd_tokenize(int argc, char **argv) {
     if (!jsonl == !text) return cli_usage_error("tokenize", "give one of --jsonl or --text TEXT");
     ferry_tokenizer *tokenizer = NULL;
     ferry_status status = cli_open_tokenizer(tokenizer_path, model_path, &tokenizer);
-    if (status != FERRY_OK) return cli_fail("tokenize", status, "%s", "failed");
+    if (status != FERRY_OK) return cli_fail("tokenize", status, "cannot load the tokenizer");
     int rc;
     if (jsonl) {
         rc = run_jsonl(tokenizer, add_special, skip_special);
     } else {
         status = write_result(tokenizer, text, strlen(text), add_special, skip_special);
-        rc = status == FERRY_OK ? CLI_OK : cli_fail("tokenize", status, "%s", "failed");
+        rc = status == FERRY_OK ? CLI_OK : cli_fail("tokenize", status, "cannot tokenize");
     }
     ferry_tokenizer_free(tokenizer);
     return rc;
