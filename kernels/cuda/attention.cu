@@ -93,6 +93,27 @@ ferry_status cuda_kv_store(ferry_backend *backend, ferry_kv_layer *cache, const 
 
 /* ----------------------------------------------------------- attention */
 
+/* DIMS consecutive f16 values (4 or 8 bytes, aligned) as floats. */
+template <int DIMS> __device__ __forceinline__ void load_dims(const __half *src, float *v);
+template <> __device__ __forceinline__ void load_dims<2>(const __half *src, float *v) {
+    const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(src));
+    v[0] = f.x;
+    v[1] = f.y;
+}
+template <> __device__ __forceinline__ void load_dims<4>(const __half *src, float *v) {
+    const uint2 raw = *reinterpret_cast<const uint2 *>(src);
+    const float2 lo = __half22float2(*reinterpret_cast<const __half2 *>(&raw.x));
+    const float2 hi = __half22float2(*reinterpret_cast<const __half2 *>(&raw.y));
+    v[0] = lo.x;
+    v[1] = lo.y;
+    v[2] = hi.x;
+    v[3] = hi.y;
+}
+template <> __device__ __forceinline__ void load_dims<8>(const __half *src, float *v) {
+    load_dims<4>(src, v);
+    load_dims<4>(src + 4, v + 4);
+}
+
 struct attention_args {
     float *out;                 /* [n, n_heads, head_dim] (written when n_splits == 1) */
     float *partials;            /* [n * n_heads, n_splits, head_dim + 2] otherwise */
@@ -108,10 +129,12 @@ struct attention_args {
  * 32, one key per lane: each lane scores its key against q (held in
  * shared memory), the warp takes the max and sum of the 32 weights with
  * two shuffle reductions, then walks the 32 values with lane l adding
- * dims l, l + 32, ... (up to DIMS_PER_LANE of them).  Warp g of the
+ * dims l, l + 32, ... (up to DIMS_PER_LANE of them), or, when CONTIGUOUS
+ * (head_dim == 32 * DIMS_PER_LANE), dims DIMS_PER_LANE * l .. + DIMS_PER_LANE
+ * with one 4- or 8-byte load per value row.  Warp g of the
  * G = n_splits * ATTENTION_WARPS warps of this item takes key blocks
  * g, g + G, ... */
-template <int DIMS_PER_LANE>
+template <int DIMS_PER_LANE, bool CONTIGUOUS>
 __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attention_args args) {
     const int item = blockIdx.x, split = blockIdx.y;
     const int t = item / args.n_heads, head = item % args.n_heads;
@@ -180,13 +203,21 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
             for (int e = 0; e < DIMS_PER_LANE; e++) acc[e] *= correction;
             /* out += sum_j weight_j V[block_start + j] */
             const int n_keys = last - block_start + 1 < 32 ? last - block_start + 1 : 32;
+#pragma unroll 4
             for (int j = 0; j < n_keys; j++) {
                 const float weight_j = __shfl_sync(0xffffffffu, weight, j);
                 const __half *value = args.cache_v + base + (size_t)(block_start + j) * row_width;
+                if (CONTIGUOUS) {
+                    float v[DIMS_PER_LANE];
+                    load_dims<DIMS_PER_LANE>(value + lane * DIMS_PER_LANE, v);
 #pragma unroll
-                for (int e = 0; e < DIMS_PER_LANE; e++) {
-                    const int d = lane + 32 * e;
-                    if (d < head_dim) acc[e] += weight_j * __half2float(value[d]);
+                    for (int e = 0; e < DIMS_PER_LANE; e++) acc[e] += weight_j * v[e];
+                } else {
+#pragma unroll
+                    for (int e = 0; e < DIMS_PER_LANE; e++) {
+                        const int d = lane + 32 * e;
+                        if (d < head_dim) acc[e] += weight_j * __half2float(value[d]);
+                    }
                 }
             }
         }
@@ -198,7 +229,7 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
     }
 #pragma unroll
     for (int e = 0; e < DIMS_PER_LANE; e++) {
-        int d = lane + 32 * e;
+        int d = CONTIGUOUS ? lane * DIMS_PER_LANE + e : lane + 32 * e;
         if (d < head_dim) warp_acc[warp][d] = acc[e];
     }
     __syncthreads();
@@ -294,9 +325,12 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
     args.scale = 1.0f / sqrtf((float)shape.head_dim);
     dim3 grid((unsigned)items, (unsigned)n_splits);
     const int threads = ATTENTION_WARPS * 32;
-    if (shape.head_dim <= 64) attention_kernel<2><<<grid, threads, 0, state->stream>>>(args);
-    else if (shape.head_dim <= 128) attention_kernel<4><<<grid, threads, 0, state->stream>>>(args);
-    else attention_kernel<8><<<grid, threads, 0, state->stream>>>(args);
+    cudaStream_t stream = state->stream;
+    if (shape.head_dim == 64) attention_kernel<2, true><<<grid, threads, 0, stream>>>(args);
+    else if (shape.head_dim == 128) attention_kernel<4, true><<<grid, threads, 0, stream>>>(args);
+    else if (shape.head_dim <= 64) attention_kernel<2, false><<<grid, threads, 0, stream>>>(args);
+    else if (shape.head_dim <= 128) attention_kernel<4, false><<<grid, threads, 0, stream>>>(args);
+    else attention_kernel<8, false><<<grid, threads, 0, stream>>>(args);
     CUDA_TRY_LAUNCH();
     if (n_splits > 1) {
         attention_merge_kernel<<<(unsigned)items, 128, 0, state->stream>>>(

@@ -16,8 +16,8 @@ enum {
     /* n <= this: our matvec kernels (f32 FMAs for 1-2 tokens, tensor cores
      * for 3..16); above: cuBLAS.  See bench/RESULTS.md for the sweep. */
     DEFAULT_MATVEC_MAX_TOKENS = 16,
-    /* 16 tokens x 32768 columns; (2 x 4 blocks per SM x 132 SMs) x (256 + 2) */
-    PRESERVED_ACTIVATION_ELEMENTS = 16 * 32768,
+    /* 64 tokens x 32768 columns; (2 x 4 blocks per SM x 132 SMs) x (256 + 2) */
+    PRESERVED_ACTIVATION_ELEMENTS = 64 * 32768,
     PRESERVED_PARTIAL_FLOATS = 2 * 4 * 132 * 258,
 };
 
