@@ -1,6 +1,7 @@
 /*
- * format_internal.h — what format.c (layout, writer) and format_read.c
- * (reader) share and nobody else needs.
+ * format_internal.h — what format.c (layout, writer), format_read.c
+ * (reader) and `ferry info` (verify with progress) share; nobody else
+ * needs it.
  */
 #ifndef FERRY_RUNTIME_FORMAT_INTERNAL_H
 #define FERRY_RUNTIME_FORMAT_INTERNAL_H
@@ -21,6 +22,12 @@ ferry_status ferry_manifest_print(const ferry_layout *layout, const ferry_text *
                                   int n_texts, char **out);
 ferry_status ferry_pwrite_all(int fd, const void *data, size_t bytes, uint64_t offset,
                               const char *path);
+/* ferry_file_verify, calling progress(context, tensors done, total, bytes
+ * done) after each tensor (progress may be NULL). */
+typedef void (*ferry_verify_progress_fn)(void *context, int n_done, int n_total,
+                                         uint64_t done_bytes);
+ferry_status ferry_file_verify_progress(const ferry_file *file, int *bad_index,
+                                        ferry_verify_progress_fn progress, void *context);
 void ferry_preamble_encode(const ferry_preamble *preamble,
                            unsigned char out[FERRY_PREAMBLE_BYTES]);
 

@@ -65,14 +65,16 @@ static ferry_status read_preamble(ferry_file *file, uint64_t actual_bytes,
     out->manifest_xxh3 = decode_le64(raw + 32);
     out->data_offset = decode_le64(raw + 40);
     out->file_bytes = decode_le64(raw + 48);
+    out->reserved = decode_le64(raw + 56);
     if (out->format_version != FERRY_FORMAT_VERSION)
         return ferry_fail(FERRY_ERR_FORMAT,
                           "%s: format version %u, this ferry reads version %u: reconvert the "
                           "model with this ferry's `ferry convert` (or `ferry synth`)",
                           path, out->format_version, FERRY_FORMAT_VERSION);
     if (out->preamble_bytes != FERRY_PREAMBLE_BYTES ||
-        out->manifest_offset != FERRY_PREAMBLE_BYTES ||
-        out->data_offset % FERRY_BLOB_ALIGN != 0 ||
+        out->manifest_offset != FERRY_PREAMBLE_BYTES || out->data_offset == 0 ||
+        out->data_offset % FERRY_BLOB_ALIGN != 0 || out->data_offset > actual_bytes ||
+        out->manifest_bytes == 0 || out->reserved != 0 ||
         out->manifest_bytes > out->data_offset - FERRY_PREAMBLE_BYTES)
         return ferry_fail(FERRY_ERR_FORMAT, "%s: corrupt preamble (manifest %llu bytes, data at %llu)",
                           path, (unsigned long long)out->manifest_bytes,
@@ -98,13 +100,54 @@ static double number_of(const cJSON *object, const char *key) {
     return cJSON_IsNumber(item) ? item->valuedouble : -1.0;
 }
 
+/* "shape": [rows, cols] for matrices, [rows] for vectors. */
+static int shape_matches(const cJSON *shape, const ferry_tensor_entry *entry) {
+    int is_matrix = ferry_tensor_specs[entry->kind].is_matrix;
+    if (!cJSON_IsArray(shape) || cJSON_GetArraySize(shape) != (is_matrix ? 2 : 1)) return 0;
+    const cJSON *rows = cJSON_GetArrayItem(shape, 0), *cols = cJSON_GetArrayItem(shape, 1);
+    return cJSON_IsNumber(rows) && rows->valuedouble == (double)entry->rows &&
+           (!is_matrix || (cJSON_IsNumber(cols) && cols->valuedouble == (double)entry->cols));
+}
+
+/* Is the manifest's list an array of exactly `expected` items? */
+static ferry_status check_list_length(const ferry_file *file, const cJSON *list,
+                                      const char *what, int expected) {
+    int actual = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : 0;
+    if (!cJSON_IsArray(list) || actual != expected)
+        return ferry_fail(FERRY_ERR_FORMAT, "%s: manifest lists %d %s, the model needs %d",
+                          file->path, actual, what, expected);
+    return FERRY_OK;
+}
+
+/* Does a manifest item say (layer, offset, bytes)? */
+static int placed_at(const cJSON *item, int layer, uint64_t offset, uint64_t bytes) {
+    return number_of(item, "layer") == layer && number_of(item, "offset") == (double)offset &&
+           number_of(item, "bytes") == (double)bytes;
+}
+
+/* The manifest's extent list must be the layout's, blob for blob. */
+static ferry_status check_extents(ferry_file *file, const cJSON *extents) {
+    const ferry_layout *layout = &file->layout;
+    FERRY_TRY(check_list_length(file, extents, "extents", layout->n_extents));
+    int index = 0;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, extents) {
+        const ferry_extent *extent = &layout->extents[index++];
+        if (!placed_at(item, extent->layer, extent->offset, extent->bytes))
+            return ferry_fail(FERRY_ERR_FORMAT,
+                              "%s: extent %d (layer %d) is not %llu bytes at %llu as the "
+                              "config implies",
+                              file->path, index - 1, extent->layer,
+                              (unsigned long long)extent->bytes,
+                              (unsigned long long)extent->offset);
+    }
+    return FERRY_OK;
+}
+
 /* The manifest's tensor list must be the layout, entry for entry. */
 static ferry_status check_tensors(ferry_file *file, const cJSON *tensors) {
     ferry_layout *layout = &file->layout;
-    if (!cJSON_IsArray(tensors) || cJSON_GetArraySize(tensors) != layout->n_tensors)
-        return ferry_fail(FERRY_ERR_FORMAT, "%s: manifest lists %d tensors, the model needs %d",
-                          file->path, cJSON_IsArray(tensors) ? cJSON_GetArraySize(tensors) : 0,
-                          layout->n_tensors);
+    FERRY_TRY(check_list_length(file, tensors, "tensors", layout->n_tensors));
     int index = 0;
     const cJSON *item;
     cJSON_ArrayForEach(item, tensors) {
@@ -116,9 +159,8 @@ static ferry_status check_tensors(ferry_file *file, const cJSON *tensors) {
         int same = cJSON_IsString(name_item) && strcmp(name_item->valuestring, name) == 0 &&
                    cJSON_IsString(dtype_item) &&
                    strcmp(dtype_item->valuestring, ferry_dtype_name(entry->dtype)) == 0 &&
-                   number_of(item, "layer") == entry->layer &&
-                   number_of(item, "offset") == (double)entry->offset &&
-                   number_of(item, "bytes") == (double)entry->bytes;
+                   shape_matches(cJSON_GetObjectItemCaseSensitive(item, "shape"), entry) &&
+                   placed_at(item, entry->layer, entry->offset, entry->bytes);
         if (!same)
             return ferry_fail(FERRY_ERR_FORMAT,
                               "%s: tensor table entry %d is not %s (%s, %llu bytes at %llu) as "
@@ -174,6 +216,16 @@ static ferry_status parse_manifest(ferry_file *file, const ferry_preamble *pream
         status = ferry_fail(FERRY_ERR_FORMAT, "%s: manifest is not valid JSON", file->path);
         goto fail;
     }
+    const cJSON *format = cJSON_GetObjectItemCaseSensitive(root, "format");
+    if (!cJSON_IsString(format) || strcmp(format->valuestring, "ferry") != 0 ||
+        number_of(root, "format_version") != FERRY_FORMAT_VERSION ||
+        number_of(root, "alignment") != FERRY_BLOB_ALIGN) {
+        status = ferry_fail(FERRY_ERR_FORMAT,
+                            "%s: manifest does not say format \"ferry\" version %u with "
+                            "alignment %u",
+                            file->path, FERRY_FORMAT_VERSION, FERRY_BLOB_ALIGN);
+        goto fail;
+    }
     const cJSON *config_json = cJSON_GetObjectItemCaseSensitive(root, "config");
     const cJSON *dtype_json = cJSON_GetObjectItemCaseSensitive(root, "dtype");
     ferry_config config;
@@ -200,6 +252,7 @@ static ferry_status parse_manifest(ferry_file *file, const ferry_preamble *pream
                             (unsigned long long)file->layout.file_bytes);
         goto fail;
     }
+    FERRY_TRY_GOTO(check_extents(file, cJSON_GetObjectItemCaseSensitive(root, "extents")));
     FERRY_TRY_GOTO(check_tensors(file, cJSON_GetObjectItemCaseSensitive(root, "tensors")));
     FERRY_TRY_GOTO(read_texts(file, cJSON_GetObjectItemCaseSensitive(root, "texts")));
 fail:
@@ -277,20 +330,60 @@ ferry_status ferry_file_read_tensor(const ferry_file *file, const ferry_tensor_e
     return FERRY_OK;
 }
 
-ferry_status ferry_file_verify(const ferry_file *file, int *bad_index) {
-    *bad_index = -1;
-    uint64_t largest = 0;
-    for (int i = 0; i < file->layout.n_tensors; i++)
-        if (file->layout.tensors[i].bytes > largest) largest = file->layout.tensors[i].bytes;
-    void *buffer = NULL;
-    FERRY_TRY(ferry_malloc(largest, "verify buffer", &buffer));
-    ferry_status status = FERRY_OK;
-    for (int i = 0; i < file->layout.n_tensors && status == FERRY_OK; i++) {
-        status = ferry_file_read_tensor(file, &file->layout.tensors[i], buffer, 1);
-        if (status != FERRY_OK) *bad_index = i;
+/* Hash one tensor through `buffer` in pieces, so verifying never needs a
+ * tensor-sized allocation (an embedding table can be gigabytes). */
+static ferry_status check_tensor(const ferry_file *file, const ferry_tensor_entry *entry,
+                                 XXH3_state_t *state, void *buffer, size_t buffer_bytes) {
+    char name[64];
+    ferry_tensor_entry_name(entry, name, sizeof name);
+    XXH3_64bits_reset(state);
+    for (uint64_t done = 0; done < entry->bytes;) {
+        size_t piece = entry->bytes - done < buffer_bytes ? (size_t)(entry->bytes - done)
+                                                          : buffer_bytes;
+        ferry_status status = pread_all(file->fd, buffer, piece, entry->offset + done, file->path);
+        if (status != FERRY_OK) return ferry_fail_prefix(status, "tensor %s: ", name);
+        XXH3_64bits_update(state, buffer, piece);
+        done += piece;
     }
+    if (XXH3_64bits_digest(state) != entry->xxh3)
+        return ferry_fail(FERRY_ERR_CHECKSUM,
+                          "%s: tensor %s (%llu bytes at offset %llu) fails its checksum",
+                          file->path, name, (unsigned long long)entry->bytes,
+                          (unsigned long long)entry->offset);
+    return FERRY_OK;
+}
+
+ferry_status ferry_file_verify_progress(const ferry_file *file, int *bad_index,
+                                        ferry_verify_progress_fn progress, void *context) {
+    enum { VERIFY_BUFFER_BYTES = 16 << 20 };
+    *bad_index = -1;
+    void *buffer = NULL;
+    XXH3_state_t *state = XXH3_createState();
+    ferry_status status = FERRY_OK;
+    if (!state) {
+        status = ferry_fail(FERRY_ERR_NO_MEMORY, "out of memory for a checksum state");
+        goto fail;
+    }
+    FERRY_TRY_GOTO(ferry_malloc(VERIFY_BUFFER_BYTES, "verify buffer", &buffer));
+    uint64_t done_bytes = 0;
+    for (int i = 0; i < file->layout.n_tensors; i++) {
+        const ferry_tensor_entry *entry = &file->layout.tensors[i];
+        status = check_tensor(file, entry, state, buffer, VERIFY_BUFFER_BYTES);
+        if (status != FERRY_OK) {
+            *bad_index = i;
+            goto fail;
+        }
+        done_bytes += entry->bytes;
+        if (progress) progress(context, i + 1, file->layout.n_tensors, done_bytes);
+    }
+fail:
     free(buffer);
+    XXH3_freeState(state);
     return status;
+}
+
+ferry_status ferry_file_verify(const ferry_file *file, int *bad_index) {
+    return ferry_file_verify_progress(file, bad_index, NULL, NULL);
 }
 
 const char *ferry_file_text(const ferry_file *file, const char *key) {
