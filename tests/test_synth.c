@@ -45,6 +45,7 @@ Test(synth, same_seed_same_file_other_seed_other_file) {
         free(a), free(b), free(c), free(a_path), free(b_path), free(c_path);
     }
     test_rmtree(dir);
+    free(dir);
 }
 
 Test(synth, info_verify_passes_and_names_a_damaged_tensor) {
@@ -77,6 +78,10 @@ Test(synth, info_verify_passes_and_names_a_damaged_tensor) {
     cr_assert(strstr(message, "layers.1.w_up"), "%s", message);
     free(message);
     test_rmtree(dir);
+    free(dir);
+    free(out);
+    free(err);
+    free(path);
 }
 
 Test(synth, bad_arguments_exit_nonzero_with_a_message) {
@@ -102,4 +107,6 @@ Test(synth, bad_arguments_exit_nonzero_with_a_message) {
         free(message);
     }
     test_rmtree(dir);
+    free(dir);
+    free(err);
 }
