@@ -200,12 +200,20 @@ static void check_resume_after(int signal_number) {
     uint64_t run_us = (ferry_now_ns() - start_ns) / 1000;
     char *reference = sorted_output(f.output);
     unlink(f.output);
-    /* kill at a random point of what is left of the run, so kills land mid-run */
+    /* kill at a random point of what is left of the run, so kills land
+     * mid-run; a run that beat the kill (a less loaded machine) is redone
+     * with a shorter window until one is interrupted */
     int n_interrupted = 0;
-    for (int attempt = 0; attempt < 5; attempt++) {
+    uint64_t scale = 2;
+    for (int attempt = 0; attempt < 10; attempt++) {
         int n_left = n_requests - count_lines(f.output);
-        if (n_left <= 0) break;
-        uint64_t window_us = run_us * (uint64_t)n_left / (uint64_t)n_requests / 2;
+        if (n_left <= 0) {
+            if (n_interrupted > 0 || attempt >= 8) break;
+            unlink(f.output);
+            scale *= 2;
+            n_left = n_requests;
+        }
+        uint64_t window_us = run_us * (uint64_t)n_left / (uint64_t)n_requests / scale;
         unsigned delay_us = 2000 + (unsigned)(test_rand_u64(&rng) % (window_us + 1));
         int status = run_and_kill(&f, options, signal_number, delay_us);
         n_interrupted += status != 0;
