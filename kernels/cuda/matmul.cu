@@ -1,13 +1,15 @@
 /*
- * matmul.cu — out[t] (+)= x[t] W^T (+ bias) on the GPU, two ways:
- * - a matrix-vector kernel for small batches (n <= matvec_max_tokens):
- *   one warp per weight row streams the row with 16-byte loads, every
- *   token's partial dot products stay in registers (float32), warp
- *   shuffles reduce them, and bias + residual accumulate happen in the
- *   epilogue, so W is read from HBM exactly once per call;
- * - cuBLAS (cublasGemmEx, float32 compute) for larger n, with x first
- *   converted to the weight dtype in a scratch buffer.
- * Hot path: no allocation once the scratch has grown to the largest n.
+ * matmul.cu — out[t] (+)= x[t] W^T (+ bias) on the GPU, three ways:
+ * - 1..2 tokens: a matrix-vector kernel, one warp per weight row streaming
+ *   it with 16-byte loads (eight in flight per lane), every token's dot
+ *   product in float32 registers, warp-shuffle reductions, bias and
+ *   residual accumulate in the epilogue, so W is read from HBM once;
+ * - 3..16 tokens: a tensor-core matvec (mma.sync, float32 accumulate,
+ *   split-K over 8 warps), x first rounded to the weight dtype;
+ * - more tokens (above state->matvec_max_tokens): cuBLAS (cublasGemmEx,
+ *   float32 compute), x converted to the weight dtype in a scratch buffer.
+ * Odd shapes or f32 weights fall back to a plain warp-per-row kernel.
+ * Hot path: no allocation (the scratch is reserved at backend creation).
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
