@@ -28,7 +28,7 @@ env $fio --version
 echo "== sweep (creates $file)"
 XDG_CACHE_HOME=$out/cache "$carry/ferry" iobench --file "$file" --size "$size" --bs 128k,1m,4m,16m \
     --qd 4,16,64 --runtime 2 --save --quiet 2>&1 | tee "$out/sweep.txt"
-cp "$out"/cache/ferry/profile-*.json "$out/" 2>/dev/null
+cp "$out"/cache/ferry/profile-*.json "$out/" 2>/dev/null; rm -rf "$out/cache"
 
 echo "== ferry vs fio"
 bench/iobench_vs_fio.sh "$carry/ferry" "$fio" "$file" "$size" 4 3 128k:16 1m:16 4m:16 16m:4 \
