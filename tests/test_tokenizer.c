@@ -11,6 +11,7 @@
  */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -176,6 +177,60 @@ Test(tokenizer, byte_level_decode_of_encode_gives_back_random_text) {
         free(decoded);
         ferry_token_list_free(&ids);
     }
+    ferry_tokenizer_free(tokenizer);
+}
+
+/* One shared tokenizer encoding every fixture string on several threads
+ * at once gives the single-threaded ids (a loaded tokenizer is read-only). */
+typedef struct encode_job {
+    const ferry_tokenizer *tokenizer;
+    char **strings;
+    size_t n_strings;
+    uint64_t *hashes;           /* XOR-fold of the ids per string */
+    int failed;
+} encode_job;
+
+static uint64_t fold_ids(const ferry_token_list *ids) {
+    uint64_t hash = ids->count;
+    for (size_t i = 0; i < ids->count; i++) hash = hash * 1000003u ^ (uint64_t)ids->ids[i];
+    return hash;
+}
+
+static void *encode_all(void *argument) {
+    encode_job *job = argument;
+    for (size_t i = 0; i < job->n_strings; i++) {
+        char *text = NULL;
+        size_t bytes = 0;
+        ferry_token_list ids = {0};
+        if (ferry_json_get_string(job->strings[i], "text", &text, &bytes) != FERRY_OK ||
+            ferry_tokenizer_encode(job->tokenizer, text, bytes, 1, &ids) != FERRY_OK)
+            job->failed = 1;
+        job->hashes[i] = fold_ids(&ids);
+        ferry_token_list_free(&ids);
+        free(text);
+    }
+    return NULL;
+}
+
+Test(tokenizer, encoding_on_many_threads_at_once_gives_the_same_ids) {
+    ferry_tokenizer *tokenizer = load_fixture("qwen2");
+    size_t n = 0;
+    char **strings = read_lines(FIXTURES "strings.jsonl", &n);
+    encode_job jobs[5];
+    pthread_t threads[4];
+    for (int j = 0; j < 5; j++) {
+        jobs[j] = (encode_job){tokenizer, strings, n, calloc(n, sizeof(uint64_t)), 0};
+    }
+    encode_all(&jobs[4]);   /* the reference, alone */
+    for (int j = 0; j < 4; j++) cr_assert_eq(pthread_create(&threads[j], NULL, encode_all, &jobs[j]), 0);
+    for (int j = 0; j < 4; j++) pthread_join(threads[j], NULL);
+    for (int j = 0; j < 4; j++) {
+        cr_assert_eq(jobs[j].failed, 0);
+        cr_assert_eq(memcmp(jobs[j].hashes, jobs[4].hashes, n * sizeof(uint64_t)), 0,
+                     "thread %d got different ids", j);
+    }
+    for (int j = 0; j < 5; j++) free(jobs[j].hashes);
+    free_lines(strings);
     ferry_tokenizer_free(tokenizer);
 }
 
