@@ -4,7 +4,7 @@
  * size, a run killed (SIGKILL, SIGINT) at random points and rerun loses and
  * duplicates nothing, a torn last line is repaired, bad and duplicate lines
  * are reported by number, empty input, a prompt longer than the context,
- * and an unwritable output path.
+ * an unwritable output path, and a stop string cutting a request short.
  */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
@@ -16,6 +16,7 @@
 
 #include "base/base.h"
 #include "helpers.h"
+#include "runtime/tokenizer.h"
 
 typedef struct fixture {
     char *dir, *model, *input, *output, *errors;
@@ -316,5 +317,45 @@ Test(batch, an_unwritable_output_path_fails_with_a_clear_message) {
     char *errors = test_read_file(f.errors, NULL);
     cr_assert(strstr(errors, "missing/dir/out.jsonl"), "%s", errors);
     free(errors);
+    free_fixture(&f);
+}
+
+Test(batch, a_stop_string_ends_the_request_and_cuts_its_text) {
+    fixture f = make_fixture();
+    const char *tokenizer = "--tokenizer " FERRY_SOURCE_DIR "/tests/fixtures/tokenizers/tiny.json";
+    char options[1024];
+    const char plain[] = "{\"id\": 1, \"prompt\": \"the people of the world\"}\n";
+    cr_assert_eq(test_write_file(f.input, plain, sizeof plain - 1), 0);
+    snprintf(options, sizeof options, "%s --greedy --ignore-eos --max-new-tokens 40", tokenizer);
+    cr_assert_eq(run_batch(&f, options), 0);
+    char *line = test_read_file(f.output, NULL), *full = NULL;
+    size_t full_bytes = 0;
+    cr_assert_eq(ferry_json_get_string(line, "text", &full, &full_bytes), FERRY_OK, "%s", line);
+    /* a stop: two ASCII letters from the second half of the text */
+    char stop[3] = "";
+    for (size_t i = full_bytes / 2; i + 1 < full_bytes && !stop[0]; i++)
+        if (((full[i] | 32) >= 'a' && (full[i] | 32) <= 'z') &&
+            ((full[i + 1] | 32) >= 'a' && (full[i + 1] | 32) <= 'z')) {
+            stop[0] = full[i];
+            stop[1] = full[i + 1];
+        }
+    cr_assert(stop[0], "no two letters in '%s'", full);
+    size_t cut = (size_t)((char *)memmem(full, full_bytes, stop, 2) - full);
+    char request[256];
+    int n = snprintf(request, sizeof request, "{\"id\": 1, \"prompt\": \"the people of the world\", "
+                     "\"stop\": [\"%s\"]}\n", stop);
+    cr_assert_eq(test_write_file(f.input, request, (size_t)n), 0);
+    unlink(f.output);
+    cr_assert_eq(run_batch(&f, options), 0);
+    char *stopped_line = test_read_file(f.output, NULL), *text = NULL;
+    size_t text_bytes = 0;
+    cr_assert_eq(ferry_json_get_string(stopped_line, "text", &text, &text_bytes), FERRY_OK);
+    cr_assert(text_bytes == cut && memcmp(text, full, cut) == 0, "stop '%s': got '%s', full '%s'",
+              stop, text, full);
+    cr_assert(strstr(stopped_line, "\"finish_reason\": \"stop\""), "%s", stopped_line);
+    free(text);
+    free(stopped_line);
+    free(full);
+    free(line);
     free_fixture(&f);
 }

@@ -97,13 +97,20 @@ static char *completion_text(const batch_run *run, const request_line *request,
     return text;
 }
 
+/* A stop string completed by the newest token lies in the last few tokens
+ * (each gives at least a byte): decode only that tail, so checking stays
+ * linear in the completion's length.  The written text is cut on the
+ * whole decode (completion_text). */
 static int check_stop(void *user, int64_t handle, const int32_t *tokens, int n_tokens) {
     batch_run *run = user;
     const request_line *request = &run->requests[handle];
     if (request->n_stops == 0) return 0;
+    int tail = 16;
+    for (int i = 0; i < request->n_stops; i++) tail += (int)strlen(request->stops[i]);
+    int first = n_tokens > tail ? n_tokens - tail : 0;
     size_t bytes;
     long stop_at;
-    free(completion_text(run, request, tokens, n_tokens, &bytes, &stop_at));
+    free(completion_text(run, request, tokens + first, n_tokens - first, &bytes, &stop_at));
     return stop_at >= 0;
 }
 
