@@ -260,6 +260,9 @@ size_t ferry_model_stream_report(const ferry_model *model, char *buf, size_t siz
     FILE *out = open_memstream(&text, &length);
     if (!out) return 0;
     offload_plan_print(&stream->plan, out);
+    if (stream->plan.kv_tier != OFFLOAD_TIER_GPU)
+        fprintf(out, "note         sessions keep their KV cache in device memory (a DRAM KV "
+                     "cache is not built yet): device memory use exceeds the plan's\n");
     offload_ring_stats stats = offload_ring_get_stats(stream->ring);
     if (stats.steps) {
         double pass_s = (double)stats.step_ns * 1e-9 / (double)stats.steps;
