@@ -3,17 +3,26 @@
  * layers from pinned DRAM and from a file pass through CUDA slots with
  * their bytes intact, and the ring keeps the host->GPU link near the
  * bandwidth a plain pinned cudaMemcpy reaches in the same run (printed, so
- * bench/RESULTS.md can quote it).  FERRY_OFFLOAD_BENCH_LAYERS and
- * FERRY_OFFLOAD_BENCH_LAYER_MIB size the bandwidth run (default 8 x 256).
+ * bench/RESULTS.md can quote it); a model streamed on the CUDA backend
+ * gives logits bit-identical to the all-resident run.
+ * FERRY_OFFLOAD_BENCH_LAYERS and FERRY_OFFLOAD_BENCH_LAYER_MIB size the
+ * bandwidth run (default 8 x 256).  FERRY_OFFLOAD_BENCH_MODEL=file.ferry
+ * runs the streamed decode benchmark (prompt 128, 8 new tokens, tokens/s
+ * counted as batch x 7 / decode time) for FERRY_OFFLOAD_BENCH_BATCHES
+ * (default 1,64,256) with FERRY_OFFLOAD_BENCH_RESIDENT layers resident
+ * (default 0) or under FERRY_OFFLOAD_BENCH_GPU_MEM (e.g. 4G, auto plan),
+ * with FERRY_OFFLOAD_BENCH_HOST_MEM of DRAM (default: no limit).
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include "helpers.h"
 #include "offload/offload.h"
+#include "runtime/engine.h"
 
 #ifndef FERRY_HAVE_CUDA
 
@@ -175,5 +184,164 @@ Test(offload_cuda, the_ring_keeps_the_link_within_ten_percent_of_pinned_memcpy, 
     cudaFree(target);
     cudaFree(scratch);
     cudaFreeHost(host);
+}
+
+/* ------------------------------------------- the runtime on the CUDA backend */
+
+enum { TINY_VOCAB_MAX = 1 << 16 };
+
+/* Logits of a 2-sequence prompt then one decode step. */
+static void run_tiny(ferry_model *model, float *logits, size_t capacity) {
+    static const int32_t prompt[] = {1, 5, 9, 33, 7, 1, 40, 41};
+    static const int n_tokens[2] = {5, 3};
+    static const int32_t next[2] = {11, 12};
+    static const int one[2] = {1, 1};
+    ferry_model_info info;
+    ferry_model_get_info(model, &info);
+    size_t vocab = (size_t)info.vocab_size;
+    cr_assert_leq(10 * vocab, capacity);
+    for (size_t i = 0; i < 10 * vocab; i++) logits[i] = NAN;
+    ferry_session *session = NULL;
+    cr_assert_eq(ferry_session_new(model, 2, 16, &session), FERRY_OK, "%s", ferry_last_error());
+    ferry_batch batch = {2, NULL, n_tokens, prompt};
+    cr_assert_eq(ferry_forward(session, &batch, FERRY_LOGITS_ALL, logits, 8 * vocab), FERRY_OK,
+                 "%s", ferry_last_error());
+    ferry_batch step = {2, NULL, one, next};
+    cr_assert_eq(ferry_forward(session, &step, FERRY_LOGITS_LAST, logits + 8 * vocab, 2 * vocab),
+                 FERRY_OK, "%s", ferry_last_error());
+    ferry_session_free(session);
+}
+
+Test(offload_cuda, streamed_logits_on_the_gpu_are_bit_identical_to_all_resident, .timeout = 120) {
+    if (!gpu_present()) cr_skip("no GPU");
+    char *dir = test_tempdir();
+    char *path = test_path(dir, "tiny.ferry");
+    char command[1024];
+    snprintf(command, sizeof command, "%s synth --preset tiny %s", test_cli(), path);
+    cr_assert_eq(test_run(command, NULL, NULL), 0, "ferry synth failed");
+    size_t capacity = 10 * (size_t)TINY_VOCAB_MAX;
+    float *resident = malloc(capacity * sizeof(float)), *streamed = malloc(capacity * sizeof(float));
+    ferry_model_options options = {0};
+    options.backend = "cuda";
+    ferry_model *model = NULL;
+    cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_OK, "%s", ferry_last_error());
+    run_tiny(model, resident, capacity);
+    ferry_model_info info;
+    ferry_model_get_info(model, &info);
+    ferry_model_close(model);
+    /* every layer from DRAM; then every layer from the file (staging only) */
+    uint64_t host_budgets[] = {0, 1};
+    for (int mix = 0; mix < 2; mix++) {
+        options.streaming = 1;
+        options.resident_layers = 0;
+        options.host_mem_bytes = host_budgets[mix];
+        if (mix == 1) {
+            /* one slot, and DRAM for its staging buffer only (the tiny
+             * model has 2 layers: two buffers would hold them all) */
+            ferry_model_options probe = options;
+            probe.host_mem_bytes = 0;
+            cr_assert_eq(ferry_model_open(path, &probe, &model), FERRY_OK, "%s", ferry_last_error());
+            options.host_mem_bytes = offload_stream_plan(model->stream)->slot_bytes;
+            options.slots = 1;
+            ferry_model_close(model);
+        }
+        cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_OK, "%s", ferry_last_error());
+        const offload_plan *plan = offload_stream_plan(model->stream);
+        cr_assert_eq(mix == 0 ? plan->n_host : plan->n_disk, info.n_layers, "mix %d: %d in DRAM, %d on NVMe",
+                     mix, plan->n_host, plan->n_disk);
+        run_tiny(model, streamed, capacity);
+        for (size_t i = 0; i < 10 * (size_t)info.vocab_size; i++)
+            cr_assert(memcmp(&resident[i], &streamed[i], sizeof(float)) == 0,
+                      "mix %d: logit %zu is %.9g streamed, %.9g resident", mix, i, streamed[i],
+                      resident[i]);
+        ferry_model_close(model);
+    }
+    free(resident);
+    free(streamed);
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+/* FlexGen's count: batch x (new tokens - 1) / decode time. */
+Test(offload_cuda, streamed_decode_benchmark, .timeout = 1800) {
+    const char *path = getenv("FERRY_OFFLOAD_BENCH_MODEL");
+    if (!path || !*path) cr_skip("set FERRY_OFFLOAD_BENCH_MODEL to run the decode benchmark");
+    if (!gpu_present()) cr_skip("no GPU");
+    const char *batches_text = getenv("FERRY_OFFLOAD_BENCH_BATCHES");
+    if (!batches_text || !*batches_text) batches_text = "1,64,256";
+    int batches[16], n_batches = 0, max_batch = 1;
+    for (const char *p = batches_text; *p && n_batches < 16;) {
+        batches[n_batches] = (int)strtol(p, (char **)&p, 10);
+        if (batches[n_batches] > max_batch) max_batch = batches[n_batches];
+        n_batches++;
+        if (*p == ',') p++;
+    }
+    enum { PROMPT = 128, NEW_TOKENS = 8 };
+    ferry_model_options options = {0};
+    options.backend = "cuda";
+    options.streaming = 1;
+    options.resident_layers = (int)env_long("FERRY_OFFLOAD_BENCH_RESIDENT", 0);
+    const char *gpu_mem = getenv("FERRY_OFFLOAD_BENCH_GPU_MEM");
+    if (gpu_mem && *gpu_mem) {
+        cr_assert_eq(ferry_parse_size(gpu_mem, &options.gpu_mem_bytes), FERRY_OK);
+        options.resident_layers = -1;
+    }
+    const char *host_mem = getenv("FERRY_OFFLOAD_BENCH_HOST_MEM");
+    if (host_mem && *host_mem)
+        cr_assert_eq(ferry_parse_size(host_mem, &options.host_mem_bytes), FERRY_OK);
+    options.stream_batch = max_batch;
+    options.stream_context = PROMPT + NEW_TOKENS;
+    uint64_t open_ns = ferry_now_ns();
+    ferry_model *model = NULL;
+    cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_OK, "%s", ferry_last_error());
+    printf("bench: opened %s in %.1f s\n", path, (double)(ferry_now_ns() - open_ns) * 1e-9);
+    ferry_model_info info;
+    ferry_model_get_info(model, &info);
+    const size_t vocab = (size_t)info.vocab_size;
+    float *logits = malloc((size_t)max_batch * vocab * sizeof(float));
+    int32_t *tokens = malloc((size_t)max_batch * PROMPT * sizeof(int32_t));
+    int *n_tokens = malloc((size_t)max_batch * sizeof(int));
+    uint64_t state = 12345;
+    for (int i = 0; i < max_batch * PROMPT; i++)
+        tokens[i] = (int32_t)(3 + test_rand_u64(&state) % (uint64_t)(info.vocab_size - 3));
+    for (int b = 0; b < n_batches; b++) {
+        int batch = batches[b];
+        ferry_session *session = NULL;
+        cr_assert_eq(ferry_session_new(model, batch, PROMPT + NEW_TOKENS, &session), FERRY_OK, "%s",
+                     ferry_last_error());
+        for (int i = 0; i < batch; i++) n_tokens[i] = PROMPT;
+        ferry_batch prompt = {batch, NULL, n_tokens, tokens};
+        offload_ring_stats before = offload_stream_stats(model->stream);
+        uint64_t start_ns = ferry_now_ns();
+        cr_assert_eq(ferry_forward(session, &prompt, FERRY_LOGITS_LAST, logits, batch * vocab),
+                     FERRY_OK, "%s", ferry_last_error());
+        uint64_t prefill_ns = ferry_now_ns() - start_ns;
+        for (int i = 0; i < batch; i++) n_tokens[i] = 1;
+        offload_ring_stats mid = offload_stream_stats(model->stream);
+        start_ns = ferry_now_ns();
+        for (int step = 1; step < NEW_TOKENS; step++) {
+            ferry_batch next = {batch, NULL, n_tokens, tokens + (size_t)step * batch};
+            cr_assert_eq(ferry_forward(session, &next, FERRY_LOGITS_LAST, logits, batch * vocab),
+                         FERRY_OK, "%s", ferry_last_error());
+        }
+        double decode_s = (double)(ferry_now_ns() - start_ns) * 1e-9;
+        offload_ring_stats after = offload_stream_stats(model->stream);
+        double copied_gb = (double)(after.bytes_copied - mid.bytes_copied) * 1e-9;
+        printf("bench: batch %d: prefill %.2f s (%llu layer passes), decode %.3f s for %d steps: "
+               "%.2f tokens/s, %.2f GB/s host->gpu during decode\n",
+               batch, (double)prefill_ns * 1e-9,
+               (unsigned long long)(mid.steps - before.steps), decode_s, NEW_TOKENS - 1,
+               (double)batch * (NEW_TOKENS - 1) / decode_s, copied_gb / decode_s);
+        fflush(stdout);
+        ferry_session_free(session);
+    }
+    char report[8192];
+    ferry_model_stream_report(model, report, sizeof report);
+    printf("%s", report);
+    free(logits);
+    free(tokens);
+    free(n_tokens);
+    ferry_model_close(model);
 }
 #endif
