@@ -408,6 +408,28 @@ Test(cuda_ops, prefill_attention_matches_cpu_for_many_tokens) {
     free(slots), free(positions);
 }
 
+/* Tiles of 16 tokens in one slot each take the tiled prefill kernel
+ * (queries at any positions); a tile spanning two slots sends the whole
+ * batch to the per-token kernel.  Both must match the CPU. */
+Test(cuda_ops, prefill_attention_matches_cpu_for_tiles_across_slots_and_positions) {
+    NEED_GPU();
+    static const int head_dims[] = {64, 128};
+    for (int i = 0; i < 2; i++)
+        for (int straddle = 0; straddle < 2; straddle++) {
+            ferry_attention_shape shape = {4 * (i + 1), i + 1, head_dims[i]};
+            int lengths[2] = {rand_int(300, 700), rand_int(20, 90)};
+            int n = 96 + straddle * 5;
+            int32_t *slots = malloc(n * sizeof(int32_t)), *positions = malloc(n * sizeof(int32_t));
+            for (int t = 0; t < n; t++) {
+                int slot = straddle ? (t < 41 ? 0 : 1) : (t / 16) % 2;
+                slots[t] = slot;
+                positions[t] = rand_int(0, lengths[slot] - 1);
+            }
+            check_attention(shape, 2, lengths, 712, n, slots, positions);
+            free(slots), free(positions);
+        }
+}
+
 Test(cuda_ops, kv_store_rounds_to_f16_exactly) {
     NEED_GPU();
     ferry_attention_shape shape = {4, 2, 64};

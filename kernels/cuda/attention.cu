@@ -289,6 +289,9 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
         return ferry_fail(FERRY_ERR_UNSUPPORTED, "attention: head_dim %d (the CUDA kernels take 1..%d)",
                           shape.head_dim, MAX_HEAD_DIM);
     if (batch->n_tokens <= 0) return FERRY_OK;
+    int used_prefill_kernel = 0;
+    FERRY_TRY(cuda_prefill_attention(backend, out, q, cache, batch, shape, &used_prefill_kernel));
+    if (used_prefill_kernel) return FERRY_OK;
     const long items = (long)batch->n_tokens * shape.n_heads;
     if (items > INT32_MAX) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "attention: batch too large");
     /* Split the context only while there are too few (token, head) items

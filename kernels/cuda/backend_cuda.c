@@ -130,6 +130,7 @@ static void release_state(cuda_backend *state) {
     if (state->activations) cudaFree(state->activations);
     if (state->attention_partials) cudaFree(state->attention_partials);
     if (state->stream) cudaStreamDestroy(state->stream);
+    free(state->host_slots);
     free(state);
 }
 

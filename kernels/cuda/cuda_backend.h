@@ -56,6 +56,8 @@ typedef struct cuda_backend {
     float *attention_partials;  /* scratch: flash-decoding partial results */
     size_t attention_partials_floats;
     uint64_t scratch_epoch;     /* bumped whenever a scratch buffer moves (graphs go stale) */
+    int32_t *host_slots;        /* prefill attention: slot ids read back to check its tiles */
+    int host_slots_capacity;
     int n_multiprocessors;
     int matvec_max_tokens;      /* matmuls with n <= this use the matvec kernel */
 } cuda_backend;
@@ -93,6 +95,16 @@ ferry_status cuda_kv_store(ferry_backend *backend, ferry_kv_layer *cache, const 
 ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
                             const ferry_kv_layer *cache, const ferry_token_batch *batch,
                             ferry_attention_shape shape);
+
+/* Batches of at least this many tokens try the tiled prefill kernel. */
+enum { PREFILL_MIN_TOKENS = 64 };
+/* attention_prefill.cu: the tiled kernel when the batch suits it (each
+ * tile of 16 tokens in one slot, head_dim 64 or 128): *out_used = 1;
+ * else nothing is launched and *out_used = 0.  Reads the slot ids back,
+ * so never call it while a graph is being recorded. */
+ferry_status cuda_prefill_attention(ferry_backend *backend, float *out, const float *q,
+                                    const ferry_kv_layer *cache, const ferry_token_batch *batch,
+                                    ferry_attention_shape shape, int *out_used);
 
 #ifdef __cplusplus
 }
