@@ -83,6 +83,35 @@ uint64_t ferry_config_n_parameters(const ferry_config *config) {
     return total;
 }
 
+/* How each architecture decides on attention biases.  Qwen2 always has
+ * q/k/v biases and no o_proj bias; Mistral never has any.  HF Llama's
+ * "attention_bias" adds a bias to o_proj as well as q/k/v, which the
+ * .ferry tensor table has no slot for, so it is refused by name. */
+typedef enum {
+    BIAS_QKV_ALWAYS,
+    BIAS_NEVER,
+    BIAS_KEY_ALSO_ON_O_PROJ,
+} bias_rule;
+
+/* Whether "sliding_window" takes effect: Llama has none, Mistral applies
+ * it whenever set, Qwen2 only with "use_sliding_window" (default false). */
+typedef enum {
+    WINDOW_NONE,
+    WINDOW_WHEN_SET,
+    WINDOW_WHEN_ENABLED,
+} window_rule;
+
+static const struct {
+    const char *hf_architecture;
+    const char *architecture;
+    bias_rule bias;
+    window_rule window;
+} architectures[] = {
+    {"LlamaForCausalLM", "llama", BIAS_KEY_ALSO_ON_O_PROJ, WINDOW_NONE},
+    {"MistralForCausalLM", "mistral", BIAS_NEVER, WINDOW_WHEN_SET},
+    {"Qwen2ForCausalLM", "qwen2", BIAS_QKV_ALWAYS, WINDOW_WHEN_ENABLED},
+};
+
 ferry_status ferry_config_validate(const ferry_config *c) {
     static const struct {
         const char *name;
@@ -98,6 +127,13 @@ ferry_status ferry_config_validate(const ferry_config *c) {
         {"head_dim", offsetof(ferry_config, head_dim), 1024},
         {"max_position_embeddings", offsetof(ferry_config, max_position), 1 << 24},
     };
+    int known_architecture = 0;
+    for (size_t i = 0; i < sizeof architectures / sizeof architectures[0]; i++)
+        if (strncmp(c->architecture, architectures[i].architecture, sizeof c->architecture) == 0)
+            known_architecture = 1;
+    if (!known_architecture)
+        return ferry_fail(FERRY_ERR_FORMAT, "config: unknown architecture '%.*s'",
+                          (int)sizeof c->architecture, c->architecture);
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
         int value = *(const int *)((const char *)c + dims[i].offset);
         if (value <= 0 || value > dims[i].max)
@@ -246,34 +282,6 @@ static void parse_eos(const cJSON *object, ferry_config *config) {
 
 /* ------------------------------------------------------ HF config.json */
 
-/* How each architecture decides on attention biases.  Qwen2 always has
- * q/k/v biases and no o_proj bias; Mistral never has any.  HF Llama's
- * "attention_bias" adds a bias to o_proj as well as q/k/v, which the
- * .ferry tensor table has no slot for, so it is refused by name. */
-typedef enum {
-    BIAS_QKV_ALWAYS,
-    BIAS_NEVER,
-    BIAS_KEY_ALSO_ON_O_PROJ,
-} bias_rule;
-
-/* Whether "sliding_window" takes effect: Llama has none, Mistral applies
- * it whenever set, Qwen2 only with "use_sliding_window" (default false). */
-typedef enum {
-    WINDOW_NONE,
-    WINDOW_WHEN_SET,
-    WINDOW_WHEN_ENABLED,
-} window_rule;
-
-static const struct {
-    const char *hf_architecture;
-    const char *architecture;
-    bias_rule bias;
-    window_rule window;
-} architectures[] = {
-    {"LlamaForCausalLM", "llama", BIAS_KEY_ALSO_ON_O_PROJ, WINDOW_NONE},
-    {"MistralForCausalLM", "mistral", BIAS_NEVER, WINDOW_WHEN_SET},
-    {"Qwen2ForCausalLM", "qwen2", BIAS_QKV_ALWAYS, WINDOW_WHEN_ENABLED},
-};
 
 /* rope settings: transformers 5 keeps them in "rope_parameters" (theta
  * included); transformers 4 has "rope_theta" and "rope_scaling". */

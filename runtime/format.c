@@ -247,8 +247,16 @@ fail:
 
 const ferry_layout *ferry_writer_layout(const ferry_writer *writer) { return &writer->layout; }
 
+static ferry_status check_unfinished(const ferry_writer *writer) {
+    if (writer->finished)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "%s: the file is already finished",
+                          writer->path);
+    return FERRY_OK;
+}
+
 ferry_status ferry_writer_put(ferry_writer *writer, int layer, ferry_tensor_kind kind,
                               const void *data, size_t bytes) {
+    FERRY_TRY(check_unfinished(writer));
     int index = ferry_layout_find(&writer->layout, layer, kind);
     if (index < 0)
         return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
@@ -269,6 +277,11 @@ ferry_status ferry_writer_put(ferry_writer *writer, int layer, ferry_tensor_kind
 }
 
 ferry_status ferry_writer_put_text(ferry_writer *writer, const char *key, const char *text) {
+    FERRY_TRY(check_unfinished(writer));
+    for (int i = 0; i < writer->n_texts; i++)
+        if (strcmp(writer->texts[i].key, key) == 0)
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "%s: text %s is stored twice",
+                              writer->path, key);
     ferry_text *grown = realloc(writer->texts, sizeof *grown * (size_t)(writer->n_texts + 1));
     if (!grown) return ferry_fail(FERRY_ERR_NO_MEMORY, "out of memory storing text %s", key);
     writer->texts = grown;
@@ -319,6 +332,7 @@ static ferry_status sync_directory_of(const char *path) {
 }
 
 ferry_status ferry_writer_finish(ferry_writer *writer) {
+    FERRY_TRY(check_unfinished(writer));
     ferry_layout *layout = &writer->layout;
     for (int i = 0; i < layout->n_tensors; i++) {
         if (!writer->written[i]) {
@@ -334,7 +348,7 @@ ferry_status ferry_writer_finish(ferry_writer *writer) {
         text->offset = cursor;
         FERRY_TRY(ferry_pwrite_all(writer->fd, text->text, text->bytes, cursor,
                                    writer->partial_path));
-        cursor = (cursor + text->bytes + 4095) / 4096 * 4096;
+        cursor = align_up(cursor + text->bytes, FERRY_TEXT_ALIGN);
     }
     char *manifest = NULL;
     FERRY_TRY(ferry_manifest_print(layout, writer->texts, writer->n_texts, &manifest));

@@ -8,6 +8,10 @@
 
 #include "runtime/format.h"
 
+/* Named texts are stored after the last blob, each starting on this
+ * boundary; the file ends at the last one's end rounded up to it. */
+#define FERRY_TEXT_ALIGN 4096u
+
 /* A named text stored after the last blob. */
 typedef struct ferry_text {
     char *key;

@@ -179,7 +179,9 @@ static ferry_status check_tensors(ferry_file *file, const cJSON *tensors) {
     return FERRY_OK;
 }
 
-static ferry_status read_texts(ferry_file *file, const cJSON *texts) {
+/* Reads the named texts; *texts_end becomes the end of the last one,
+ * rounded up as the writer does (unchanged when there are none). */
+static ferry_status read_texts(ferry_file *file, const cJSON *texts, uint64_t *texts_end) {
     if (!texts) return FERRY_OK;
     if (!cJSON_IsArray(texts)) return ferry_fail(FERRY_ERR_FORMAT, "%s: bad texts list", file->path);
     int n = cJSON_GetArraySize(texts);
@@ -202,6 +204,9 @@ static ferry_status read_texts(ferry_file *file, const cJSON *texts) {
         if (!text->key) return ferry_fail(FERRY_ERR_NO_MEMORY, "out of memory");
         FERRY_TRY(pread_all(file->fd, text->text, text->bytes, text->offset, file->path));
         text->text[text->bytes] = '\0';
+        uint64_t end = (text->offset + text->bytes + FERRY_TEXT_ALIGN - 1) / FERRY_TEXT_ALIGN *
+                       FERRY_TEXT_ALIGN;
+        if (end > *texts_end) *texts_end = end;
         if (XXH3_64bits(text->text, text->bytes) != text->xxh3)
             return ferry_fail(FERRY_ERR_CHECKSUM, "%s: stored text %s fails its checksum",
                               file->path, text->key);
@@ -254,7 +259,16 @@ static ferry_status parse_manifest(ferry_file *file, const ferry_preamble *pream
     }
     FERRY_TRY_GOTO(check_extents(file, cJSON_GetObjectItemCaseSensitive(root, "extents")));
     FERRY_TRY_GOTO(check_tensors(file, cJSON_GetObjectItemCaseSensitive(root, "tensors")));
-    FERRY_TRY_GOTO(read_texts(file, cJSON_GetObjectItemCaseSensitive(root, "texts")));
+    uint64_t expected_bytes = file->layout.file_bytes;
+    FERRY_TRY_GOTO(read_texts(file, cJSON_GetObjectItemCaseSensitive(root, "texts"),
+                              &expected_bytes));
+    if (expected_bytes != file->file_bytes) {
+        status = ferry_fail(FERRY_ERR_FORMAT,
+                            "%s: file is %llu bytes, its contents end at %llu: damaged",
+                            file->path, (unsigned long long)file->file_bytes,
+                            (unsigned long long)expected_bytes);
+        goto fail;
+    }
 fail:
     cJSON_Delete(root);
     return status;

@@ -373,6 +373,10 @@ static void add_a_layer(cJSON *root) {
 static void future_manifest_version(cJSON *root) {
     cJSON_ReplaceItemInObject(root, "format_version", cJSON_CreateNumber(2));
 }
+static void unknown_architecture(cJSON *root) {
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItemCaseSensitive(root, "config"), "architecture",
+                              cJSON_CreateString("gpt2"));
+}
 static void break_kv_heads(cJSON *root) {
     cJSON_ReplaceItemInObject(cJSON_GetObjectItemCaseSensitive(root, "config"), "n_kv_heads",
                               cJSON_CreateNumber(3));
@@ -398,7 +402,7 @@ Test(format, tensor_table_must_be_the_layout_the_config_implies) {
         {rename_tensor_5, NULL},      {drop_last_tensor, "tensors"},
         {drop_an_extent, "extents"},  {claim_f16, NULL},
         {add_a_layer, NULL},          {future_manifest_version, "version"},
-        {break_kv_heads, "num_key_value_heads"},
+        {break_kv_heads, "num_key_value_heads"}, {unknown_architecture, "gpt2"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         file = NULL;
@@ -467,6 +471,26 @@ Test(format, reading_a_tensor_past_a_truncation_names_the_offset) {
     free(dir);
 }
 
+/* A writer for `path` with every tensor already put: random bytes from
+ * state, or zeros when state is NULL.  Not finished. */
+static ferry_writer *writer_with_every_tensor(const char *path, const ferry_config *config,
+                                              ferry_dtype dtype, uint64_t *state) {
+    ferry_writer *writer = NULL;
+    cr_assert_eq(ferry_writer_open(path, config, dtype, &writer), FERRY_OK, "%s",
+                 ferry_last_error());
+    const ferry_layout *layout = ferry_writer_layout(writer);
+    for (int i = 0; i < layout->n_tensors; i++) {
+        const ferry_tensor_entry *entry = &layout->tensors[i];
+        unsigned char *bytes = calloc(1, entry->bytes);
+        for (uint64_t b = 0; state && b < entry->bytes; b++)
+            bytes[b] = (unsigned char)test_rand_u64(state);
+        cr_assert_eq(ferry_writer_put(writer, entry->layer, entry->kind, bytes, entry->bytes),
+                     FERRY_OK, "%s", ferry_last_error());
+        free(bytes);
+    }
+    return writer;
+}
+
 Test(format, an_existing_target_is_untouched_until_finish) {
     uint64_t state = test_seed();
     char *dir = test_tempdir();
@@ -475,17 +499,7 @@ Test(format, an_existing_target_is_untouched_until_finish) {
     ferry_config config = test_config(0, 0);
     for (int finish = 0; finish < 2; finish++) {
         cr_assert_eq(test_write_file(path, "old model", 9), 0);
-        ferry_writer *writer = NULL;
-        cr_assert_eq(ferry_writer_open(path, &config, FERRY_DTYPE_BF16, &writer), FERRY_OK);
-        const ferry_layout *layout = ferry_writer_layout(writer);
-        for (int i = 0; i < layout->n_tensors; i++) {
-            const ferry_tensor_entry *entry = &layout->tensors[i];
-            unsigned char *bytes = malloc(entry->bytes);
-            for (uint64_t b = 0; b < entry->bytes; b++) bytes[b] = (unsigned char)test_rand_u64(&state);
-            cr_assert_eq(ferry_writer_put(writer, entry->layer, entry->kind, bytes, entry->bytes),
-                         FERRY_OK);
-            free(bytes);
-        }
+        ferry_writer *writer = writer_with_every_tensor(path, &config, FERRY_DTYPE_BF16, &state);
         char *content = test_read_file(path, NULL);
         cr_assert_str_eq(content, "old model");
         free(content);
@@ -513,16 +527,8 @@ Test(format, a_manifest_too_large_for_its_space_fails_finish_clearly) {
     char *dir = test_tempdir();
     char *path = test_path(dir, "m.ferry");
     ferry_config config = test_config(0, 0);
-    ferry_writer *writer = NULL;
-    cr_assert_eq(ferry_writer_open(path, &config, FERRY_DTYPE_F16, &writer), FERRY_OK);
+    ferry_writer *writer = writer_with_every_tensor(path, &config, FERRY_DTYPE_F16, NULL);
     const ferry_layout *layout = ferry_writer_layout(writer);
-    for (int i = 0; i < layout->n_tensors; i++) {
-        const ferry_tensor_entry *entry = &layout->tensors[i];
-        void *zeros = calloc(1, entry->bytes);
-        cr_assert_eq(ferry_writer_put(writer, entry->layer, entry->kind, zeros, entry->bytes),
-                     FERRY_OK);
-        free(zeros);
-    }
     /* keys live in the manifest; a key longer than the reserved space */
     size_t key_bytes = (size_t)layout->data_offset;
     char *key = malloc(key_bytes + 1);
@@ -534,6 +540,55 @@ Test(format, a_manifest_too_large_for_its_space_fails_finish_clearly) {
     ferry_writer_free(writer);
     cr_assert_neq(access(path, F_OK), 0);
     free(key);
+    free(path);
+    test_rmtree(dir);
+    free(dir);
+}
+
+Test(format, bytes_after_the_last_text_are_refused) {
+    uint64_t state = test_seed();
+    char *dir = test_tempdir();
+    char *good = write_good_file(dir, &state);
+    size_t bytes = 0;
+    char *content = test_read_file(good, &bytes);
+    /* append a page and make the preamble agree, so only the check that the
+     * contents end where the file ends can object */
+    char *longer = calloc(1, bytes + 4096);
+    memcpy(longer, content, bytes);
+    uint64_t new_bytes = bytes + 4096;
+    for (int i = 0; i < 8; i++) longer[48 + i] = (char)(new_bytes >> (8 * i));
+    cr_assert_eq(test_write_file(good, longer, new_bytes), 0);
+    ferry_file *file = NULL;
+    cr_assert_eq(ferry_file_open(good, &file), FERRY_ERR_FORMAT);
+    cr_assert(strstr(ferry_last_error(), "contents end at"), "%s", ferry_last_error());
+    free(content);
+    free(longer);
+    free(good);
+    test_rmtree(dir);
+    free(dir);
+}
+
+Test(format, a_finished_writer_takes_nothing_more_and_texts_are_unique) {
+    char *dir = test_tempdir();
+    char *path = test_path(dir, "m.ferry");
+    ferry_config config = test_config(0, 1);
+    ferry_writer *writer = writer_with_every_tensor(path, &config, FERRY_DTYPE_F16, NULL);
+    const ferry_layout *layout = ferry_writer_layout(writer);
+    void *zeros = calloc(1, layout->tensors[0].bytes);
+    cr_assert_eq(ferry_writer_put_text(writer, "a", "one"), FERRY_OK);
+    cr_assert_eq(ferry_writer_put_text(writer, "a", "two"), FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(ferry_last_error(), "twice"), "%s", ferry_last_error());
+    cr_assert_eq(ferry_writer_finish(writer), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(ferry_writer_put(writer, -1, FERRY_TENSOR_EMBED, zeros, layout->tensors[0].bytes),
+                 FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(ferry_last_error(), "already finished"), "%s", ferry_last_error());
+    cr_assert_eq(ferry_writer_finish(writer), FERRY_ERR_INVALID_ARGUMENT);
+    ferry_writer_free(writer);
+    ferry_file *file = NULL;
+    cr_assert_eq(ferry_file_open(path, &file), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_str_eq(ferry_file_text(file, "a"), "one");
+    ferry_file_close(file);
+    free(zeros);
     free(path);
     test_rmtree(dir);
     free(dir);
