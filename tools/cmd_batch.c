@@ -173,18 +173,17 @@ static ferry_status write_result(void *user, const ferry_batch_result *result) {
 
 /* --batch auto: with a GPU budget, the placement plan's batch of best
  * predicted tokens/s (KV counted as f32, the larger case); else up to 16. */
-static int auto_batch(const batch_options *opts, uint64_t gpu_mem_bytes, uint64_t host_mem_bytes,
+static int auto_batch(const ferry_file *file, const ferry_model_options *model_options,
                       int max_context, size_t n_pending) {
     int fallback = n_pending < 16 ? (int)n_pending : 16;
-    if (!opts->gpu_mem) return fallback;
-    ferry_file *file = NULL;
+    if (!model_options->gpu_mem_bytes) return fallback;
     uint64_t *layer_bytes = NULL;
     offload_plan plan = {0};
     int batch = fallback;
-    if (ferry_file_open(opts->model_path, &file) != FERRY_OK) return fallback;
     layer_bytes = calloc((size_t)file->layout.config.n_layers, sizeof *layer_bytes);
     offload_model_shape shape;
-    offload_request request = {.gpu_mem_bytes = gpu_mem_bytes, .host_mem_bytes = host_mem_bytes,
+    offload_request request = {.gpu_mem_bytes = model_options->gpu_mem_bytes,
+                               .host_mem_bytes = model_options->host_mem_bytes,
                                .batch = 0, .max_auto_batch = n_pending < 1024 ? (int)n_pending : 1024,
                                .context = max_context, .resident_layers = -1};
     offload_bandwidths bandwidths = offload_bandwidths_default();
@@ -200,7 +199,6 @@ static int auto_batch(const batch_options *opts, uint64_t gpu_mem_bytes, uint64_
     }
     offload_plan_free(&plan);
     free(layer_bytes);
-    ferry_file_close(file);
     return batch;
 }
 
@@ -274,6 +272,24 @@ int cmd_batch(int argc, char **argv) {
     if (opts.gpu_mem) status = ferry_parse_size(opts.gpu_mem, &model_options.gpu_mem_bytes);
     if (status == FERRY_OK && opts.host_mem)
         status = ferry_parse_size(opts.host_mem, &model_options.host_mem_bytes);
+    /* the session's shape first: a streamed model leaves room for it */
+    ferry_file *file = NULL;
+    int max_context = opts.max_context, batch = opts.batch;
+    if (status == FERRY_OK) status = ferry_file_open(opts.model_path, &file);
+    if (status == FERRY_OK) {
+        if (max_context == 0) {
+            for (size_t i = 0; i < run.n_requests; i++) {
+                int needed = run.requests[i].n_prompt + run.requests[i].max_new_tokens;
+                if (needed > max_context) max_context = needed;
+            }
+            if (max_context > file->layout.config.max_position)
+                max_context = file->layout.config.max_position;
+        }
+        if (batch == 0) batch = auto_batch(file, &model_options, max_context, run.n_requests);
+        model_options.stream_batch = batch;
+        model_options.stream_context = max_context;
+    }
+    ferry_file_close(file);
     if (status == FERRY_OK) status = ferry_model_open(opts.model_path, &model_options, &model);
     ferry_model_info info;
     if (status == FERRY_OK) status = ferry_model_get_info(model, &info);
@@ -281,17 +297,6 @@ int cmd_batch(int argc, char **argv) {
         rc = cli_fail(command, status, "cannot load the model");
         goto done;
     }
-    int max_context = opts.max_context, batch = opts.batch;
-    if (max_context == 0) {
-        for (size_t i = 0; i < run.n_requests; i++) {
-            int needed = run.requests[i].n_prompt + run.requests[i].max_new_tokens;
-            if (needed > max_context) max_context = needed;
-        }
-        if (max_context > info.max_position) max_context = info.max_position;
-    }
-    if (batch == 0)
-        batch = auto_batch(&opts, model_options.gpu_mem_bytes, model_options.host_mem_bytes,
-                           max_context, run.n_requests);
     status = ferry_session_new(model, batch, max_context, &session);
     if (status != FERRY_OK) {
         rc = cli_fail(command, status, "cannot make a session of %d x %d tokens", batch, max_context);
