@@ -99,14 +99,26 @@ ferry_status ferry_layout_build(const ferry_config *config, ferry_dtype dtype,
     FERRY_TRY_GOTO(ferry_calloc((size_t)out->n_extents, sizeof *out->extents, "extent table",
                                 (void **)&out->extents));
 
-    /* The manifest must fit before the first blob: size it with the
-     * (fixed-width) placeholder checksums, double it and add room for the
-     * texts list, then round up to the blob alignment. */
-    place_all(out, FERRY_BLOB_ALIGN);
-    char *manifest = NULL;
-    FERRY_TRY_GOTO(ferry_manifest_print(out, NULL, 0, &manifest));
-    uint64_t reserve = FERRY_PREAMBLE_BYTES + 2 * (uint64_t)strlen(manifest) + (64u << 10);
-    free(manifest);
+    /* The manifest must fit before the first blob.  Its space follows from
+     * the counts alone, never from how the JSON printer formats numbers, so
+     * every ferry computes the same data offset for a (config, dtype): a
+     * tensor entry prints in well under MANIFEST_BYTES_PER_TENSOR (names,
+     * 20-digit offsets, fixed-width 16-hex-digit checksums), an extent in
+     * under MANIFEST_BYTES_PER_EXTENT; the config object and the texts list
+     * share MANIFEST_FIXED_BYTES.  Every model up to ~4000 tensors gets
+     * 2 MiB.  ferry_writer_finish checks the real manifest fits. */
+    enum {
+        MANIFEST_BYTES_PER_TENSOR = 384,
+        MANIFEST_BYTES_PER_EXTENT = 128,
+        MANIFEST_FIXED_BYTES = 64 << 10,
+    };
+    uint64_t tensor_count = 0;
+    for (int kind = 0; kind < FERRY_TENSOR_KIND_COUNT; kind++)
+        if (ferry_tensor_present(config, (ferry_tensor_kind)kind))
+            tensor_count += ferry_tensor_specs[kind].is_global ? 1 : (uint64_t)config->n_layers;
+    uint64_t reserve = FERRY_PREAMBLE_BYTES + MANIFEST_FIXED_BYTES +
+                       tensor_count * MANIFEST_BYTES_PER_TENSOR +
+                       (uint64_t)out->n_extents * MANIFEST_BYTES_PER_EXTENT;
     place_all(out, align_up(reserve, FERRY_BLOB_ALIGN));
     return FERRY_OK;
 fail:

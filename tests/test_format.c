@@ -99,6 +99,30 @@ Test(format, layout_aligns_every_blob_and_tensor) {
     }
 }
 
+/* The space before the data holds the manifest of every preset (f32, the
+ * longest offsets; every checksum digit set), and of the largest preset
+ * with the most layers a config may have. */
+Test(format, the_manifest_fits_before_the_data_for_every_preset) {
+    for (int p = 0; p < ferry_n_presets; p++) {
+        int deep_too = strcmp(ferry_presets[p].name, "llama2-70b") == 0;
+        for (int deepest = 0; deepest <= deep_too; deepest++) {
+            ferry_config config = ferry_presets[p].config;
+            if (deepest) config.n_layers = 4096;
+            ferry_layout layout;
+            cr_assert_eq(ferry_layout_build(&config, FERRY_DTYPE_F32, &layout), FERRY_OK);
+            for (int i = 0; i < layout.n_tensors; i++) layout.tensors[i].xxh3 = ~0ull;
+            char *manifest = NULL;
+            cr_assert_eq(ferry_manifest_print(&layout, NULL, 0, &manifest), FERRY_OK);
+            cr_assert_lt(FERRY_PREAMBLE_BYTES + strlen(manifest) + (32u << 10),
+                         layout.data_offset, "%s with %d layers", ferry_presets[p].name,
+                         config.n_layers);
+            if (!deepest) cr_assert_eq(layout.data_offset, FERRY_BLOB_ALIGN);
+            free(manifest);
+            ferry_layout_free(&layout);
+        }
+    }
+}
+
 Test(format, round_trip_is_byte_exact_in_any_write_order) {
     uint64_t state = test_seed();
     char *dir = test_tempdir();
