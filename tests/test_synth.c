@@ -248,3 +248,50 @@ Test(synth, a_full_disk_is_a_clear_error_and_leaves_no_file) {
     test_rmtree(dir);
     free(dir);
 }
+
+/* Damaged files through the command line: exit 1 and one line naming the
+ * file, quickly, never a signal. */
+Test(synth, info_refuses_damaged_files_in_one_line) {
+    char *dir = test_tempdir();
+    char args[2048];
+    snprintf(args, sizeof args, "synth --preset tiny --layers 2 %s/good.ferry", dir);
+    cr_assert_eq(run_cli(args, NULL, NULL), 0);
+    char *good = test_path(dir, "good.ferry"), *bad = test_path(dir, "bad.ferry"),
+         *err = test_path(dir, "err.txt");
+    size_t bytes = 0;
+    char *content = test_read_file(good, &bytes);
+    uint64_t state = test_seed();
+    static const char *const kinds[] = {"empty", "truncated", "random", "manifest flip",
+                                        "preamble flip"};
+    for (int k = 0; k < 5; k++) {
+        char *copy = malloc(bytes);
+        memcpy(copy, content, bytes);
+        size_t length = bytes;
+        switch (k) {
+        case 0: length = 0; break;
+        case 1: length = (size_t)(test_rand_u64(&state) % bytes); break;
+        case 2:
+            for (size_t i = 0; i < length; i++) copy[i] = (char)test_rand_u64(&state);
+            break;
+        case 3: copy[FERRY_PREAMBLE_BYTES + test_rand_u64(&state) % 200] ^= 4; break;
+        case 4: copy[test_rand_u64(&state) % FERRY_PREAMBLE_BYTES] ^= 0x10; break;
+        }
+        cr_assert_eq(test_write_file(bad, copy, length), 0);
+        free(copy);
+        char line[4096];
+        snprintf(line, sizeof line, "timeout 20 %s info --verify %s", test_cli(), bad);
+        int rc = test_run(line, NULL, err);
+        cr_assert_eq(rc, 1, "%s file: exit %d", kinds[k], rc);
+        char *message = test_read_file(err, NULL);
+        cr_assert(strstr(message, bad), "%s file: '%s'", kinds[k], message);
+        char *newline = strchr(message, '\n');
+        cr_assert(newline && newline[1] == '\0', "%s file: not one line: '%s'", kinds[k], message);
+        free(message);
+    }
+    free(content);
+    free(good);
+    free(bad);
+    free(err);
+    test_rmtree(dir);
+    free(dir);
+}
