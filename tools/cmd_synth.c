@@ -211,8 +211,15 @@ int cmd_synth(int argc, char **argv) {
     ferry_writer_free(writer);
     if (status != FERRY_OK) return cli_fail("synth", status, "failed");
     double seconds = (double)(ferry_now_ns() - start_ns) / 1e9;
-    printf("wrote %s: preset %s, %d layers, %s, %.3fB parameters, %.2f GB in %.1f s\n", out_path,
-           preset->name, config.n_layers, ferry_dtype_name(dtype),
-           (double)ferry_config_n_parameters(&config) / 1e9, (double)written / 1e9, seconds);
+    double parameters = (double)ferry_config_n_parameters(&config);
+    double parameter_scale = parameters >= 1e9 ? 1e9 : parameters >= 1e6 ? 1e6 : 1e3;
+    double byte_scale = written >= 1000000000u ? 1e9 : 1e6;
+    printf("wrote %s: preset %s, %d layers, %s, %.3f%s parameters, %.2f %s in %.1f s "
+           "(%.2f GB/s)\n",
+           out_path, preset->name, config.n_layers, ferry_dtype_name(dtype),
+           parameters / parameter_scale,
+           parameter_scale == 1e9 ? "B" : parameter_scale == 1e6 ? "M" : "K",
+           (double)written / byte_scale, byte_scale == 1e9 ? "GB" : "MB", seconds,
+           seconds > 0 ? (double)written / 1e9 / seconds : 0.0);
     return CLI_OK;
 }
