@@ -356,93 +356,88 @@ static nvme_engine *faulty_engine(fault_plan *plan, int use_pread, int queue_dep
     return open_engine(options, use_pread);
 }
 
+/* A pattern file, an engine with the fault hook, the file open and a
+ * poisoned buffer for all of it. */
+typedef struct faulty {
+    char *path;
+    nvme_engine *engine;
+    int file;
+    uint8_t *buffer;
+    uint64_t bytes;
+} faulty;
+
+static faulty open_faulty(const char *name, uint64_t bytes, fault_plan *plan, int use_pread,
+                          int queue_depth) {
+    faulty f = {.path = make_pattern_file(name, bytes), .bytes = bytes};
+    f.engine = faulty_engine(plan, use_pread, queue_depth);
+    cr_assert_eq(nvme_file_open(f.engine, f.path, 0, &f.file), FERRY_OK, "%s", ferry_last_error());
+    f.buffer = poisoned_buffer(nvme_transfer_bytes(f.engine, f.file, bytes));
+    return f;
+}
+
+static ferry_status read_all(faulty *f) {
+    return nvme_read_sync(f->engine, f->file, 0, f->bytes, f->buffer, NULL);
+}
+
+static void close_faulty(faulty *f) {
+    nvme_engine_close(f->engine);
+    free(f->buffer);
+    free(f->path);
+}
+
 static void short_reads_resubmitted(int use_pread) {
-    uint64_t bytes = (3u << 20) + 999;
-    char *path = make_pattern_file("short.bin", bytes);
     fault_plan plan = {.mode = FAULT_SHORT_EVERY_OTHER};
-    nvme_engine *engine = faulty_engine(&plan, use_pread, 8);
-    int file = -1;
-    cr_assert_eq(nvme_file_open(engine, path, 0, &file), FERRY_OK);
-    uint8_t *buffer = poisoned_buffer(nvme_transfer_bytes(engine, file, bytes));
+    faulty f = open_faulty("short.bin", (3u << 20) + 999, &plan, use_pread, 8);
     uint64_t got = 0;
-    cr_assert_eq(nvme_read_sync(engine, file, 0, bytes, buffer, &got), FERRY_OK, "%s",
+    cr_assert_eq(nvme_read_sync(f.engine, f.file, 0, f.bytes, f.buffer, &got), FERRY_OK, "%s",
                  ferry_last_error());
-    cr_assert_eq(got, bytes);
-    check_pattern(buffer, 0, bytes);
-    cr_assert_gt(plan.calls, (int)(bytes / (64 << 10)), "short reads were not resubmitted");
-    nvme_engine_close(engine);
-    free(buffer);
-    free(path);
+    cr_assert_eq(got, f.bytes);
+    check_pattern(f.buffer, 0, f.bytes);
+    cr_assert_gt(plan.calls, (int)(f.bytes / (64 << 10)), "short reads were not resubmitted");
+    close_faulty(&f);
 }
 Test(nvme, uring_short_reads_are_resubmitted) { short_reads_resubmitted(0); }
 Test(nvme, pread_pool_short_reads_are_resubmitted) { short_reads_resubmitted(1); }
 
 static void eio_reported(int use_pread) {
-    char *path = make_pattern_file("eio.bin", 2u << 20);
     fault_plan plan = {.mode = FAULT_EIO_AT, .target_offset = 1u << 20};
-    nvme_engine *engine = faulty_engine(&plan, use_pread, 4);
-    int file = -1;
-    cr_assert_eq(nvme_file_open(engine, path, 0, &file), FERRY_OK);
-    uint8_t *buffer = poisoned_buffer(2u << 20);
-    ferry_status status = nvme_read_sync(engine, file, 0, 2u << 20, buffer, NULL);
-    cr_assert_eq(status, FERRY_ERR_IO);
+    faulty f = open_faulty("eio.bin", 2u << 20, &plan, use_pread, 4);
+    cr_assert_eq(read_all(&f), FERRY_ERR_IO);
     const char *message = ferry_last_error();
-    cr_assert(strstr(message, path), "message lacks the file: %s", message);
+    cr_assert(strstr(message, f.path), "message lacks the file: %s", message);
     cr_assert(strstr(message, "offset 1048576"), "message lacks the offset: %s", message);
     cr_assert(strstr(message, strerror(EIO)), "message lacks the cause: %s", message);
     /* The engine carries on after the error. */
     uint64_t got = 0;
-    cr_assert_eq(nvme_read_sync(engine, file, 0, 64 << 10, buffer, &got), FERRY_OK);
-    check_pattern(buffer, 0, 64 << 10);
-    nvme_engine_close(engine);
-    free(buffer);
-    free(path);
+    cr_assert_eq(nvme_read_sync(f.engine, f.file, 0, 64 << 10, f.buffer, &got), FERRY_OK);
+    check_pattern(f.buffer, 0, 64 << 10);
+    close_faulty(&f);
 }
 Test(nvme, uring_eio_is_reported_with_file_and_offset) { eio_reported(0); }
 Test(nvme, pread_pool_eio_is_reported_with_file_and_offset) { eio_reported(1); }
 
 Test(nvme, eagain_is_retried_until_it_succeeds) {
-    char *path = make_pattern_file("eagain.bin", 512 << 10);
     fault_plan plan = {.mode = FAULT_EAGAIN_N, .eagain_left = 5};
-    nvme_engine *engine = faulty_engine(&plan, 0, 4);
-    int file = -1;
-    cr_assert_eq(nvme_file_open(engine, path, 0, &file), FERRY_OK);
-    uint8_t *buffer = poisoned_buffer(512 << 10);
-    uint64_t got = 0;
-    cr_assert_eq(nvme_read_sync(engine, file, 0, 512 << 10, buffer, &got), FERRY_OK, "%s",
-                 ferry_last_error());
-    check_pattern(buffer, 0, 512 << 10);
-    nvme_engine_close(engine);
-    free(buffer);
-    free(path);
+    faulty f = open_faulty("eagain.bin", 512 << 10, &plan, 0, 4);
+    cr_assert_eq(read_all(&f), FERRY_OK, "%s", ferry_last_error());
+    check_pattern(f.buffer, 0, f.bytes);
+    close_faulty(&f);
 }
 
 Test(nvme, endless_eagain_gives_up_with_an_error) {
-    char *path = make_pattern_file("eagain2.bin", 64 << 10);
     fault_plan plan = {.mode = FAULT_EAGAIN_N, .eagain_left = 1 << 30};
-    nvme_engine *engine = faulty_engine(&plan, 1, 2);
-    int file = -1;
-    cr_assert_eq(nvme_file_open(engine, path, 0, &file), FERRY_OK);
-    uint8_t *buffer = poisoned_buffer(64 << 10);
-    cr_assert_eq(nvme_read_sync(engine, file, 0, 64 << 10, buffer, NULL), FERRY_ERR_IO);
+    faulty f = open_faulty("eagain2.bin", 64 << 10, &plan, 1, 2);
+    cr_assert_eq(read_all(&f), FERRY_ERR_IO);
     cr_assert(strstr(ferry_last_error(), "retries"), "%s", ferry_last_error());
-    nvme_engine_close(engine);
-    free(buffer);
-    free(path);
+    close_faulty(&f);
 }
 
 Test(nvme, file_shrinking_under_a_read_is_an_error_not_a_hang) {
-    char *path = make_pattern_file("eof.bin", 1u << 20);
     fault_plan plan = {.mode = FAULT_EOF_AT, .target_offset = 512 << 10};
-    nvme_engine *engine = faulty_engine(&plan, 0, 4);
-    int file = -1;
-    cr_assert_eq(nvme_file_open(engine, path, 0, &file), FERRY_OK);
-    uint8_t *buffer = poisoned_buffer(1u << 20);
-    cr_assert_eq(nvme_read_sync(engine, file, 0, 1u << 20, buffer, NULL), FERRY_ERR_IO);
+    faulty f = open_faulty("eof.bin", 1u << 20, &plan, 0, 4);
+    cr_assert_eq(read_all(&f), FERRY_ERR_IO);
     cr_assert(strstr(ferry_last_error(), "unexpected end of file"), "%s", ferry_last_error());
-    nvme_engine_close(engine);
-    free(buffer);
-    free(path);
+    close_faulty(&f);
 }
 
 /* ------------------------------------- callbacks, cancel, shutdown */
@@ -461,25 +456,19 @@ static void count_done(nvme_request *request, void *user) {
 }
 
 static void cancel_in_flight(int use_pread) {
-    char *path = make_pattern_file("cancel.bin", 4u << 20);
     fault_plan plan = {.mode = FAULT_SLOW};
-    nvme_engine *engine = faulty_engine(&plan, use_pread, 2);
-    int file = -1;
-    cr_assert_eq(nvme_file_open(engine, path, 0, &file), FERRY_OK);
-    uint8_t *buffer = poisoned_buffer(4u << 20);
+    faulty f = open_faulty("cancel.bin", 4u << 20, &plan, use_pread, 2);
     callback_count count = {0};
-    nvme_request request = {.file = file, .length = 4u << 20, .buffer = buffer,
+    nvme_request request = {.file = f.file, .length = f.bytes, .buffer = f.buffer,
                             .on_done = count_done, .user = &count};
-    cr_assert_eq(nvme_submit(engine, &request), FERRY_OK);
+    cr_assert_eq(nvme_submit(f.engine, &request), FERRY_OK);
     usleep(30000);   /* some chunks land, most are still to come (64 chunks x 20 ms) */
-    nvme_cancel(engine, &request);
-    cr_assert_eq(nvme_wait(engine, &request), FERRY_ERR_CANCELLED);
+    nvme_cancel(f.engine, &request);
+    cr_assert_eq(nvme_wait(f.engine, &request), FERRY_ERR_CANCELLED);
     cr_assert_lt(plan.calls, 64, "every chunk was read despite the cancel");
-    nvme_engine_close(engine);
+    close_faulty(&f);
     cr_assert_eq(count.calls, 1);
     cr_assert_eq(count.cancelled, 1);
-    free(buffer);
-    free(path);
 }
 Test(nvme, uring_cancel_stops_a_request_in_flight) { cancel_in_flight(0); }
 Test(nvme, pread_pool_cancel_stops_a_request_in_flight) { cancel_in_flight(1); }
