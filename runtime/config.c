@@ -318,14 +318,20 @@ ferry_status ferry_config_from_hf_json(const char *json_text, const char *source
     const cJSON *arch_list = cJSON_GetObjectItemCaseSensitive(root, "architectures");
     const cJSON *first = cJSON_IsArray(arch_list) ? cJSON_GetArrayItem(arch_list, 0) : NULL;
     const char *hf_arch = cJSON_IsString(first) ? first->valuestring : NULL;
+    /* Without "architectures", HF picks the class from "model_type", which
+     * is our short architecture name. */
+    const char *model_type = hf_arch ? NULL : json_string(root, "model_type");
     int arch_index = -1;
-    for (size_t i = 0; hf_arch && i < sizeof architectures / sizeof architectures[0]; i++)
-        if (strcmp(hf_arch, architectures[i].hf_architecture) == 0) arch_index = (int)i;
+    for (size_t i = 0; i < sizeof architectures / sizeof architectures[0]; i++)
+        if ((hf_arch && strcmp(hf_arch, architectures[i].hf_architecture) == 0) ||
+            (model_type && strcmp(model_type, architectures[i].architecture) == 0))
+            arch_index = (int)i;
+    if (arch_index >= 0) hf_arch = architectures[arch_index].hf_architecture;
     if (arch_index < 0) {
         status = ferry_fail(FERRY_ERR_UNSUPPORTED,
                             "%s: unsupported architecture '%s' (supported: LlamaForCausalLM, "
                             "MistralForCausalLM, Qwen2ForCausalLM)",
-                            source, hf_arch ? hf_arch : "(none given)");
+                            source, hf_arch ? hf_arch : model_type ? model_type : "(none given)");
         goto fail;
     }
     snprintf(config.architecture, sizeof config.architecture, "%s",

@@ -103,6 +103,7 @@ static void expect_accepted(const char *from, const char *to) {
 Test(config, unsupported_features_are_named) {
     expect_unsupported("LlamaForCausalLM", "GPT2LMHeadModel", "GPT2LMHeadModel");
     expect_unsupported("\"LlamaForCausalLM\"", "", "(none given)");
+    expect_unsupported("[\"LlamaForCausalLM\"]", "[], \"model_type\": \"gemma\"", "gemma");
     expect_unsupported("\"llama3\"", "\"yarn\"", "yarn");
     expect_unsupported("\"llama3\"", "\"dynamic\"", "dynamic");
     expect_unsupported("\"silu\"", "\"gelu\"", "gelu");
@@ -123,6 +124,16 @@ Test(config, sliding_windows_that_never_bind_are_accepted) {
     expect_accepted("\"LlamaForCausalLM\"]", QWEN2 "128");      /* use_sliding_window off */
     expect_accepted("\"LlamaForCausalLM\"]", QWEN2 "128, \"use_sliding_window\": false");
     expect_accepted("\"rms_norm_eps\"", "\"attention_bias\": false, \"rms_norm_eps\"");
+}
+
+Test(config, model_type_stands_in_for_a_missing_architectures_list) {
+    ferry_config c;
+    ferry_dtype dtype;
+    cr_assert_eq(parse_edited("[\"LlamaForCausalLM\"]", "[], \"model_type\": \"qwen2\"", &c,
+                              &dtype),
+                 FERRY_OK, "%s", ferry_last_error());
+    cr_assert_str_eq(c.architecture, "qwen2");
+    cr_assert(c.attention_bias);
 }
 
 Test(config, older_spellings_and_defaults_are_read) {
