@@ -5,8 +5,13 @@
  * "<path>.partial" file tensor by tensor, in any order, and renames it into
  * place only when complete.  The reader is in format_read.c.
  *
+ * The manifest is printed at finish (real checksums, fixed-width hex) into
+ * the space before data_offset, which ferry_layout_build sizes from the
+ * tensor count; the preamble is written last, after an fsync.
+ *
  * Named texts (tokenizer.json ...) go after the last blob, 4 KiB aligned,
- * and are listed in the manifest's "texts" array.
+ * and are listed in the manifest's "texts" array (key, offset, bytes,
+ * xxh3), so a large tokenizer never crowds the manifest.
  */
 #include <errno.h>
 #include <fcntl.h>
