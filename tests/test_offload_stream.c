@@ -10,6 +10,7 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -292,6 +293,46 @@ Test(offload_stream, an_impossible_budget_is_refused_at_open) {
     cr_assert(strstr(ferry_last_error(), "of GPU memory for 2 slots of"), "message: %s",
               ferry_last_error());
     cr_assert_null(model);
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+typedef struct forward_thread {
+    ferry_model *model;
+    run_logits *out;
+    ferry_status status;
+} forward_thread;
+
+static void *forward_in_thread(void *arg) {
+    forward_thread *job = arg;
+    job->status = run_model(job->model, job->out);
+    return NULL;
+}
+
+Test(offload_stream, sessions_on_two_threads_share_a_streamed_model_and_agree_with_resident) {
+    char *dir = test_tempdir();
+    char *path = write_model(dir, test_seed());
+    uint64_t layer = layer_blob_bytes(path);
+    static run_logits resident, first, second;
+    ferry_model_options plain = {0};
+    ferry_model *model = open_model(path, plain);
+    cr_assert_eq(run_model(model, &resident), FERRY_OK, "%s", ferry_last_error());
+    ferry_model_close(model);
+    ferry_model_options options = {0};
+    options.streaming = 1;
+    options.resident_layers = 1;
+    options.host_mem_bytes = 3 * layer; /* resident, DRAM and file layers */
+    model = open_model(path, options);
+    assert_tiers(model, "GHDDD");
+    forward_thread jobs[2] = {{model, &first, FERRY_OK}, {model, &second, FERRY_OK}};
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++) pthread_create(&threads[i], NULL, forward_in_thread, &jobs[i]);
+    for (int i = 0; i < 2; i++) pthread_join(threads[i], NULL);
+    for (int i = 0; i < 2; i++) cr_assert_eq(jobs[i].status, FERRY_OK, "thread %d failed", i);
+    assert_identical(&first, &resident, "thread 0");
+    assert_identical(&second, &resident, "thread 1");
+    ferry_model_close(model);
     test_rmtree(dir);
     free(path);
     free(dir);
