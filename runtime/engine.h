@@ -78,6 +78,11 @@ struct ferry_session {
     /* Host staging for one chunk's batch description, [chunk_tokens] each. */
     int32_t *host_tokens, *host_positions, *host_slots;
     int *host_output_rows;      /* row of the caller's logits for the token, or -1 */
+    /* Decode-shaped chunks (every token makes a logits row, one lm_head
+     * pass) recorded as backend graphs, by chunk size; see forward.c. */
+    void *graphs[FERRY_LOGITS_ROWS_PER_PASS + 1];
+    unsigned char graph_seen[FERRY_LOGITS_ROWS_PER_PASS + 1]; /* ran once directly */
+    int graphs_off;             /* FERRY_GRAPHS=0, or a recording failed */
 };
 
 #endif /* FERRY_RUNTIME_ENGINE_H */

@@ -172,10 +172,13 @@ static ferry_status streamed_layer_forward(void *user, int layer, const void *co
     return layer_forward(chunk->session, layer, chunk->tokens, tensors);
 }
 
-/* Final norm and lm_head for the chunk's tokens that produce logits, in
- * passes of at most FERRY_LOGITS_ROWS_PER_PASS rows, each row downloaded
- * into its place in the caller's buffer. */
-static ferry_status write_logits(ferry_session *session, int n, float *logits) {
+/* Final norm and lm_head for the next pass of the chunk's tokens that
+ * produce logits, starting at token *t: normed[j] = final_norm(x[t_j])
+ * (one rmsnorm per run of consecutive tokens), then logits = normed ·
+ * lm_head^T for at most FERRY_LOGITS_ROWS_PER_PASS rows.  rows[j] is the
+ * caller's row of pass row j; *n_pass is 0 when no token is left. */
+static ferry_status compute_logits_pass(ferry_session *session, int n, int *t, int *rows,
+                                        int *n_pass) {
     const ferry_model *model = session->model;
     const ferry_config *config = &model->config;
     ferry_backend *backend = model->backend;
@@ -186,31 +189,134 @@ static ferry_status write_logits(ferry_session *session, int n, float *logits) {
     const void *lm_head = config->tie_embeddings
                               ? ferry_model_tensor(model, -1, FERRY_TENSOR_EMBED)
                               : ferry_model_tensor(model, -1, FERRY_TENSOR_LM_HEAD);
+    *n_pass = 0;
+    while (*t < n && *n_pass < FERRY_LOGITS_ROWS_PER_PASS) {
+        if (session->host_output_rows[*t] < 0) {
+            ++*t;
+            continue;
+        }
+        int run = 1;
+        while (*t + run < n && *n_pass + run < FERRY_LOGITS_ROWS_PER_PASS &&
+               session->host_output_rows[*t + run] >= 0)
+            run++;
+        FERRY_TRY(ops->rmsnorm(backend, s->normed + (size_t)*n_pass * hidden,
+                               s->residual + (size_t)*t * hidden, final_norm, run, hidden,
+                               config->rms_norm_eps));
+        for (int j = 0; j < run; j++) rows[*n_pass + j] = session->host_output_rows[*t + j];
+        *n_pass += run;
+        *t += run;
+    }
+    if (*n_pass == 0) return FERRY_OK;
+    return ops->matmul(backend, s->logits, s->normed, lm_head, model->dtype, NULL, *n_pass, vocab,
+                       hidden, 0);
+}
+
+/* Copy a pass's logits out, one download per run of consecutive rows. */
+static ferry_status download_logits(ferry_session *session, const int *rows, int n_pass,
+                                    float *logits) {
+    ferry_backend *backend = session->model->backend;
+    const int vocab = session->model->config.vocab_size;
+    for (int j = 0; j < n_pass;) {
+        int run = 1;
+        while (j + run < n_pass && rows[j + run] == rows[j] + run) run++;
+        FERRY_TRY(backend->ops->download(backend, logits + (size_t)rows[j] * vocab,
+                                         session->scratch.logits + (size_t)j * vocab,
+                                         (size_t)run * vocab * sizeof(float)));
+        j += run;
+    }
+    return FERRY_OK;
+}
+
+/* Final norm and lm_head for the chunk's tokens that produce logits, in
+ * passes, each row downloaded into its place in the caller's buffer. */
+static ferry_status write_logits(ferry_session *session, int n, float *logits) {
     int t = 0;
-    while (t < n) {
-        /* Gather up to a pass of rows: normed[j] = final_norm(x[t_j]). */
+    for (;;) {
         int rows[FERRY_LOGITS_ROWS_PER_PASS];
         int n_pass = 0;
-        for (; t < n && n_pass < FERRY_LOGITS_ROWS_PER_PASS; t++) {
-            if (session->host_output_rows[t] < 0) continue;
-            FERRY_TRY(ops->rmsnorm(backend, s->normed + (size_t)n_pass * hidden,
-                                   s->residual + (size_t)t * hidden, final_norm, 1, hidden,
-                                   config->rms_norm_eps));
-            rows[n_pass++] = session->host_output_rows[t];
+        FERRY_TRY(compute_logits_pass(session, n, &t, rows, &n_pass));
+        if (n_pass == 0) return FERRY_OK;
+        FERRY_TRY(download_logits(session, rows, n_pass, logits));
+    }
+}
+
+/* Embedding and every layer over the chunk, on the residual stream. */
+static ferry_status layers_forward(ferry_session *session, const ferry_token_batch *tokens) {
+    const ferry_model *model = session->model;
+    ferry_backend *backend = model->backend;
+    FERRY_TRY(backend->ops->embed(backend, session->scratch.residual,
+                                  ferry_model_tensor(model, -1, FERRY_TENSOR_EMBED), model->dtype,
+                                  tokens, model->config.hidden_size));
+    if (model->stream) {
+        /* offload/ fetches each streamed layer into a slot and calls back. */
+        streamed_chunk chunk = {session, tokens};
+        return offload_stream_run(model->stream, streamed_layer_forward, &chunk);
+    }
+    for (int layer = 0; layer < model->config.n_layers; layer++) {
+        const void *const *layer_tensors =
+            (const void *const *)&model->tensors[ferry_model_tensor_slot(layer, 0)];
+        ferry_status status = layer_forward(session, layer, tokens, layer_tensors);
+        if (status != FERRY_OK) return ferry_fail_prefix(status, "layer %d: ", layer);
+    }
+    return FERRY_OK;
+}
+
+/* ---------------------------------------------------- recorded steps */
+
+/* A decode-shaped chunk (every token makes a logits row, all in one
+ * lm_head pass, layers resident) on a backend that records graphs: its
+ * device work depends only on n, so it is recorded once per n and then
+ * replayed with one launch. */
+static int chunk_is_recordable(const ferry_session *session, int n) {
+    const ferry_model *model = session->model;
+    if (!model->backend->ops->graph_begin || session->graphs_off || model->stream ||
+        n > FERRY_LOGITS_ROWS_PER_PASS)
+        return 0;
+    for (int t = 0; t < n; t++)
+        if (session->host_output_rows[t] < 0) return 0;
+    return 1;
+}
+
+/* Run the chunk's device work from its recording (recording it on its
+ * second sight of n: the first, direct run has grown every scratch
+ * buffer).  *out_replayed 0: the caller runs the chunk directly. */
+static ferry_status replay_chunk(ferry_session *session, const ferry_token_batch *tokens,
+                                 int *rows, int *n_pass, int *out_replayed) {
+    ferry_backend *backend = session->model->backend;
+    const ferry_backend_ops *ops = backend->ops;
+    const int n = tokens->n_tokens;
+    void **graph = &session->graphs[n];
+    *out_replayed = 0;
+    if (*graph) {
+        FERRY_TRY(ops->graph_launch(backend, *graph, out_replayed));
+        if (!*out_replayed) { /* stale: record it again below */
+            ops->graph_free(backend, *graph);
+            *graph = NULL;
         }
-        if (n_pass == 0) break;
-        /* logits = normed · lm_head^T */
-        FERRY_TRY(ops->matmul(backend, s->logits, s->normed, lm_head, model->dtype, NULL, n_pass,
-                              vocab, hidden, 0));
-        /* Copy out, one download per run of consecutive rows. */
-        for (int j = 0; j < n_pass;) {
-            int run = 1;
-            while (j + run < n_pass && rows[j + run] == rows[j] + run) run++;
-            FERRY_TRY(ops->download(backend, logits + (size_t)rows[j] * vocab,
-                                    s->logits + (size_t)j * vocab,
-                                    (size_t)run * vocab * sizeof(float)));
-            j += run;
+    } else if (!session->graph_seen[n]) {
+        session->graph_seen[n] = 1;
+        return FERRY_OK;
+    } else {
+        int t = 0;
+        void *recorded = NULL;
+        FERRY_TRY(ops->graph_begin(backend));
+        ferry_status status = layers_forward(session, tokens);
+        if (status == FERRY_OK) status = compute_logits_pass(session, n, &t, rows, n_pass);
+        ferry_status end_status = ops->graph_end(backend, &recorded);
+        if (status != FERRY_OK || end_status != FERRY_OK) {
+            /* Nothing ran: fall back to direct runs for this session (a
+             * real error shows up again there). */
+            if (recorded) ops->graph_free(backend, recorded);
+            session->graphs_off = 1;
+            ferry_clear_error();
+            return FERRY_OK;
         }
+        *graph = recorded;
+        FERRY_TRY(ops->graph_launch(backend, *graph, out_replayed));
+    }
+    if (*out_replayed) {
+        for (int j = 0; j < n; j++) rows[j] = session->host_output_rows[j];
+        *n_pass = n;
     }
     return FERRY_OK;
 }
@@ -227,21 +333,15 @@ static ferry_status chunk_forward(ferry_session *session, int n, float *logits) 
     FERRY_TRY(ops->upload(backend, s->slots, session->host_slots, index_bytes));
     ferry_token_batch tokens = {n, s->tokens, s->positions, s->slots};
 
-    /* x = embedding rows of the tokens */
-    FERRY_TRY(ops->embed(backend, s->residual, ferry_model_tensor(model, -1, FERRY_TENSOR_EMBED),
-                         model->dtype, &tokens, model->config.hidden_size));
-    if (model->stream) {
-        /* offload/ fetches each streamed layer into a slot and calls back. */
-        streamed_chunk chunk = {session, &tokens};
-        FERRY_TRY(offload_stream_run(model->stream, streamed_layer_forward, &chunk));
-    } else {
-        for (int layer = 0; layer < model->config.n_layers; layer++) {
-            const void *const *layer_tensors =
-                (const void *const *)&model->tensors[ferry_model_tensor_slot(layer, 0)];
-            ferry_status status = layer_forward(session, layer, &tokens, layer_tensors);
-            if (status != FERRY_OK) return ferry_fail_prefix(status, "layer %d: ", layer);
+    if (chunk_is_recordable(session, n)) {
+        int rows[FERRY_LOGITS_ROWS_PER_PASS], n_pass = 0, replayed = 0;
+        FERRY_TRY(replay_chunk(session, &tokens, rows, &n_pass, &replayed));
+        if (replayed) {
+            FERRY_TRY(download_logits(session, rows, n_pass, logits));
+            return ops->synchronize(backend);
         }
     }
+    FERRY_TRY(layers_forward(session, &tokens));
     FERRY_TRY(write_logits(session, n, logits));
     return ops->synchronize(backend);
 }

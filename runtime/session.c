@@ -5,6 +5,7 @@
  * pass touches is allocated here, once.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "runtime/engine.h"
 
@@ -114,6 +115,8 @@ ferry_status ferry_session_new(ferry_model *model, int max_batch, int max_contex
                                 (void **)&session->host_slots));
     FERRY_TRY_GOTO(ferry_malloc(chunk * sizeof(int), "chunk output rows",
                                 (void **)&session->host_output_rows));
+    const char *graphs = getenv("FERRY_GRAPHS");
+    session->graphs_off = graphs && strcmp(graphs, "0") == 0;
     *out_session = session;
     return FERRY_OK;
 fail:
@@ -129,6 +132,9 @@ void ferry_session_free(ferry_session *session) {
             if (session->kv[layer].k) backend->ops->free(backend, session->kv[layer].k);
             if (session->kv[layer].v) backend->ops->free(backend, session->kv[layer].v);
         }
+    if (backend->ops->graph_free)
+        for (int n = 0; n <= FERRY_LOGITS_ROWS_PER_PASS; n++)
+            if (session->graphs[n]) backend->ops->graph_free(backend, session->graphs[n]);
     free_scratch(backend, &session->scratch);
     free(session->kv);
     free(session->lengths);

@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "helpers.h"
-#include "kernels/ops.h"
+#include "runtime/engine.h"
 
 #define FIXTURES_DIR FERRY_SOURCE_DIR "/tests/fixtures/hf"
 
@@ -147,6 +147,96 @@ Test(cuda_engine, qwen2_bias_and_llama3_rope_logits_match_the_cpu_backend) {
 Test(cuda_engine, small_model_with_head_dim_64_matches_the_cpu_backend) {
     NEED_GPU();
     check_against_cpu("small", "f16", 2e-3);
+}
+
+/* ------------------------------------------- recorded decode steps */
+
+enum { GRAPH_SEQS = 3, GRAPH_PROMPT = 5, GRAPH_STEPS = 8, GRAPH_STALE_AT = 4 };
+
+/* Prefill GRAPH_SEQS prompts, then GRAPH_STEPS decode steps, in a fresh
+ * session with graphs on or off (FERRY_GRAPHS is read when a session is
+ * made); the logits of every step go to out[step].  With other_session, a
+ * long prefill in another session of the same model runs before step
+ * GRAPH_STALE_AT, between two replays (test_cuda_graph.c checks the
+ * backend side of a recording going stale). */
+static void decode_logits(ferry_model *model, int graphs, int other_session, const int32_t *prompt,
+                          const int32_t *step_tokens, int vocab, float *out) {
+    setenv("FERRY_GRAPHS", graphs ? "1" : "0", 1);
+    ferry_session *session = NULL, *other = NULL;
+    cr_assert_eq(ferry_session_new(model, GRAPH_SEQS, 64, &session), FERRY_OK, "%s",
+                 ferry_last_error());
+    unsetenv("FERRY_GRAPHS");
+    size_t step_floats = (size_t)GRAPH_SEQS * vocab;
+    int prompt_lengths[GRAPH_SEQS] = {GRAPH_PROMPT, GRAPH_PROMPT, GRAPH_PROMPT};
+    ferry_batch prefill = {GRAPH_SEQS, NULL, prompt_lengths, prompt};
+    cr_assert_eq(ferry_forward(session, &prefill, FERRY_LOGITS_LAST, out, step_floats), FERRY_OK,
+                 "%s", ferry_last_error());
+    int ones[GRAPH_SEQS] = {1, 1, 1};
+    for (int step = 0; step < GRAPH_STEPS; step++) {
+        if (other_session && step == GRAPH_STALE_AT) {
+            enum { LONG = 300 };
+            int32_t long_prompt[LONG];
+            for (int i = 0; i < LONG; i++) long_prompt[i] = (int32_t)(i * 7 % vocab);
+            int long_length = LONG;
+            float *ignored = malloc((size_t)vocab * sizeof(float));
+            cr_assert_eq(ferry_session_new(model, 1, LONG, &other), FERRY_OK);
+            ferry_batch long_batch = {1, NULL, &long_length, long_prompt};
+            cr_assert_eq(ferry_forward(other, &long_batch, FERRY_LOGITS_LAST, ignored, vocab),
+                         FERRY_OK, "%s", ferry_last_error());
+            free(ignored);
+        }
+        float *logits = out + (size_t)step * step_floats;
+        for (size_t i = 0; i < step_floats; i++) logits[i] = NAN;
+        ferry_batch decode = {GRAPH_SEQS, NULL, ones, step_tokens + step * GRAPH_SEQS};
+        cr_assert_eq(ferry_forward(session, &decode, FERRY_LOGITS_LAST, logits, step_floats),
+                     FERRY_OK, "step %d: %s", step, ferry_last_error());
+    }
+    /* the recording exists exactly when graphs are on */
+    cr_assert_eq(session->graphs[GRAPH_SEQS] != NULL, graphs != 0,
+                 "graphs %s, but a recording %s", graphs ? "on" : "off",
+                 session->graphs[GRAPH_SEQS] ? "exists" : "is missing");
+    ferry_session_free(other);
+    ferry_session_free(session);
+}
+
+static void check_replay_equals_direct(int other_session) {
+    NEED_GPU();
+    char arguments[1024], *path = test_path(dir, "synth.ferry");
+    snprintf(arguments, sizeof arguments, "synth --preset tiny --dtype f16 --seed 3 '%s'", path);
+    run_cli(arguments);
+    ferry_model *model = open_model(path, "cuda");
+    ferry_model_info info;
+    ferry_model_get_info(model, &info);
+    cr_assert(model->backend->ops->graph_begin, "the CUDA backend records no graphs");
+    uint64_t rng = test_seed();
+    int32_t prompt[GRAPH_SEQS * GRAPH_PROMPT], steps[GRAPH_SEQS * GRAPH_STEPS];
+    for (int i = 0; i < GRAPH_SEQS * GRAPH_PROMPT; i++)
+        prompt[i] = (int32_t)(test_rand_u64(&rng) % (uint64_t)info.vocab_size);
+    for (int i = 0; i < GRAPH_SEQS * GRAPH_STEPS; i++)
+        steps[i] = (int32_t)(test_rand_u64(&rng) % (uint64_t)info.vocab_size);
+    size_t n = (size_t)GRAPH_STEPS * GRAPH_SEQS * info.vocab_size;
+    float *direct = malloc(n * sizeof(float)), *replayed = malloc(n * sizeof(float));
+    decode_logits(model, 0, other_session, prompt, steps, info.vocab_size, direct);
+    decode_logits(model, 1, other_session, prompt, steps, info.vocab_size, replayed);
+    /* the same kernels on the same inputs: equal bit for bit */
+    for (size_t i = 0; i < n; i++) {
+        cr_assert(isfinite(replayed[i]), "step %zu: logit %zu is %g",
+                  i / ((size_t)GRAPH_SEQS * info.vocab_size), i, (double)replayed[i]);
+        cr_assert_eq(memcmp(&direct[i], &replayed[i], sizeof(float)), 0,
+                     "step %zu: logit %zu: replayed %.9g, direct %.9g",
+                     i / ((size_t)GRAPH_SEQS * info.vocab_size), i, (double)replayed[i],
+                     (double)direct[i]);
+    }
+    free(direct), free(replayed), free(path);
+    ferry_model_close(model);
+}
+
+Test(cuda_engine, decode_steps_replayed_from_a_graph_equal_direct_runs) {
+    check_replay_equals_direct(0);
+}
+
+Test(cuda_engine, replays_stay_exact_when_another_session_runs_between_them) {
+    check_replay_equals_direct(1);
 }
 
 /* ------------------------------------------------ CUDA vs HF fixtures */
