@@ -23,7 +23,7 @@ static const char plan_usage[] =
     "  --batch N|auto         sequences per step (default 1; auto: best predicted tokens/s)\n"
     "  --context N            tokens per sequence (default 2048, at most the model's)\n"
     "  --gpu-mem SIZE         GPU memory budget (default 80G)\n"
-    "  --host-mem SIZE        pinned DRAM budget (default 80%% of physical memory)\n"
+    "  --host-mem SIZE        pinned DRAM budget (default 80% of physical memory)\n"
     "  --slots N              GPU slot ring depth (default 2)\n"
     "  --resident-layers N    keep exactly N layers on the GPU (default: as many as fit)\n"
     "  --kv-dtype f16|f32     KV cache element type (default f16)\n"
