@@ -106,7 +106,8 @@ __global__ void __launch_bounds__(TILE_WARPS * 32) prefill_attention_kernel(pref
             const int p = block_start + lane;
             float score = -INFINITY;
             if (p <= last[i]) {
-                float dot = 0.0f;
+                /* four partial sums: independent FMA chains */
+                float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
                 for (int d = 0; d < HEAD_DIM; d += 8) {
                     const uint4 packed = *reinterpret_cast<const uint4 *>(&k_shared[lane][d]);
@@ -114,10 +115,10 @@ __global__ void __launch_bounds__(TILE_WARPS * 32) prefill_attention_kernel(pref
 #pragma unroll
                     for (int j = 0; j < 4; j++) {
                         const float2 f = __half22float2(pairs[j]);
-                        dot += query[d + 2 * j] * f.x + query[d + 2 * j + 1] * f.y;
+                        dot[j] += query[d + 2 * j] * f.x + query[d + 2 * j + 1] * f.y;
                     }
                 }
-                score = dot;
+                score = (dot[0] + dot[1]) + (dot[2] + dot[3]);
             }
             float block_max = score;
 #pragma unroll
@@ -134,8 +135,10 @@ __global__ void __launch_bounds__(TILE_WARPS * 32) prefill_attention_kernel(pref
             running_max[i] = new_max;
 #pragma unroll
             for (int e = 0; e < DIMS_PER_LANE; e++) acc[i][e] *= correction;
-            const int n_keys = min(KEY_BLOCK, last[i] - block_start + 1);
-            for (int j = 0; j < n_keys; j++) {
+            /* weights of keys past last[i] are 0, so a whole block can be
+             * walked unrolled (all value loads in flight at once) */
+#pragma unroll 16
+            for (int j = 0; j < KEY_BLOCK; j++) {
                 const float weight_j = __shfl_sync(0xffffffffu, weight, j);
                 float v[DIMS_PER_LANE];
                 const __half *value = &v_shared[j][lane * DIMS_PER_LANE];
@@ -148,8 +151,12 @@ __global__ void __launch_bounds__(TILE_WARPS * 32) prefill_attention_kernel(pref
                     const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(value));
                     v[0] = f.x, v[1] = f.y;
                 }
+                /* skip, not multiply: rows past a query's last key may hold
+                 * anything (0 * inf is NaN); weight_j is the same in every lane */
+                if (weight_j != 0.0f) {
 #pragma unroll
-                for (int e = 0; e < DIMS_PER_LANE; e++) acc[i][e] += weight_j * v[e];
+                    for (int e = 0; e < DIMS_PER_LANE; e++) acc[i][e] += weight_j * v[e];
+                }
             }
         }
     }
