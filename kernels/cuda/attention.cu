@@ -23,25 +23,29 @@ enum {
 
 /* ---------------------------------------------------------------- rope */
 
-/* One block per token; thread i of a head rotates the pair (i, i + half):
+/* Grid (token, group of ROPE_THREADS pairs); each thread rotates one pair
+ * (i, i + half) of one head:
  *   x'[i] = x[i] cos - x[i+half] sin,  x'[i+half] = x[i+half] cos + x[i] sin
  * The angle is formed in float32 as HF does, its sine and cosine in double
  * (fast-math sinf loses accuracy at angles of thousands of radians). */
+enum { ROPE_THREADS = 128 };
 __global__ void rope_kernel(float *q, float *k, const int32_t *positions, const float *inv_freq,
                             int n_heads, int n_kv_heads, int head_dim) {
     const int t = blockIdx.x, half = head_dim / 2;
-    const float position = (float)positions[t];
     const int n_pairs = (n_heads + n_kv_heads) * half;
-    for (int item = threadIdx.x; item < n_pairs; item += blockDim.x) {
-        int head = item / half, i = item % half;
-        float *x = head < n_heads ? q + ((size_t)t * n_heads + head) * head_dim
-                                  : k + ((size_t)t * n_kv_heads + (head - n_heads)) * head_dim;
-        float angle = position * inv_freq[i];
-        float c = (float)cos((double)angle), s = (float)sin((double)angle);
-        float x0 = x[i], x1 = x[i + half];
-        x[i] = x0 * c - x1 * s;
-        x[i + half] = x1 * c + x0 * s;
-    }
+    const int item = blockIdx.y * blockDim.x + threadIdx.x;
+    if (item >= n_pairs) return;
+    const float position = (float)positions[t];
+    int head = item / half, i = item % half;
+    float *x = head < n_heads ? q + ((size_t)t * n_heads + head) * head_dim
+                              : k + ((size_t)t * n_kv_heads + (head - n_heads)) * head_dim;
+    float angle = position * inv_freq[i];
+    double sine, cosine;
+    sincos((double)angle, &sine, &cosine);
+    float c = (float)cosine, s = (float)sine;
+    float x0 = x[i], x1 = x[i + half];
+    x[i] = x0 * c - x1 * s;
+    x[i + half] = x1 * c + x0 * s;
 }
 
 ferry_status cuda_rope(ferry_backend *backend, float *q, float *k, const ferry_token_batch *batch,
@@ -49,7 +53,9 @@ ferry_status cuda_rope(ferry_backend *backend, float *q, float *k, const ferry_t
     if (shape.head_dim % 2 != 0)
         return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "rope: head_dim %d is odd", shape.head_dim);
     if (batch->n_tokens <= 0) return FERRY_OK;
-    rope_kernel<<<batch->n_tokens, 256, 0, cuda_state(backend)->stream>>>(
+    int n_pairs = (shape.n_heads + shape.n_kv_heads) * (shape.head_dim / 2);
+    dim3 grid(batch->n_tokens, (n_pairs + ROPE_THREADS - 1) / ROPE_THREADS);
+    rope_kernel<<<grid, ROPE_THREADS, 0, cuda_state(backend)->stream>>>(
         q, k, batch->positions, inv_freq, shape.n_heads, shape.n_kv_heads, shape.head_dim);
     CUDA_TRY_LAUNCH();
     return FERRY_OK;
@@ -61,18 +67,19 @@ __device__ __forceinline__ bool place_ok(int slot, int position, int n_slots, in
     return slot >= 0 && slot < n_slots && position >= 0 && position < max_context;
 }
 
-/* One block per token: K[slot][position] = k[t], V[slot][position] = v[t]
- * rounded to f16. */
+/* Grid (token, slice of the row): K[slot][position] = k[t],
+ * V[slot][position] = v[t] rounded to f16. */
 __global__ void kv_store_kernel(__half *cache_k, __half *cache_v, const float *k, const float *v,
                                 const int32_t *positions, const int32_t *slots, int n_slots,
                                 int max_context, int row_width, int *error_flag) {
     const int t = blockIdx.x, slot = slots[t], position = positions[t];
     if (!place_ok(slot, position, n_slots, max_context)) {
-        if (threadIdx.x == 0) atomicExch(error_flag, CUDA_BAD_KV_PLACE);
+        if (threadIdx.x == 0 && blockIdx.y == 0) atomicExch(error_flag, CUDA_BAD_KV_PLACE);
         return;
     }
     size_t at = ((size_t)slot * max_context + position) * row_width;
-    for (int i = threadIdx.x; i < row_width; i += blockDim.x) {
+    for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < row_width;
+         i += gridDim.y * blockDim.x) {
         cache_k[at + i] = __float2half_rn(k[(size_t)t * row_width + i]);
         cache_v[at + i] = __float2half_rn(v[(size_t)t * row_width + i]);
     }
@@ -83,7 +90,9 @@ ferry_status cuda_kv_store(ferry_backend *backend, ferry_kv_layer *cache, const 
                            ferry_attention_shape shape) {
     cuda_backend *state = cuda_state(backend);
     if (batch->n_tokens <= 0) return FERRY_OK;
-    kv_store_kernel<<<batch->n_tokens, 256, 0, state->stream>>>(
+    const int row_width = shape.n_kv_heads * shape.head_dim;
+    dim3 grid(batch->n_tokens, (row_width + 255) / 256);
+    kv_store_kernel<<<grid, 256, 0, state->stream>>>(
         (__half *)cache->k, (__half *)cache->v, k, v, batch->positions, batch->slots,
         cache->n_slots, cache->max_context, shape.n_kv_heads * shape.head_dim,
         state->error_flag);

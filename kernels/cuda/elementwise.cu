@@ -8,7 +8,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 
-enum { ROW_THREADS = 256 };
+enum { ROW_THREADS = 1024 }; /* a row of 4096 in one pass of 4 per thread */
 
 __device__ __forceinline__ float load_weight(const void *data, ferry_dtype dtype, size_t i) {
     switch (dtype) {
