@@ -184,6 +184,17 @@ fail:
     return status;
 }
 
+/* A JSON string literal of `text` (quotes, backslashes and control bytes escaped). */
+static void print_json_string(const char *text) {
+    putchar('"');
+    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+        if (*c == '"' || *c == '\\') printf("\\%c", *c);
+        else if (*c < 0x20) printf("\\u%04x", *c);
+        else putchar(*c);
+    }
+    putchar('"');
+}
+
 static void print_batch(const batch_result *r, double copy_gbps, int json) {
     double ratio = copy_gbps > 0 ? r->achieved_gbps / copy_gbps : NAN;
     if (json) {
@@ -383,13 +394,14 @@ int cmd_bench(int argc, char **argv) {
             goto done;
         }
     }
-    if (json)
-        printf("{\"kind\":\"run\",\"model\":\"%s\",\"backend\":\"%s\",\"dtype\":\"%s\","
-               "\"n_parameters\":%llu,\"n_layers\":%d,\"hidden\":%d,\"prompt_len\":%d,"
-               "\"gen_len\":%d,\"copy_gbps\":%.1f}\n",
-               model_path, info.backend, info.dtype, (unsigned long long)info.n_parameters,
-               info.n_layers, info.hidden_size, prompt_len, gen_len, copy_gbps);
-    else {
+    if (json) {
+        printf("{\"kind\":\"run\",\"model\":");
+        print_json_string(model_path);
+        printf(",\"backend\":\"%s\",\"dtype\":\"%s\",\"n_parameters\":%llu,\"n_layers\":%d,"
+               "\"hidden\":%d,\"prompt_len\":%d,\"gen_len\":%d,\"copy_gbps\":%.1f}\n",
+               info.backend, info.dtype, (unsigned long long)info.n_parameters, info.n_layers,
+               info.hidden_size, prompt_len, gen_len, copy_gbps);
+    } else {
         printf("ferry bench: %s (%s, %.2f B parameters, %s), prompt %d, %d decode steps\n",
                model_path, info.dtype, (double)info.n_parameters / 1e9, info.backend,
                prompt_len, gen_len);
