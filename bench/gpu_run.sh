@@ -17,7 +17,7 @@ if [ "${1:-}" = --pack ]; then
     BUILD=$REPO/${2:-build-h4}
     rm -rf "$CARRIED" && mkdir -p "$CARRIED/tests" "$CARRIED/lib"
     cp "$BUILD/ferry" "$CARRIED/"
-    cp "$BUILD"/tests/test_cuda_ops "$BUILD"/tests/test_cuda_graph "$BUILD"/tests/test_cuda_engine "$CARRIED/tests/"
+    cp "$BUILD"/tests/test_cuda_ops "$BUILD"/tests/test_cuda_graph "$BUILD"/tests/test_cuda_fused "$BUILD"/tests/test_cuda_engine "$CARRIED/tests/"
     basename "$BUILD" >"$CARRIED/BUILT_AS"
     # every library outside glibc and the CUDA toolkit (the GPU machine has those)
     ldd "$CARRIED/ferry" "$CARRIED"/tests/* | awk '$3 ~ /^\// {print $3}' | sort -u |
@@ -53,6 +53,8 @@ if has_step tests; then
     "$TESTS/test_cuda_ops" --jobs 1 --verbose 2>&1 | tee "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash' 
     step test_cuda_graph
     "$TESTS/test_cuda_graph" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
+    step test_cuda_fused
+    "$TESTS/test_cuda_fused" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
     step test_cuda_engine
     "$TESTS/test_cuda_engine" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
 fi

@@ -127,6 +127,18 @@ typedef struct ferry_backend_ops {
     ferry_status (*graph_end)(ferry_backend *backend, void **out_graph);
     ferry_status (*graph_launch)(ferry_backend *backend, void *graph, int *out_replayed);
     void (*graph_free)(ferry_backend *backend, void *graph);
+
+    /* ---- optional fused ops (NULL: the runtime issues the plain ops) ---- */
+
+    /* outs[i][t] = x[t] W_i^T (+ biases[i]) for 1..3 matrices of `cols`
+     * columns sharing x (Q, K, V), as matmul does each; biases may be NULL.
+     * silu_pair (2 matrices of equal rows, gate and up): outs[0][t] =
+     * silu(x W_0^T) * (x W_1^T) as silu_mul computes it; outs[1] is scratch
+     * the backend may overwrite. */
+    ferry_status (*matmul_multi)(ferry_backend *backend, int n_matrices, float *const *outs,
+                                 const float *x, const void *const *weights,
+                                 const float *const *biases, const int *rows, ferry_dtype dtype,
+                                 int n, int cols, int silu_pair);
 } ferry_backend_ops;
 
 struct ferry_backend {

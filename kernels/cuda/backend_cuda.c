@@ -217,6 +217,7 @@ static const ferry_backend_ops cuda_ops = {
     .graph_end = cuda_graph_end,
     .graph_launch = cuda_graph_launch,
     .graph_free = cuda_graph_free,
+    .matmul_multi = cuda_matmul_multi,
 };
 
 /* ------------------------------------------------------------ creation */

@@ -76,6 +76,10 @@ ferry_status cuda_graph_begin(ferry_backend *backend);
 ferry_status cuda_graph_end(ferry_backend *backend, void **out_graph);
 ferry_status cuda_graph_launch(ferry_backend *backend, void *graph, int *out_replayed);
 void cuda_graph_free(ferry_backend *backend, void *graph);
+ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *const *outs,
+                               const float *x, const void *const *weights,
+                               const float *const *biases, const int *rows, ferry_dtype dtype,
+                               int n, int cols, int silu_pair);
 
 /* ---- ops (contracts in kernels/ops.h) ---- */
 ferry_status cuda_embed(ferry_backend *backend, float *out, const void *table, ferry_dtype dtype,

@@ -1,0 +1,197 @@
+/*
+ * fused.cu — matmul_multi: several projections of one activation in one
+ * launch (Q, K and V; or gate and up with SwiGLU applied in the epilogue),
+ * so a decode step pays one launch and one tail instead of three.  For 1-2
+ * tokens a warp streams one weight row (of whichever matrix the row falls
+ * in) with 16-byte loads, eight in flight per lane; the gate/up variant
+ * streams row r of both matrices and writes silu(g) * u.  Other shapes go
+ * through cuda_matmul and cuda_silu_mul unchanged.  Hot path: no allocation.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "kernels/cuda/cuda_backend.h"
+
+enum {
+    MULTI_THREADS = 128,        /* 4 warps, one row (or row pair) each */
+    MULTI_WARPS = MULTI_THREADS / 32,
+    MULTI_MAX_TOKENS = 2,
+    MULTI_MAX_MATRICES = 3,
+    LANE_COLS = 8,              /* one 16-byte load of f16/bf16 */
+    WARP_COLS = 32 * LANE_COLS,
+};
+
+typedef struct multi_args {
+    float *outs[MULTI_MAX_MATRICES];
+    const void *weights[MULTI_MAX_MATRICES];
+    const float *biases[MULTI_MAX_MATRICES];
+    int rows[MULTI_MAX_MATRICES];
+    int n_matrices;
+    const float *x;
+    int n, cols;
+} multi_args;
+
+__device__ __forceinline__ float lane_sum(float value) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1)
+        value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
+}
+
+/* Dot of 8 weights (one 16-byte load) with x[c .. c+8). */
+__device__ __forceinline__ float dot8(uint4 packed, __half, const float *x) {
+    const __half2 *pairs = reinterpret_cast<const __half2 *>(&packed);
+    const float4 a = __ldg(reinterpret_cast<const float4 *>(x));
+    const float4 b = __ldg(reinterpret_cast<const float4 *>(x) + 1);
+    float2 w0 = __half22float2(pairs[0]), w1 = __half22float2(pairs[1]);
+    float2 w2 = __half22float2(pairs[2]), w3 = __half22float2(pairs[3]);
+    return a.x * w0.x + a.y * w0.y + a.z * w1.x + a.w * w1.y + b.x * w2.x + b.y * w2.y +
+           b.z * w3.x + b.w * w3.y;
+}
+__device__ __forceinline__ float dot8(uint4 packed, __nv_bfloat16, const float *x) {
+    const __nv_bfloat162 *pairs = reinterpret_cast<const __nv_bfloat162 *>(&packed);
+    const float4 a = __ldg(reinterpret_cast<const float4 *>(x));
+    const float4 b = __ldg(reinterpret_cast<const float4 *>(x) + 1);
+    float2 w0 = __bfloat1622float2(pairs[0]), w1 = __bfloat1622float2(pairs[1]);
+    float2 w2 = __bfloat1622float2(pairs[2]), w3 = __bfloat1622float2(pairs[3]);
+    return a.x * w0.x + a.y * w0.y + a.z * w1.x + a.w * w1.y + b.x * w2.x + b.y * w2.y +
+           b.z * w3.x + b.w * w3.y;
+}
+
+/* acc[m][t] += row_m . x[t] for the M weight rows given (M = 1 or 2),
+ * UNROLL column steps per matrix in flight per lane. */
+template <typename T, int TOKENS, int M, int UNROLL>
+__device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const float *x, int n,
+                                            int cols, float (*acc)[TOKENS]) {
+    const int lane = threadIdx.x % 32;
+    int c = lane * LANE_COLS;
+    for (; c + (UNROLL - 1) * WARP_COLS < cols; c += UNROLL * WARP_COLS) {
+        uint4 packed[M][UNROLL];
+#pragma unroll
+        for (int m = 0; m < M; m++)
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++)
+                packed[m][u] = __ldg(w_rows[m] + (c + u * WARP_COLS) / LANE_COLS);
+#pragma unroll
+        for (int m = 0; m < M; m++)
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++)
+#pragma unroll
+                for (int t = 0; t < TOKENS; t++)
+                    if (t < n)
+                        acc[m][t] += dot8(packed[m][u], T(), x + (size_t)t * cols + c + u * WARP_COLS);
+    }
+    for (; c < cols; c += WARP_COLS)
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            uint4 packed = __ldg(w_rows[m] + c / LANE_COLS);
+#pragma unroll
+            for (int t = 0; t < TOKENS; t++)
+                if (t < n) acc[m][t] += dot8(packed, T(), x + (size_t)t * cols + c);
+        }
+}
+
+/* One warp per row of the stacked matrices: out_m[t][r] = W_m[r] . x[t] + b_m[r]. */
+template <typename T, int TOKENS>
+__global__ void __launch_bounds__(MULTI_THREADS) stacked_matvec_kernel(multi_args args) {
+    /* Pick the matrix with constant indices only: indexing the argument
+     * arrays with a run-time value would copy them to local memory. */
+    const int rows0 = args.rows[0], rows1 = args.rows[1], rows2 = args.rows[2];
+    int row = blockIdx.x * MULTI_WARPS + threadIdx.x / 32;
+    const int m = row < rows0 ? 0 : row < rows0 + rows1 ? 1 : 2;
+    row -= m == 0 ? 0 : m == 1 ? rows0 : rows0 + rows1;
+    const int rows_m = m == 0 ? rows0 : m == 1 ? rows1 : rows2;
+    if (m >= args.n_matrices || row >= rows_m) return;
+    const void *weights = m == 0 ? args.weights[0] : m == 1 ? args.weights[1] : args.weights[2];
+    const float *biases = m == 0 ? args.biases[0] : m == 1 ? args.biases[1] : args.biases[2];
+    float *out = m == 0 ? args.outs[0] : m == 1 ? args.outs[1] : args.outs[2];
+    const uint4 *w_row[1] = {reinterpret_cast<const uint4 *>(static_cast<const T *>(weights) +
+                                                             (size_t)row * args.cols)};
+    float acc[1][TOKENS] = {};
+    stream_rows<T, TOKENS, 1, 8>(w_row, args.x, args.n, args.cols, acc);
+    const float bias = biases ? biases[row] : 0.0f;
+#pragma unroll
+    for (int t = 0; t < TOKENS; t++) {
+        float sum = lane_sum(acc[0][t]);
+        if (threadIdx.x % 32 == 0 && t < args.n) out[(size_t)t * rows_m + row] = sum + bias;
+    }
+}
+
+/* One warp per row r of gate and up: out[t][r] = silu(g) * u, the same
+ * float math as cuda_silu_mul (g / (1 + e^-g) * u). */
+template <typename T, int TOKENS>
+__global__ void __launch_bounds__(MULTI_THREADS) gate_up_matvec_kernel(multi_args args) {
+    const int row = blockIdx.x * MULTI_WARPS + threadIdx.x / 32;
+    if (row >= args.rows[0]) return;
+    const uint4 *w_rows[2];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+        w_rows[m] = reinterpret_cast<const uint4 *>(static_cast<const T *>(args.weights[m]) +
+                                                    (size_t)row * args.cols);
+    float acc[2][TOKENS] = {};
+    stream_rows<T, TOKENS, 2, 4>(w_rows, args.x, args.n, args.cols, acc);
+#pragma unroll
+    for (int t = 0; t < TOKENS; t++) {
+        float g = lane_sum(acc[0][t]), u = lane_sum(acc[1][t]);
+        if (threadIdx.x % 32 == 0 && t < args.n)
+            args.outs[0][(size_t)t * args.rows[0] + row] = g / (1.0f + expf(-g)) * u;
+    }
+}
+
+template <typename T>
+static void launch_multi(cudaStream_t stream, const multi_args &args, int silu_pair) {
+    int total_rows = 0;
+    for (int m = 0; m < args.n_matrices; m++) total_rows += args.rows[m];
+    if (silu_pair) total_rows = args.rows[0];
+    dim3 grid((unsigned)((total_rows + MULTI_WARPS - 1) / MULTI_WARPS));
+    if (silu_pair) {
+        if (args.n <= 1) gate_up_matvec_kernel<T, 1><<<grid, MULTI_THREADS, 0, stream>>>(args);
+        else gate_up_matvec_kernel<T, 2><<<grid, MULTI_THREADS, 0, stream>>>(args);
+    } else {
+        if (args.n <= 1) stacked_matvec_kernel<T, 1><<<grid, MULTI_THREADS, 0, stream>>>(args);
+        else stacked_matvec_kernel<T, 2><<<grid, MULTI_THREADS, 0, stream>>>(args);
+    }
+}
+
+static int aligned16(const void *p) { return ((uintptr_t)p % 16) == 0; }
+
+ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *const *outs,
+                               const float *x, const void *const *weights,
+                               const float *const *biases, const int *rows, ferry_dtype dtype,
+                               int n, int cols, int silu_pair) {
+    cuda_backend *state = cuda_state(backend);
+    if (n_matrices < 1 || n_matrices > MULTI_MAX_MATRICES || (silu_pair && n_matrices != 2) ||
+        (silu_pair && rows[0] != rows[1]))
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "matmul_multi: %d matrices%s (1..3; silu_pair needs 2 of equal rows)",
+                          n_matrices, silu_pair ? " with silu_pair" : "");
+    if (n <= 0) return FERRY_OK;
+    int fused = n <= MULTI_MAX_TOKENS && n <= state->matvec_max_tokens &&
+                (dtype == FERRY_DTYPE_F16 || dtype == FERRY_DTYPE_BF16) &&
+                cols % LANE_COLS == 0 && aligned16(x);
+    for (int m = 0; m < n_matrices && fused; m++)
+        fused = aligned16(weights[m]) && rows[m] > 0 && !(silu_pair && biases && biases[m]);
+    if (!fused) {
+        for (int m = 0; m < n_matrices; m++)
+            FERRY_TRY(cuda_matmul(backend, outs[m], x, weights[m], dtype,
+                                  biases ? biases[m] : NULL, n, rows[m], cols, 0));
+        if (silu_pair) FERRY_TRY(cuda_silu_mul(backend, outs[0], outs[0], outs[1], n, rows[0]));
+        return FERRY_OK;
+    }
+    multi_args args = {};
+    for (int m = 0; m < n_matrices; m++) {
+        args.outs[m] = outs[m];
+        args.weights[m] = weights[m];
+        args.biases[m] = biases ? biases[m] : NULL;
+        args.rows[m] = rows[m];
+    }
+    args.n_matrices = n_matrices;
+    args.x = x;
+    args.n = n;
+    args.cols = cols;
+    if (dtype == FERRY_DTYPE_F16) launch_multi<__half>(state->stream, args, silu_pair);
+    else launch_multi<__nv_bfloat16>(state->stream, args, silu_pair);
+    CUDA_TRY_LAUNCH();
+    return FERRY_OK;
+}
