@@ -11,27 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "helpers.h"
-#include "kernels/ops.h"
+#include "cuda_fixture.h"
 
-static ferry_backend *gpu;
-static uint64_t rng;
-
-static void setup(void) {
-    rng = test_seed();
-    gpu = NULL;
-    if (ferry_cuda_available())
-        cr_assert_eq(ferry_backend_cuda_new(0, &gpu), FERRY_OK, "%s", ferry_last_error());
-}
-
-static void teardown(void) { ferry_backend_free(gpu); }
-
-TestSuite(cuda_graph, .init = setup, .fini = teardown, .timeout = 120);
-
-#define NEED_GPU()                                                                           \
-    do {                                                                                     \
-        if (!gpu) cr_skip_test("no CUDA GPU: this build or machine cannot run the CUDA backend"); \
-    } while (0)
+TestSuite(cuda_graph, .init = cuda_fixture_setup, .fini = cuda_fixture_teardown, .timeout = 120);
 
 /* Backend memory holding `n` random values of `dtype` in [-1, 1). */
 static void *random_on_gpu(ferry_dtype dtype, size_t n) {
