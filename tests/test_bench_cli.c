@@ -125,6 +125,7 @@ Test(bench_cli, bad_input_is_a_usage_error_naming_the_problem) {
         {"--model M --prompt-len 0", 2, "--prompt-len"},
         {"--model M --frobnicate", 2, "unknown option"},
         {"--model /nonexistent/model.ferry --backend cpu", 1, "cannot load the model"},
+        {"--model M --gpu-mem lots", 2, "bad size 'lots'"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *out = NULL, *err = NULL;
@@ -136,4 +137,25 @@ Test(bench_cli, bad_input_is_a_usage_error_naming_the_problem) {
         free(out);
         free(err);
     }
+}
+
+Test(bench_cli, gpu_mem_streams_layers_and_refuses_an_impossible_budget) {
+    char arguments[2048], *out = NULL, *err = NULL;
+    snprintf(arguments, sizeof arguments,
+             "--model '%s' --backend cpu --threads 1 --batch 2 --prompt-len 4 --gen-len 2 "
+             "--gpu-mem 64M --host-mem 64M --json",
+             model_path);
+    int exit_status = run_bench(arguments, &out, &err);
+    cr_assert_eq(exit_status, 0, "exit %d: %s", exit_status, err ? err : "");
+    cr_assert(out && strstr(out, "\"batch\":2"), "no batch line: %s", out ? out : "");
+    free(out);
+    free(err);
+    snprintf(arguments, sizeof arguments,
+             "--model '%s' --backend cpu --batch 2 --prompt-len 4 --gen-len 2 --gpu-mem 4K",
+             model_path);
+    exit_status = run_bench(arguments, &out, &err);
+    cr_assert_eq(exit_status, 1, "exit %d", exit_status);
+    cr_assert(err && strstr(err, "needs at least"), "stderr: %s", err ? err : "");
+    free(out);
+    free(err);
 }
