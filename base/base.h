@@ -102,6 +102,16 @@ static inline int ferry_mul_overflow(uint64_t a, uint64_t b, uint64_t *out) {
 /* "1.5G", "512M", "4096" (bytes), "2GiB" -> bytes. */
 ferry_status ferry_parse_size(const char *text, uint64_t *out_bytes);
 
+/* Read all of [offset, offset + bytes) of fd into dst, retrying short reads
+ * and EINTR.  A read error is FERRY_ERR_IO; the file ending first is
+ * `at_end` (FERRY_ERR_FORMAT for a file being parsed, FERRY_ERR_IO for a
+ * stream).  Messages name path and offset. */
+ferry_status ferry_pread_all(int fd, void *dst, uint64_t bytes, uint64_t offset,
+                             const char *path, ferry_status at_end);
+/* Write all of data at offset, retrying short writes and EINTR. */
+ferry_status ferry_pwrite_all(int fd, const void *data, uint64_t bytes, uint64_t offset,
+                              const char *path);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t ferry_now_ns(void);
 

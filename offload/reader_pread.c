@@ -31,19 +31,9 @@ static ferry_status pread_read_async(void *impl, uint64_t offset, uint64_t bytes
                           ticket, reader->n_tickets);
     pread_ticket *t = &reader->tickets[ticket];
     t->status = FERRY_OK;
-    uint64_t done = 0;
-    while (done < bytes) {
-        ssize_t n = pread(reader->fd, (char *)dst + done, bytes - done, (off_t)(offset + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            t->status = FERRY_ERR_IO;
-            snprintf(t->error, sizeof t->error, "%s: read at offset %llu failed: %s", reader->path,
-                     (unsigned long long)(offset + done),
-                     n < 0 ? strerror(errno) : "unexpected end of file (truncated?)");
-            break;
-        }
-        done += (uint64_t)n;
-    }
+    /* The error is kept for the wait: the ring reports it when it needs the data. */
+    t->status = ferry_pread_all(reader->fd, dst, bytes, offset, reader->path, FERRY_ERR_IO);
+    if (t->status != FERRY_OK) snprintf(t->error, sizeof t->error, "%s", ferry_last_error());
     return FERRY_OK;
 }
 

@@ -72,16 +72,8 @@ ferry_status offload_shape_from_layout(const ferry_layout *layout, size_t kv_ele
 
 static ferry_status read_extent(int fd, const char *path, int layer, uint64_t offset,
                                 uint64_t bytes, void *dst) {
-    uint64_t done = 0;
-    while (done < bytes) {
-        ssize_t n = pread(fd, (char *)dst + done, bytes - done, (off_t)(offset + done));
-        if (n <= 0)
-            return ferry_fail(FERRY_ERR_IO, "%s: layer %d: read at offset %llu failed: %s", path,
-                              layer, (unsigned long long)(offset + done),
-                              n < 0 ? strerror(errno) : "unexpected end of file");
-        done += (uint64_t)n;
-    }
-    return FERRY_OK;
+    ferry_status status = ferry_pread_all(fd, dst, bytes, offset, path, FERRY_ERR_IO);
+    return status == FERRY_OK ? FERRY_OK : ferry_fail_prefix(status, "layer %d: ", layer);
 }
 
 ferry_status offload_stream_open(const ferry_file *file, const offload_stream_options *options,

@@ -200,23 +200,6 @@ struct ferry_writer {
     int finished;
 };
 
-ferry_status ferry_pwrite_all(int fd, const void *data, size_t bytes, uint64_t offset,
-                              const char *path) {
-    const char *cursor = data;
-    while (bytes > 0) {
-        ssize_t n = pwrite(fd, cursor, bytes, (off_t)offset);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0)
-            return ferry_fail(FERRY_ERR_IO, "%s: write of %zu bytes at offset %llu failed: %s",
-                              path, bytes, (unsigned long long)offset,
-                              n < 0 ? strerror(errno) : "no progress");
-        cursor += n;
-        bytes -= (size_t)n;
-        offset += (uint64_t)n;
-    }
-    return FERRY_OK;
-}
-
 ferry_status ferry_writer_open(const char *path, const ferry_config *config, ferry_dtype dtype,
                                ferry_writer **out) {
     *out = NULL;

@@ -24,8 +24,6 @@ typedef struct ferry_text {
 /* The manifest JSON for a layout (checksums as stored in its entries). */
 ferry_status ferry_manifest_print(const ferry_layout *layout, const ferry_text *texts,
                                   int n_texts, char **out);
-ferry_status ferry_pwrite_all(int fd, const void *data, size_t bytes, uint64_t offset,
-                              const char *path);
 /* ferry_file_verify, calling progress(context, tensors done, total, bytes
  * done) after each tensor (progress may be NULL). */
 typedef void (*ferry_verify_progress_fn)(void *context, int n_done, int n_total,

@@ -16,26 +16,6 @@
 
 #include "runtime/format_internal.h"
 
-static ferry_status pread_all(int fd, void *dst, size_t bytes, uint64_t offset,
-                              const char *path) {
-    char *cursor = dst;
-    while (bytes > 0) {
-        ssize_t n = pread(fd, cursor, bytes, (off_t)offset);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0)
-            return ferry_fail(FERRY_ERR_IO, "%s: read of %zu bytes at offset %llu failed: %s",
-                              path, bytes, (unsigned long long)offset, strerror(errno));
-        if (n == 0)
-            return ferry_fail(FERRY_ERR_FORMAT,
-                              "%s: file ends at offset %llu, %zu bytes short: truncated?", path,
-                              (unsigned long long)offset, bytes);
-        cursor += n;
-        bytes -= (size_t)n;
-        offset += (uint64_t)n;
-    }
-    return FERRY_OK;
-}
-
 static uint64_t decode_le64(const unsigned char *in) {
     uint64_t value = 0;
     for (int i = 7; i >= 0; i--) value = (value << 8) | in[i];
@@ -53,7 +33,7 @@ static ferry_status read_preamble(ferry_file *file, uint64_t actual_bytes,
         return ferry_fail(FERRY_ERR_FORMAT, "%s: %llu bytes is too short for a .ferry file", path,
                           (unsigned long long)actual_bytes);
     unsigned char raw[FERRY_PREAMBLE_BYTES];
-    FERRY_TRY(pread_all(file->fd, raw, sizeof raw, 0, path));
+    FERRY_TRY(ferry_pread_all(file->fd, raw, sizeof raw, 0, path, FERRY_ERR_FORMAT));
     memcpy(out->magic, raw, 8);
     if (memcmp(out->magic, FERRY_FILE_MAGIC, 8) != 0)
         return ferry_fail(FERRY_ERR_FORMAT,
@@ -202,7 +182,8 @@ static ferry_status read_texts(ferry_file *file, const cJSON *texts, uint64_t *t
         FERRY_TRY(ferry_malloc(text->bytes + 1, "text", (void **)&text->text));
         file->n_texts++;
         if (!text->key) return ferry_fail(FERRY_ERR_NO_MEMORY, "out of memory");
-        FERRY_TRY(pread_all(file->fd, text->text, text->bytes, text->offset, file->path));
+        FERRY_TRY(ferry_pread_all(file->fd, text->text, text->bytes, text->offset, file->path,
+                                  FERRY_ERR_FORMAT));
         text->text[text->bytes] = '\0';
         uint64_t end = (text->offset + text->bytes + FERRY_TEXT_ALIGN - 1) / FERRY_TEXT_ALIGN *
                        FERRY_TEXT_ALIGN;
@@ -300,8 +281,8 @@ ferry_status ferry_file_open(const char *path, ferry_file **out) {
     FERRY_TRY_GOTO(read_preamble(file, file->file_bytes, &preamble));
     FERRY_TRY_GOTO(ferry_malloc(preamble.manifest_bytes + 1, "manifest",
                                 (void **)&file->manifest_json));
-    FERRY_TRY_GOTO(pread_all(file->fd, file->manifest_json, preamble.manifest_bytes,
-                             preamble.manifest_offset, path));
+    FERRY_TRY_GOTO(ferry_pread_all(file->fd, file->manifest_json, preamble.manifest_bytes,
+                                   preamble.manifest_offset, path, FERRY_ERR_FORMAT));
     file->manifest_json[preamble.manifest_bytes] = '\0';
     if (XXH3_64bits(file->manifest_json, preamble.manifest_bytes) != preamble.manifest_xxh3) {
         status = ferry_fail(FERRY_ERR_FORMAT, "%s: manifest fails its checksum: file is damaged",
@@ -332,7 +313,8 @@ void ferry_file_close(ferry_file *file) {
 
 ferry_status ferry_file_read_tensor(const ferry_file *file, const ferry_tensor_entry *entry,
                                     void *dst, int verify) {
-    ferry_status status = pread_all(file->fd, dst, entry->bytes, entry->offset, file->path);
+    ferry_status status = ferry_pread_all(file->fd, dst, entry->bytes, entry->offset, file->path,
+                                          FERRY_ERR_FORMAT);
     char name[64];
     ferry_tensor_entry_name(entry, name, sizeof name);
     if (status != FERRY_OK) return ferry_fail_prefix(status, "tensor %s: ", name);
@@ -354,7 +336,8 @@ static ferry_status check_tensor(const ferry_file *file, const ferry_tensor_entr
     for (uint64_t done = 0; done < entry->bytes;) {
         size_t piece = entry->bytes - done < buffer_bytes ? (size_t)(entry->bytes - done)
                                                           : buffer_bytes;
-        ferry_status status = pread_all(file->fd, buffer, piece, entry->offset + done, file->path);
+        ferry_status status = ferry_pread_all(file->fd, buffer, piece, entry->offset + done,
+                                              file->path, FERRY_ERR_FORMAT);
         if (status != FERRY_OK) return ferry_fail_prefix(status, "tensor %s: ", name);
         XXH3_64bits_update(state, buffer, piece);
         done += piece;

@@ -33,27 +33,6 @@ static const char *safetensors_dtype_name(ferry_dtype dtype) {
     return "?";
 }
 
-/* pread all of [offset, offset + bytes), retrying short reads. */
-static ferry_status pread_exact(int fd, const char *path, uint64_t offset, void *dst,
-                                size_t bytes) {
-    char *cursor = dst;
-    while (bytes > 0) {
-        size_t chunk = bytes < (1u << 30) ? bytes : (1u << 30);
-        ssize_t got = pread(fd, cursor, chunk, (off_t)offset);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0)
-            return ferry_fail(FERRY_ERR_IO, "%s: read of %zu bytes at offset %llu failed: %s",
-                              path, chunk, (unsigned long long)offset, strerror(errno));
-        if (got == 0)
-            return ferry_fail(FERRY_ERR_FORMAT, "%s: file ends at offset %llu (truncated?)", path,
-                              (unsigned long long)offset);
-        cursor += got;
-        offset += (uint64_t)got;
-        bytes -= (size_t)got;
-    }
-    return FERRY_OK;
-}
-
 /* A JSON number that is a whole number in [0, 2^53]. */
 static int json_uint(const cJSON *item, uint64_t *out) {
     if (!cJSON_IsNumber(item)) return 0;
@@ -268,7 +247,8 @@ ferry_status ferry_safetensors_open(const char *path, ferry_safetensors_file **o
         goto fail;
     }
     uint8_t length_bytes[8];
-    FERRY_TRY_GOTO(pread_exact(file->fd, path, 0, length_bytes, sizeof length_bytes));
+    FERRY_TRY_GOTO(ferry_pread_all(file->fd, length_bytes, sizeof length_bytes, 0, path,
+                                   FERRY_ERR_FORMAT));
     uint64_t header_bytes = 0;
     for (int i = 7; i >= 0; i--) header_bytes = (header_bytes << 8) | length_bytes[i];
     if (header_bytes == 0 || header_bytes > FERRY_SAFETENSORS_MAX_HEADER_BYTES ||
@@ -283,7 +263,7 @@ ferry_status ferry_safetensors_open(const char *path, ferry_safetensors_file **o
     }
     file->data_offset = 8 + header_bytes;
     FERRY_TRY_GOTO(ferry_malloc(header_bytes + 1, "safetensors header", (void **)&header));
-    FERRY_TRY_GOTO(pread_exact(file->fd, path, 8, header, header_bytes));
+    FERRY_TRY_GOTO(ferry_pread_all(file->fd, header, header_bytes, 8, path, FERRY_ERR_FORMAT));
     header[header_bytes] = '\0';
     FERRY_TRY_GOTO(parse_header(file, header, header_bytes));
     *out = file;
@@ -318,7 +298,8 @@ ferry_status ferry_safetensors_read_range(const ferry_safetensors_file *file,
                           "%s: tensor '%s': read of %zu bytes at %llu is outside its %llu bytes",
                           file->path, tensor->name, bytes, (unsigned long long)offset,
                           (unsigned long long)tensor->bytes);
-    ferry_status status = pread_exact(file->fd, file->path, tensor->offset + offset, dst, bytes);
+    ferry_status status = ferry_pread_all(file->fd, dst, bytes, tensor->offset + offset,
+                                          file->path, FERRY_ERR_FORMAT);
     if (status != FERRY_OK) return ferry_fail_prefix(status, "tensor '%s': ", tensor->name);
     return FERRY_OK;
 }
