@@ -22,12 +22,6 @@ typedef struct slot_state {
     uint64_t rng_state;         /* this request's generator, carried between steps */
 } slot_state;
 
-static int is_eos(const ferry_config *config, int32_t token) {
-    for (int i = 0; i < config->n_eos_token_ids; i++)
-        if (config->eos_token_ids[i] == token) return 1;
-    return 0;
-}
-
 static ferry_status deliver(const ferry_batch_callbacks *callbacks, ferry_batch_stats *stats,
                             slot_state *slot, const char *finish_reason, const char *error) {
     ferry_batch_result result = {
@@ -171,7 +165,7 @@ ferry_status ferry_batch_run(ferry_session *session, int max_prefill_tokens,
                 callbacks->on_token(callbacks->user, slot->request.handle, slot->tokens,
                                     slot->n_tokens))
                 finish = "stop";
-            else if (!slot->request.ignore_eos && is_eos(config, token))
+            else if (!slot->request.ignore_eos && ferry_is_eos(config, token))
                 finish = "stop";
             else if (slot->n_tokens == slot->request.max_new_tokens)
                 finish = "length";

@@ -40,6 +40,13 @@ static inline const void *ferry_model_tensor(const ferry_model *model, int layer
     return model->tensors[ferry_model_tensor_slot(layer, kind)];
 }
 
+/* Is token one of the config's end-of-sequence ids? */
+static inline int ferry_is_eos(const ferry_config *config, int32_t token) {
+    for (int i = 0; i < config->n_eos_token_ids; i++)
+        if (config->eos_token_ids[i] == token) return 1;
+    return 0;
+}
+
 /* An empty model for (config, dtype) on `backend`, which it takes over
  * (freed with the model, or at once if this fails).  The RoPE table is
  * made here; weights come next through ferry_model_load_tensor. */

@@ -9,12 +9,6 @@
 #include "runtime/engine.h"
 #include "runtime/sampler.h"
 
-static int is_eos(const ferry_config *config, int32_t token) {
-    for (int i = 0; i < config->n_eos_token_ids; i++)
-        if (config->eos_token_ids[i] == token) return 1;
-    return 0;
-}
-
 /* Stopping: a callback returning nonzero ends generation normally
  * (FERRY_OK); the token it was shown is part of the output. */
 ferry_status ferry_generate(ferry_session *session, const int32_t *prompt, int n_prompt,
@@ -62,7 +56,7 @@ ferry_status ferry_generate(ferry_session *session, const int32_t *prompt, int n
         out_tokens[n++] = token;
         *n_out = n;
         if (params->on_token && params->on_token(params->user, token)) break;
-        if (!params->ignore_eos && is_eos(config, token)) break;
+        if (!params->ignore_eos && ferry_is_eos(config, token)) break;
         if (n == params->max_new_tokens) break;
         /* decode: feed the token back for the next distribution */
         n_feed = 1;
