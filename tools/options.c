@@ -7,8 +7,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "base/base.h"
 #include "tools/cli.h"
 #include "tools/options.h"
 
@@ -104,8 +104,4 @@ int cli_parse_options(const char *command, int argc, char **argv, cli_option *op
     return CLI_PARSED;
 }
 
-double cli_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
+double cli_now_ms(void) { return (double)ferry_now_ns() / 1e6; }
