@@ -18,35 +18,50 @@ typedef struct rope_job {
     ferry_attention_shape shape;
 } rope_job;
 
-/* Rotate each pair (x[i], x[i + half]) of every head by the angle
- * position * inv_freq[i] (HF's rotate_half layout):
+/* Frequencies whose cos/sin are computed at once per token (stack bound). */
+enum { ROPE_CHUNK = 64 };
+
+/* Rotate frequencies [first, first + n) of each pair (x[i], x[i + half])
+ * of every head by the angle whose cos/sin are c[i - first], s[i - first]
+ * (HF's rotate_half layout):
  *   x'[i]        = x[i] cos - x[i+half] sin
  *   x'[i + half] = x[i+half] cos + x[i] sin */
-static void rotate_heads(float *x, int n_heads, int head_dim, float position,
-                         const float *inv_freq) {
+static void rotate_heads(float *x, int n_heads, int head_dim, int first, int n, const float *c,
+                         const float *s) {
     int half = head_dim / 2;
     for (int h = 0; h < n_heads; h++) {
         float *head = x + (size_t)h * head_dim;
-        for (int i = 0; i < half; i++) {
-            /* the angle in float32, as HF computes inv_freq @ position_ids */
-            float angle = position * inv_freq[i];
-            float c = cosf(angle), s = sinf(angle);
+        for (int j = 0; j < n; j++) {
+            int i = first + j;
             float x0 = head[i], x1 = head[i + half];
-            head[i] = x0 * c - x1 * s;
-            head[i + half] = x1 * c + x0 * s;
+            head[i] = x0 * c[j] - x1 * s[j];
+            head[i + half] = x1 * c[j] + x0 * s[j];
         }
     }
 }
 
+/* The angles depend only on the position: compute each cos/sin once per
+ * token and apply it to every query and key head. */
 static void rope_tokens(void *arg, int begin, int end) {
     const rope_job *job = arg;
     const ferry_attention_shape shape = job->shape;
+    const int half = shape.head_dim / 2;
+    float c[ROPE_CHUNK], s[ROPE_CHUNK];
     for (int t = begin; t < end; t++) {
         float position = (float)job->positions[t];
-        rotate_heads(job->q + (size_t)t * shape.n_heads * shape.head_dim, shape.n_heads,
-                     shape.head_dim, position, job->inv_freq);
-        rotate_heads(job->k + (size_t)t * shape.n_kv_heads * shape.head_dim, shape.n_kv_heads,
-                     shape.head_dim, position, job->inv_freq);
+        float *q = job->q + (size_t)t * shape.n_heads * shape.head_dim;
+        float *k = job->k + (size_t)t * shape.n_kv_heads * shape.head_dim;
+        for (int first = 0; first < half; first += ROPE_CHUNK) {
+            int n = half - first < ROPE_CHUNK ? half - first : ROPE_CHUNK;
+            for (int j = 0; j < n; j++) {
+                /* the angle in float32, as HF computes inv_freq @ position_ids */
+                float angle = position * job->inv_freq[first + j];
+                c[j] = cosf(angle);
+                s[j] = sinf(angle);
+            }
+            rotate_heads(q, shape.n_heads, shape.head_dim, first, n, c, s);
+            rotate_heads(k, shape.n_kv_heads, shape.head_dim, first, n, c, s);
+        }
     }
 }
 
