@@ -108,6 +108,9 @@ ferry_status ferry_parse_size(const char *text, uint64_t *out_bytes);
  * stream).  Messages name path and offset. */
 ferry_status ferry_pread_all(int fd, void *dst, uint64_t bytes, uint64_t offset,
                              const char *path, ferry_status at_end);
+/* Open a regular file read-only; *out_bytes gets its size.  On failure
+ * *out_fd is -1 and the message names the path. */
+ferry_status ferry_open_read(const char *path, int *out_fd, uint64_t *out_bytes);
 /* Write all of data at offset, retrying short writes and EINTR. */
 ferry_status ferry_pwrite_all(int fd, const void *data, uint64_t bytes, uint64_t offset,
                               const char *path);

@@ -2,9 +2,12 @@
  * io.c — whole-range pread/pwrite: the loops that turn short transfers and
  * EINTR into retries and anything else into a message naming the file and
  * offset.  Every synchronous file read or write in ferry goes through here
- * (the io_uring engine in nvme/ has its own asynchronous path).
+ * (the io_uring engine in nvme/ has its own asynchronous path), and
+ * opening a regular file for reading.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base.h"
@@ -50,5 +53,19 @@ ferry_status ferry_pwrite_all(int fd, const void *data, uint64_t bytes, uint64_t
         bytes -= (uint64_t)n;
         offset += (uint64_t)n;
     }
+    return FERRY_OK;
+}
+
+ferry_status ferry_open_read(const char *path, int *out_fd, uint64_t *out_bytes) {
+    *out_fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*out_fd < 0)
+        return ferry_fail(FERRY_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(*out_fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(*out_fd);
+        *out_fd = -1;
+        return ferry_fail(FERRY_ERR_IO, "%s: not a regular file", path);
+    }
+    *out_bytes = (uint64_t)st.st_size;
     return FERRY_OK;
 }

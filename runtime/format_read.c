@@ -4,11 +4,8 @@
  * tensor table is exactly the layout (config, dtype) implies and lies
  * inside the file.  Also per-tensor reads and checksum verification.
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -266,17 +263,7 @@ ferry_status ferry_file_open(const char *path, ferry_file **out) {
         status = ferry_fail(FERRY_ERR_NO_MEMORY, "out of memory");
         goto fail;
     }
-    file->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (file->fd < 0) {
-        status = ferry_fail(FERRY_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-        goto fail;
-    }
-    struct stat st;
-    if (fstat(file->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        status = ferry_fail(FERRY_ERR_IO, "%s: not a regular file", path);
-        goto fail;
-    }
-    file->file_bytes = (uint64_t)st.st_size;
+    FERRY_TRY_GOTO(ferry_open_read(path, &file->fd, &file->file_bytes));
     ferry_preamble preamble;
     FERRY_TRY_GOTO(read_preamble(file, file->file_bytes, &preamble));
     FERRY_TRY_GOTO(ferry_malloc(preamble.manifest_bytes + 1, "manifest",

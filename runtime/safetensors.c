@@ -8,11 +8,8 @@
 #include "runtime/safetensors.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* Largest integer a JSON number (a double) holds exactly. */
@@ -229,17 +226,7 @@ ferry_status ferry_safetensors_open(const char *path, ferry_safetensors_file **o
         status = ferry_fail(FERRY_ERR_NO_MEMORY, "%s: out of memory", path);
         goto fail;
     }
-    file->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (file->fd < 0) {
-        status = ferry_fail(FERRY_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-        goto fail;
-    }
-    struct stat st;
-    if (fstat(file->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        status = ferry_fail(FERRY_ERR_IO, "%s: not a regular file", path);
-        goto fail;
-    }
-    file->file_bytes = (uint64_t)st.st_size;
+    FERRY_TRY_GOTO(ferry_open_read(path, &file->fd, &file->file_bytes));
     if (file->file_bytes < 8) {
         status = ferry_fail(FERRY_ERR_FORMAT,
                             "%s: %llu bytes, too short for the 8-byte header length", path,
