@@ -53,23 +53,31 @@ static const offload_source *source_of(const offload_ring *ring, uint64_t g) {
 
 /* ------------------------------------------------------------ fetches */
 
-/* Wait for an event, saying which layer's work it finished on failure. */
+/* Wait for an event, saying which layer's work it finished on failure.
+ * A completed event still has its status collected (a failure is reported
+ * once); only a pending one counts as time blocked. */
 static ferry_status wait_event(offload_ring *ring, offload_event event, uint64_t g,
                                const char *what, uint64_t *wait_ns) {
     if (event == 0) return FERRY_OK;
+    ferry_status status;
     if (ring->device.ops->event_query(ring->device.impl, event)) {
-        /* Completed: still collect its status (a failure is reported once). */
-        ferry_status status = ring->device.ops->event_wait(ring->device.impl, event);
-        if (status != FERRY_OK)
-            return ferry_fail_prefix(status, "layer %d: %s: ", layer_of(ring, g), what);
-        return FERRY_OK;
+        status = ring->device.ops->event_wait(ring->device.impl, event);
+    } else {
+        uint64_t start_ns = ferry_now_ns();
+        status = ring->device.ops->event_wait(ring->device.impl, event);
+        *wait_ns += ferry_now_ns() - start_ns;
     }
-    uint64_t start_ns = ferry_now_ns();
-    ferry_status status = ring->device.ops->event_wait(ring->device.impl, event);
-    *wait_ns += ferry_now_ns() - start_ns;
     if (status != FERRY_OK)
         return ferry_fail_prefix(status, "layer %d: %s: ", layer_of(ring, g), what);
     return FERRY_OK;
+}
+
+/* A read of g's layer failed: name the layer and its extent. */
+static ferry_status read_failed(const offload_ring *ring, uint64_t g, ferry_status status) {
+    const offload_source *source = source_of(ring, g);
+    return ferry_fail_prefix(status, "layer %d (file offset %llu, %llu bytes): ",
+                             layer_of(ring, g), (unsigned long long)source->file_offset,
+                             (unsigned long long)source->bytes);
 }
 
 /* Start NVMe reads for DISK layers with g < limit while staging buffers
@@ -92,10 +100,7 @@ static ferry_status issue_reads(offload_ring *ring, uint64_t limit) {
         ring->staging_copy_done[staging] = 0;
         ferry_status status = ring->reader.ops->read_async(
             ring->reader.impl, source->file_offset, source->bytes, ring->staging[staging], staging);
-        if (status != FERRY_OK)
-            return ferry_fail_prefix(status, "layer %d (file offset %llu, %llu bytes): ",
-                                     layer_of(ring, g), (unsigned long long)source->file_offset,
-                                     (unsigned long long)source->bytes);
+        if (status != FERRY_OK) return read_failed(ring, g, status);
         ring->staging_read_pending[staging] = 1;
         ring->staging_sequence[staging] = g;
         ring->n_reads++;
@@ -113,10 +118,7 @@ static ferry_status finish_read(offload_ring *ring, uint64_t g, int *out_staging
         ferry_status status = ring->reader.ops->read_wait(ring->reader.impl, i);
         ring->stats.wait_staging_ns += ferry_now_ns() - start_ns;
         ring->staging_read_pending[i] = 0;
-        if (status != FERRY_OK)
-            return ferry_fail_prefix(status, "layer %d (file offset %llu, %llu bytes): ",
-                                     layer_of(ring, g), (unsigned long long)source->file_offset,
-                                     (unsigned long long)source->bytes);
+        if (status != FERRY_OK) return read_failed(ring, g, status);
         ring->stats.bytes_read += source->bytes;
         *out_staging = i;
         return FERRY_OK;
