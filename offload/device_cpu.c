@@ -17,9 +17,10 @@ typedef struct cpu_device {
 static ferry_status cpu_slot_alloc(void *device, int slot, uint64_t bytes, void **out) {
     (void)device;
     (void)slot;
-    /* Round up to whole pages so tensor offsets inside keep their alignment. */
+    /* Round up to whole pages so tensor offsets inside keep their alignment
+     * (0 bytes gets one page: ferry_aligned_alloc sees to that). */
     uint64_t rounded = (bytes + 4095) / 4096 * 4096;
-    return ferry_aligned_alloc(4096, rounded ? rounded : 4096, "CPU layer slot", out);
+    return ferry_aligned_alloc(4096, rounded, "CPU layer slot", out);
 }
 
 static void cpu_slot_free(void *device, int slot, void *memory) {

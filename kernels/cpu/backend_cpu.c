@@ -16,9 +16,9 @@ enum { CPU_ALIGN_BYTES = 64 };
 
 static ferry_status cpu_alloc(ferry_backend *backend, size_t bytes, void **out) {
     (void)backend;
-    /* Round up so the allocation is a whole number of alignment units. */
+    /* Round up so the allocation is a whole number of alignment units
+     * (0 bytes gets one unit: ferry_aligned_alloc sees to that). */
     size_t rounded = (bytes + CPU_ALIGN_BYTES - 1) / CPU_ALIGN_BYTES * CPU_ALIGN_BYTES;
-    if (rounded == 0) rounded = CPU_ALIGN_BYTES;
     return ferry_aligned_alloc(CPU_ALIGN_BYTES, rounded, "cpu backend buffer", out);
 }
 
