@@ -54,6 +54,26 @@ __device__ __forceinline__ float warp_sum(float value) {
     return value;
 }
 
+/* acc[t][r] += x[t][c .. c+8) · wf[r] for the tile's n tokens: one 8-wide
+ * column step of the vector kernel, shared by its unrolled main loop and
+ * its tail. */
+template <int TILE, int ROWS>
+__device__ __forceinline__ void accumulate_step(float (&acc)[TILE][ROWS], const float *x, int n,
+                                                int cols, int c, const float (&wf)[ROWS][8]) {
+#pragma unroll
+    for (int t = 0; t < TILE; t++) {
+        if (t < n) {
+            const float4 *xv = reinterpret_cast<const float4 *>(x + (size_t)t * cols + c);
+            const float4 a = __ldg(xv), b = __ldg(xv + 1);
+#pragma unroll
+            for (int r = 0; r < ROWS; r++)
+                acc[t][r] += a.x * wf[r][0] + a.y * wf[r][1] + a.z * wf[r][2] +
+                             a.w * wf[r][3] + b.x * wf[r][4] + b.y * wf[r][5] +
+                             b.z * wf[r][6] + b.w * wf[r][7];
+        }
+    }
+}
+
 /* Vector kernel: cols % 8 == 0, W and x 16-byte aligned, n <= TILE.
  * A warp owns ROWS consecutive weight rows; each x chunk it loads serves
  * all of them (x comes from L1, and at larger TILE the L1 traffic of x,
@@ -91,37 +111,14 @@ __global__ void __launch_bounds__(MATVEC_THREADS)
             float wf[ROWS][8];
 #pragma unroll
             for (int r = 0; r < ROWS; r++) widen8(packed[u][r], T(), wf[r]);
-            const int cu = c + u * COLS_PER_WARP_STEP;
-#pragma unroll
-            for (int t = 0; t < TILE; t++) {
-                if (t < n) {
-                    const float4 *xv = reinterpret_cast<const float4 *>(x + (size_t)t * cols + cu);
-                    const float4 a = __ldg(xv), b = __ldg(xv + 1);
-#pragma unroll
-                    for (int r = 0; r < ROWS; r++)
-                        acc[t][r] += a.x * wf[r][0] + a.y * wf[r][1] + a.z * wf[r][2] +
-                                     a.w * wf[r][3] + b.x * wf[r][4] + b.y * wf[r][5] +
-                                     b.z * wf[r][6] + b.w * wf[r][7];
-                }
-            }
+            accumulate_step<TILE, ROWS>(acc, x, n, cols, c + u * COLS_PER_WARP_STEP, wf);
         }
     }
     for (; c < cols; c += COLS_PER_WARP_STEP) {
         float wf[ROWS][8];
 #pragma unroll
         for (int r = 0; r < ROWS; r++) widen8(__ldg(w_rows[r] + c / COLS_PER_LANE_STEP), T(), wf[r]);
-#pragma unroll
-        for (int t = 0; t < TILE; t++) {
-            if (t < n) {
-                const float4 *xv = reinterpret_cast<const float4 *>(x + (size_t)t * cols + c);
-                const float4 a = __ldg(xv), b = __ldg(xv + 1);
-#pragma unroll
-                for (int r = 0; r < ROWS; r++)
-                    acc[t][r] += a.x * wf[r][0] + a.y * wf[r][1] + a.z * wf[r][2] +
-                                 a.w * wf[r][3] + b.x * wf[r][4] + b.y * wf[r][5] +
-                                 b.z * wf[r][6] + b.w * wf[r][7];
-            }
-        }
+        accumulate_step<TILE, ROWS>(acc, x, n, cols, c, wf);
     }
     /* epilogue: reduce over the warp, add bias, accumulate into out */
 #pragma unroll
