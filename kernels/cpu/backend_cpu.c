@@ -18,6 +18,9 @@ static ferry_status cpu_alloc(ferry_backend *backend, size_t bytes, void **out) 
     (void)backend;
     /* Round up so the allocation is a whole number of alignment units
      * (0 bytes gets one unit: ferry_aligned_alloc sees to that). */
+    if (bytes > SIZE_MAX - CPU_ALIGN_BYTES)
+        return ferry_fail(FERRY_ERR_NO_MEMORY, "cpu backend buffer of %zu bytes is too large",
+                          bytes);
     size_t rounded = (bytes + CPU_ALIGN_BYTES - 1) / CPU_ALIGN_BYTES * CPU_ALIGN_BYTES;
     return ferry_aligned_alloc(CPU_ALIGN_BYTES, rounded, "cpu backend buffer", out);
 }
