@@ -6,7 +6,8 @@
 #                                     build-gpu/, the folder the run carries
 #   bench/gpu_run.sh [STEPS]          there: run the steps (default: all) from build-gpu,
 #                                     teeing every log into $OUT
-# Steps: info tests bench graphs_off prefill kernels hf.  The binaries carry the paths
+# Steps: info tests bench graphs_off pdl prefill kernels hf stream batch big accel
+# (default: info tests bench graphs_off prefill kernels hf).  The binaries carry the paths
 # they were built with (/work/main, /work/main/<build>), so the run links
 # those names to the copy it runs in.
 set -u
@@ -17,7 +18,9 @@ if [ "${1:-}" = --pack ]; then
     BUILD=$REPO/${2:-build-h4}
     rm -rf "$CARRIED" && mkdir -p "$CARRIED/tests" "$CARRIED/lib"
     cp "$BUILD/ferry" "$CARRIED/"
-    cp "$BUILD"/tests/test_cuda_ops "$BUILD"/tests/test_cuda_graph "$BUILD"/tests/test_cuda_fused "$BUILD"/tests/test_cuda_engine "$CARRIED/tests/"
+    cp "$BUILD"/tests/test_cuda_ops "$BUILD"/tests/test_cuda_graph "$BUILD"/tests/test_cuda_fused \
+        "$BUILD"/tests/test_cuda_engine "$BUILD"/tests/test_offload_cuda "$CARRIED/tests/"
+    strip "$CARRIED/ferry" "$CARRIED"/tests/*
     basename "$BUILD" >"$CARRIED/BUILT_AS"
     # every library outside glibc and the CUDA toolkit (the GPU machine has those)
     ldd "$CARRIED/ferry" "$CARRIED"/tests/* | awk '$3 ~ /^\// {print $3}' | sort -u |
@@ -57,9 +60,12 @@ if has_step tests; then
     "$TESTS/test_cuda_fused" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
     step test_cuda_engine
     "$TESTS/test_cuda_engine" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
+    step test_offload_cuda
+    "$TESTS/test_offload_cuda" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
 fi
 
-if has_step bench || has_step graphs_off || has_step prefill || has_step kernels; then
+if has_step bench || has_step graphs_off || has_step pdl || has_step prefill || has_step kernels ||
+    has_step stream || has_step batch; then
     if [ ! -f "$MODEL" ]; then
         step synth llama2-7b f16
         "$FERRY" synth --preset llama2-7b --dtype f16 "$MODEL" 2>&1 | tail -1
@@ -68,12 +74,17 @@ fi
 
 if has_step bench; then
     step "ferry bench: llama2-7b f16, batch 1,16,64, prompt 128, 32 decode steps"
-    "$FERRY" bench --model "$MODEL" --backend cuda --batch 1,4,16,32,64 --prompt-len 128 --gen-len 32 2>&1 | tee "$OUT/bench.log"
+    "$FERRY" bench --model "$MODEL" --backend cuda --batch ${BENCH_BATCHES:-1,4,16,32,64} --prompt-len 128 --gen-len 32 2>&1 | tee "$OUT/bench.log"
 fi
 
 if has_step graphs_off; then
     step "ferry bench, decode steps NOT replayed from CUDA Graphs (FERRY_GRAPHS=0)"
     FERRY_GRAPHS=0 "$FERRY" bench --model "$MODEL" --backend cuda --batch 1,16 --prompt-len 128 --gen-len 32 2>&1 | tee "$OUT/bench_graphs_off.log"
+fi
+
+if has_step pdl; then
+    step "ferry bench, kernels launched without programmatic dependent launch (FERRY_CUDA_PDL=0)"
+    FERRY_CUDA_PDL=0 "$FERRY" bench --model "$MODEL" --backend cuda --batch 1,16 --prompt-len 128 --gen-len 32 2>&1 | tee "$OUT/bench_pdl_off.log"
 fi
 
 if has_step prefill; then
@@ -93,5 +104,36 @@ if has_step hf; then
     step "HF transformers eager peer, llama2-7b shape fp16, batch 1,16, prompt 128, 32 steps"
     PYTHONUNBUFFERED=1 LD_LIBRARY_PATH= python3 "$REPO/bench/hf_decode.py" --batch 1,16 \
         --prompt-len 128 --gen-len 32 --attn eager 2>&1 | grep -v Warning | tee "$OUT/hf.log"
+fi
+if has_step stream; then
+    # issue 5: every layer in pinned DRAM, and the auto plan under a 4G budget
+    sbench() { local name=$1; shift; step "streamed decode: $name"
+        env FERRY_OFFLOAD_BENCH_MODEL=$MODEL "$@" timeout 240 "$TESTS/test_offload_cuda" --jobs 1 --verbose \
+            --filter 'offload_cuda/streamed_decode*' 2>&1 | tee "$OUT/stream_$name.log" | grep -vE '^\[(RUN|----)'; }
+    sbench dram FERRY_OFFLOAD_BENCH_BATCHES=1,64,256 FERRY_OFFLOAD_BENCH_RESIDENT=0
+    sbench gpu4g FERRY_OFFLOAD_BENCH_BATCHES=1,16,64 FERRY_OFFLOAD_BENCH_GPU_MEM=4G
+fi
+
+if has_step batch; then
+    # issue 6: 1000 mixed requests through ferry batch vs ferry bench, same plan and batch
+    step "ferry batch vs ferry bench, streamed under --gpu-mem 4G, batch 64"
+    python3 "$REPO/bench/batch_requests.py" 1000 >/tmp/req.jsonl
+    "$FERRY" bench --model "$MODEL" --batch 64 --prompt-len 22 --gen-len 16 --gpu-mem 4G --backend cuda 2>&1 | tee "$OUT/batch_bench.log"
+    rm -f /tmp/out.jsonl
+    "$FERRY" batch --model "$MODEL" --input /tmp/req.jsonl --output /tmp/out.jsonl --batch 64 --greedy \
+        --ignore-eos --gpu-mem 4G --backend cuda 2>&1 | tee "$OUT/batch_run.log" | tail -15
+    wc -l /tmp/out.jsonl | tee -a "$OUT/batch_run.log"
+fi
+
+if has_step big; then
+    # issue 5: a codellama-34b-shaped f16 model (~68 GB), generated in DRAM, under --gpu-mem 6G
+    step "codellama-34b f16 in DRAM, --gpu-mem 6G"
+    "$FERRY" bench --model synth:codellama-34b:f16 --gpu-mem 6G --batch 1,8 --prompt-len 128 --gen-len 8 \
+        --backend cuda 2>&1 | tee "$OUT/big.log" | grep -v '^synth'
+fi
+
+if has_step accel; then
+    step "HF Accelerate side by side, --gpu-mem 4G"
+    FERRY="$FERRY" MODEL="$MODEL" bash "$REPO/bench/accelerate_side_by_side.sh" 2>&1 | tee "$OUT/accel.log"
 fi
 step done
