@@ -60,6 +60,8 @@ typedef struct cuda_backend {
     int host_slots_capacity;
     int n_multiprocessors;
     int matvec_max_tokens;      /* matmuls with n <= this use the matvec kernel */
+    int pdl;                    /* launch kernels with programmatic dependent launch (sm_90+,
+                                   FERRY_CUDA_PDL=0 turns it off); see launch.cuh */
 } cuda_backend;
 
 static inline cuda_backend *cuda_state(ferry_backend *backend) {
