@@ -246,6 +246,10 @@ static ferry_status open_device(int device, cuda_backend *state) {
                           device, properties.name, properties.major, properties.minor,
                           MIN_COMPUTE_MAJOR);
     state->n_multiprocessors = properties.multiProcessorCount;
+    /* Programmatic dependent launch needs Hopper (9.0); FERRY_CUDA_PDL=0
+     * turns it off, to measure what it gives. */
+    const char *pdl = getenv("FERRY_CUDA_PDL");
+    state->pdl = properties.major >= 9 && !(pdl && strcmp(pdl, "0") == 0);
     CUDA_TRY(cudaSetDevice(device));
     CUDA_TRY(cudaStreamCreateWithFlags(&state->stream, cudaStreamNonBlocking));
     CUBLAS_TRY(cublasCreate(&state->cublas));

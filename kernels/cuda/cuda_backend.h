@@ -65,6 +65,8 @@ typedef struct cuda_backend {
     int prefill_simt;           /* FERRY_CUDA_PREFILL_ATTN=simt: the older SIMT prefill kernel */
     int n_multiprocessors;
     int matvec_max_tokens;      /* matmuls with n <= this use the matvec kernel */
+    int pdl;                    /* launch kernels with programmatic dependent launch (sm_90+,
+                                   FERRY_CUDA_PDL=0 turns it off); see launch.cuh */
 } cuda_backend;
 
 static inline cuda_backend *cuda_state(ferry_backend *backend) {
