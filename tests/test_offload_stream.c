@@ -4,9 +4,12 @@
  * all-resident and with every tier mix (all layers in DRAM, all read from
  * the file, resident + DRAM + file, a budget-chosen mix); the logits of a
  * prompt batch and of a decode step must be bit-identical to the
- * all-resident run.  A file truncated under a streaming model makes
- * ferry_forward fail naming the layer and offset; an impossible budget is
- * refused at open.
+ * all-resident run; calls of 1..3000 tokens take one weight pass (zig-zag
+ * order: every chunk through a layer while it sits in its slot), or one
+ * per group of chunks the session carries, bit-identical to resident,
+ * and the plan counts the carried tokens.  A file truncated under a
+ * streaming model makes ferry_forward fail naming the layer and offset; an
+ * impossible budget is refused at open.
  */
 #include <criterion/criterion.h>
 #include <math.h>
