@@ -84,6 +84,17 @@ static uint64_t layer_blob_bytes(const char *path) {
     return bytes;
 }
 
+/* The plan's view of the file (f32 KV, as on the CPU backend). */
+static offload_model_shape file_shape(const char *path, uint64_t *layer_bytes) {
+    ferry_file *file = NULL;
+    cr_assert_eq(ferry_file_open(path, &file), FERRY_OK, "%s", ferry_last_error());
+    offload_model_shape shape;
+    cr_assert_eq(offload_shape_from_layout(&file->layout, sizeof(float), layer_bytes, &shape),
+                 FERRY_OK);
+    ferry_file_close(file);
+    return shape;
+}
+
 enum { N_SEQS = 3, VOCAB = 97, SESSION_CONTEXT = 32 };
 
 /* Logits of a ragged prompt batch (every position) followed by one decode
@@ -219,13 +230,8 @@ Test(offload_stream, a_gpu_budget_picks_the_mix_and_the_logits_stay_identical) {
     /* The plan's fixed part for this file and the sessions run_model makes
      * (3 sequences of 32 tokens, f32 KV), then room for 2 slots, 2
      * resident layers and half a layer more. */
-    ferry_file *file = NULL;
-    cr_assert_eq(ferry_file_open(path, &file), FERRY_OK, "%s", ferry_last_error());
     uint64_t layer_bytes[5];
-    offload_model_shape shape;
-    cr_assert_eq(offload_shape_from_layout(&file->layout, sizeof(float), layer_bytes, &shape),
-                 FERRY_OK);
-    ferry_file_close(file);
+    offload_model_shape shape = file_shape(path, layer_bytes);
     const uint64_t tokens = N_SEQS * SESSION_CONTEXT;
     uint64_t fixed = shape.globals_bytes + shape.activation_fixed_bytes +
                      tokens * (shape.activation_bytes_per_token + shape.carried_bytes_per_token) +
@@ -485,13 +491,8 @@ Test(offload_stream, the_zigzag_limit_bounds_carried_tokens_and_the_plan_counts_
     ferry_model *model = open_model(path, options);
     /* The plan holds the per-chunk scratch for one chunk and the residual
      * stream of the 1024 carried tokens. */
-    ferry_file *file = NULL;
-    cr_assert_eq(ferry_file_open(path, &file), FERRY_OK, "%s", ferry_last_error());
     uint64_t layer_bytes[5];
-    offload_model_shape shape;
-    cr_assert_eq(offload_shape_from_layout(&file->layout, sizeof(float), layer_bytes, &shape),
-                 FERRY_OK);
-    ferry_file_close(file);
+    offload_model_shape shape = file_shape(path, layer_bytes);
     cr_assert_eq(shape.max_tokens_carried, 2 * FERRY_CHUNK_TOKENS);
     cr_assert_eq(shape.carried_bytes_per_token, 64 * sizeof(float) + 3 * sizeof(int32_t));
     const offload_plan *plan = offload_stream_plan(model->stream);
