@@ -6,8 +6,8 @@
 #                                     build-gpu/, the folder the run carries
 #   bench/gpu_run.sh [STEPS]          there: run the steps (default: all) from build-gpu,
 #                                     teeing every log into $OUT
-# Steps: info tests bench graphs_off pdl prefill kernels hf stream batch big accel
-# (default: info tests bench graphs_off prefill kernels hf).  The binaries carry the paths
+# Steps: info tests bench graphs_off pdl prefill kernels attention hf stream batch big accel
+# (default: info tests bench graphs_off prefill kernels attention hf).  The binaries carry the paths
 # they were built with (/work/main, /work/main/<build>), so the run links
 # those names to the copy it runs in.
 set -u
@@ -33,7 +33,7 @@ fi
 
 OUT=${OUT:-/tmp/ferry-gpu-out}
 mkdir -p "$OUT"
-STEPS=${*:-info tests bench graphs_off prefill kernels hf}
+STEPS=${*:-info tests bench graphs_off prefill kernels attention hf}
 BUILT_AS=$(cat "$CARRIED/BUILT_AS")
 if [ "$REPO" != /work/main ]; then mkdir -p /work && ln -sfn "$REPO" /work/main; fi
 [ -e "/work/main/$BUILT_AS" ] || ln -sfn "$CARRIED" "/work/main/$BUILT_AS"
@@ -65,7 +65,7 @@ if has_step tests; then
 fi
 
 if has_step bench || has_step graphs_off || has_step pdl || has_step prefill || has_step kernels ||
-    has_step stream || has_step batch; then
+    has_step attention || has_step stream || has_step batch; then
     if [ ! -f "$MODEL" ]; then
         step synth llama2-7b f16
         "$FERRY" synth --preset llama2-7b --dtype f16 "$MODEL" 2>&1 | tail -1
@@ -97,6 +97,14 @@ if has_step kernels; then
         step "matmul op alone, FERRY_CUDA_MATVEC_MAX=$max (0: cuBLAS for every n)"
         FERRY_CUDA_MATVEC_MAX=$max "$FERRY" bench --model "$MODEL" --backend cuda --batch 1 \
             --prompt-len 8 --gen-len 1 --kernels 2>&1 | tee "$OUT/kernels_matvec$max.log"
+    done
+fi
+
+if has_step attention; then
+    for kernel in simt flash; do
+        step "prefill of 2048 tokens and the attention op alone, FERRY_CUDA_PREFILL_ATTN=$kernel"
+        FERRY_CUDA_PREFILL_ATTN=$kernel "$FERRY" bench --model "$MODEL" --backend cuda --batch 1 \
+            --prompt-len 2048 --gen-len 1 --kernels 2>&1 | tee "$OUT/attention_$kernel.log"
     done
 fi
 

@@ -35,6 +35,13 @@ typedef struct offload_model_shape {
     uint64_t activation_bytes_per_token;/* scratch the forward pass needs per token in flight */
     uint64_t activation_fixed_bytes;    /* scratch independent of the batch (logits, ...) */
     int max_tokens_per_pass;            /* chunk limit on tokens in flight (0: no limit) */
+    /* Scratch kept per token of every chunk one pass through the layers
+     * carries (the residual stream between layers, in zig-zag order), and
+     * the most tokens carried: counted in whole chunks of
+     * max_tokens_per_pass, up to the smaller of batch x context and the
+     * limit (0: no limit). */
+    uint64_t carried_bytes_per_token;
+    int max_tokens_carried;
     uint64_t flops_per_token;           /* ~2 x parameters: one token through every layer */
 } offload_model_shape;
 

@@ -99,6 +99,17 @@ static void predict(offload_plan *plan, const offload_model_shape *shape) {
     plan->tokens_per_s = plan->step_s > 0 ? plan->batch / plan->step_s : 0.0;
 }
 
+/* Tokens a pass through the layers carries: every chunk of a call of up
+ * to `tokens` tokens, in whole chunks of `chunk` (tokens in flight), up to
+ * the shape's limit. */
+static uint64_t tokens_carried(const offload_model_shape *shape, uint64_t tokens, uint64_t chunk) {
+    uint64_t carried = tokens;
+    if (shape->max_tokens_carried > 0 && carried > (uint64_t)shape->max_tokens_carried)
+        carried = (uint64_t)shape->max_tokens_carried;
+    uint64_t partial = chunk ? carried % chunk : 0;
+    return partial ? add_sat(carried, chunk - partial) : carried;
+}
+
 /* The plan for one batch size; plan->layer_tier must hold n_layers. */
 static ferry_status place(const offload_model_shape *shape, const offload_request *request,
                           int batch, offload_plan *plan) {
@@ -116,8 +127,10 @@ static ferry_status place(const offload_model_shape *shape, const offload_reques
         tokens_in_flight = (uint64_t)shape->max_tokens_per_pass;
     uint64_t kv_layer = mul_sat(tokens, shape->kv_bytes_per_token_layer);
     uint64_t kv_total = mul_sat(kv_layer, (uint64_t)n_layers);
-    uint64_t activations = add_sat(shape->activation_fixed_bytes,
-                                   mul_sat(tokens_in_flight, shape->activation_bytes_per_token));
+    uint64_t activations = add_sat(
+        add_sat(shape->activation_fixed_bytes,
+                mul_sat(tokens_in_flight, shape->activation_bytes_per_token)),
+        mul_sat(tokens_carried(shape, tokens, tokens_in_flight), shape->carried_bytes_per_token));
     uint64_t base = add_sat(shape->globals_bytes, activations);
     const uint64_t gpu_budget = request->gpu_mem_bytes, host_budget = request->host_mem_bytes;
 

@@ -55,14 +55,18 @@ ferry_status offload_shape_from_layout(const ferry_layout *layout, size_t kv_ele
     out->layer_bytes = layer_bytes;
     out->globals_bytes = layout->extents[0].bytes;
     out->kv_bytes_per_token_layer = 2 * kv_width * kv_element_bytes;
-    /* The session's scratch per token (runtime/session.c): residual, norm
-     * output, q, k, v, attention output, gate, up, and three indices. */
+    /* The session's scratch (runtime/session.c): per token of a chunk the
+     * norm output, q, k, v, attention output, gate and up; per carried
+     * token (every chunk of a zig-zag pass) the residual and three indices. */
     out->activation_bytes_per_token =
-        (2 * (uint64_t)config->hidden_size + 2 * q_width + 2 * kv_width +
-         2 * (uint64_t)config->intermediate_size) * sizeof(float) + 3 * sizeof(int32_t);
+        ((uint64_t)config->hidden_size + 2 * q_width + 2 * kv_width +
+         2 * (uint64_t)config->intermediate_size) * sizeof(float);
     out->activation_fixed_bytes =
         (uint64_t)FERRY_LOGITS_ROWS_PER_PASS * config->vocab_size * sizeof(float);
     out->max_tokens_per_pass = FERRY_CHUNK_TOKENS;
+    out->carried_bytes_per_token = (uint64_t)config->hidden_size * sizeof(float) +
+                                   3 * sizeof(int32_t);
+    out->max_tokens_carried = ferry_zigzag_tokens();
     /* A multiply-add per weight and token. */
     out->flops_per_token = 2 * (weight_bytes / ferry_dtype_bytes(layout->dtype));
     return FERRY_OK;

@@ -1,17 +1,24 @@
 /*
  * batch.c — ferry_batch_run: iteration-level scheduling over a session's
- * slots.  Each step admits waiting requests into free slots, feeds every
- * active slot (a prompt chunk, or its last token) in one ferry_forward
- * call, samples one token per slot whose prompt is complete, and retires
+ * slots.  Each step admits waiting requests into free slots (the one with
+ * the most work left first, from a window read ahead), feeds every active
+ * slot (a prompt chunk, or its last token) in one ferry_forward call,
+ * samples one token per slot whose prompt is complete, and retires
  * finished slots at once.  Hot path: the step loop allocates only when a
- * request is admitted (its token buffer).
+ * request is admitted (its token buffer) or the window grows.
  */
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "offload/offload.h"
 #include "runtime/batch.h"
 #include "runtime/engine.h"
 #include "runtime/sampler.h"
+
+/* A streamed model's default prompt tokens per step, in chunks: one
+ * zig-zag pass carries them and the decode tokens with one weight
+ * transfer, so a step holds more prompt at almost no cost. */
+enum { STREAMED_PREFILL_CHUNKS = 4 };
 
 typedef struct slot_state {
     int active;
@@ -21,6 +28,70 @@ typedef struct slot_state {
     int n_tokens;
     uint64_t rng_state;         /* this request's generator, carried between steps */
 } slot_state;
+
+/* ------------------------------------------------------ waiting requests */
+
+/* Requests read ahead of admission: a max-heap on the work they have left
+ * (max_new_tokens, then prompt length), the earliest first among equals. */
+typedef struct waiting_request {
+    ferry_batch_request request;
+    uint64_t arrival;
+} waiting_request;
+
+typedef struct waiting_heap {
+    waiting_request *items;
+    int count, capacity;
+    uint64_t n_arrived;
+} waiting_heap;
+
+static int runs_longer(const waiting_request *a, const waiting_request *b) {
+    if (a->request.max_new_tokens != b->request.max_new_tokens)
+        return a->request.max_new_tokens > b->request.max_new_tokens;
+    if (a->request.n_prompt != b->request.n_prompt) return a->request.n_prompt > b->request.n_prompt;
+    return a->arrival < b->arrival;
+}
+
+static void swap_waiting(waiting_request *a, waiting_request *b) {
+    waiting_request t = *a;
+    *a = *b;
+    *b = t;
+}
+
+static ferry_status waiting_push(waiting_heap *heap, const ferry_batch_request *request) {
+    if (heap->count == heap->capacity) {
+        int capacity = heap->capacity ? 2 * heap->capacity : 64;
+        waiting_request *items = realloc(heap->items, (size_t)capacity * sizeof *items);
+        if (!items) return ferry_fail(FERRY_ERR_NO_MEMORY, "batch: %d waiting requests", capacity);
+        heap->items = items;
+        heap->capacity = capacity;
+    }
+    int at = heap->count++;
+    heap->items[at] = (waiting_request){*request, heap->n_arrived++};
+    while (at > 0 && runs_longer(&heap->items[at], &heap->items[(at - 1) / 2])) {
+        swap_waiting(&heap->items[at], &heap->items[(at - 1) / 2]);
+        at = (at - 1) / 2;
+    }
+    return FERRY_OK;
+}
+
+/* The waiting request with the most work left; the heap is not empty. */
+static ferry_batch_request waiting_pop(waiting_heap *heap) {
+    ferry_batch_request top = heap->items[0].request;
+    heap->items[0] = heap->items[--heap->count];
+    for (int at = 0;;) {
+        int longest = at, left = 2 * at + 1, right = left + 1;
+        if (left < heap->count && runs_longer(&heap->items[left], &heap->items[longest]))
+            longest = left;
+        if (right < heap->count && runs_longer(&heap->items[right], &heap->items[longest]))
+            longest = right;
+        if (longest == at) break;
+        swap_waiting(&heap->items[at], &heap->items[longest]);
+        at = longest;
+    }
+    return top;
+}
+
+/* ---------------------------------------------------------------- slots */
 
 static ferry_status deliver(const ferry_batch_callbacks *callbacks, ferry_batch_stats *stats,
                             slot_state *slot, const char *finish_reason, const char *error) {
@@ -79,17 +150,40 @@ static ferry_status admit(ferry_session *session, int seq, slot_state *slot,
     return FERRY_OK;
 }
 
-ferry_status ferry_batch_run(ferry_session *session, int max_prefill_tokens,
+/* Prompt tokens per step when the caller leaves it to us: one chunk for a
+ * resident model; for a streamed one as many chunks as one zig-zag pass
+ * carries beside a full batch of decode tokens, up to
+ * STREAMED_PREFILL_CHUNKS. */
+static int default_prefill_tokens(const ferry_session *session) {
+    if (!session->model->stream) return FERRY_CHUNK_TOKENS;
+    int tokens = STREAMED_PREFILL_CHUNKS * FERRY_CHUNK_TOKENS;
+    int room = session->carried_tokens - session->max_batch;
+    if (room < tokens) tokens = room;
+    return tokens < FERRY_CHUNK_TOKENS ? FERRY_CHUNK_TOKENS : tokens;
+}
+
+/* Weight passes the model's layers have made (0 for a resident model). */
+static uint64_t weight_passes(const ferry_session *session) {
+    return session->model->stream ? offload_stream_stats(session->model->stream).steps : 0;
+}
+
+ferry_status ferry_batch_run(ferry_session *session, const ferry_batch_options *options,
                              const ferry_batch_callbacks *callbacks, ferry_batch_stats *stats) {
     ferry_batch_stats local_stats = {0};
     if (!stats) stats = &local_stats;
     *stats = (ferry_batch_stats){0};
     if (!session || !callbacks || !callbacks->next_request || !callbacks->on_result)
         return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ferry_batch_run: session or callbacks missing");
-    if (max_prefill_tokens <= 0) max_prefill_tokens = FERRY_CHUNK_TOKENS;
+    const ferry_batch_options no_options = {0};
+    if (!options) options = &no_options;
+    const int max_prefill_tokens = options->max_prefill_tokens > 0
+                                       ? options->max_prefill_tokens
+                                       : default_prefill_tokens(session);
     const ferry_config *config = &session->model->config;
     const int vocab = config->vocab_size, max_batch = session->max_batch;
+    const int window = options->admission_window > 0 ? options->admission_window : 4 * max_batch;
     ferry_status status = FERRY_OK;
+    waiting_heap waiting = {0};
     slot_state *slots = NULL;
     float *logits = NULL;
     int *seq_ids = NULL, *n_feed = NULL;
@@ -107,13 +201,17 @@ ferry_status ferry_batch_run(ferry_session *session, int max_prefill_tokens,
     int more_requests = 1;
     for (;;) {
         int stopping = callbacks->stop_flag && *callbacks->stop_flag;
-        /* admit waiting requests into free slots */
-        for (int seq = 0; seq < max_batch && more_requests && !stopping; seq++) {
-            while (!slots[seq].active && more_requests) {
-                ferry_batch_request request;
-                more_requests = callbacks->next_request(callbacks->user, &request);
-                if (more_requests)
-                    FERRY_TRY_GOTO(admit(session, seq, &slots[seq], &request, callbacks, stats));
+        /* admit waiting requests into free slots, the longest first */
+        for (int seq = 0; seq < max_batch && !stopping; seq++) {
+            while (!slots[seq].active) {
+                while (more_requests && waiting.count < window) {
+                    ferry_batch_request request;
+                    more_requests = callbacks->next_request(callbacks->user, &request);
+                    if (more_requests) FERRY_TRY_GOTO(waiting_push(&waiting, &request));
+                }
+                if (waiting.count == 0) break;
+                ferry_batch_request request = waiting_pop(&waiting);
+                FERRY_TRY_GOTO(admit(session, seq, &slots[seq], &request, callbacks, stats));
             }
         }
         if (stopping) {
@@ -143,10 +241,11 @@ ferry_status ferry_batch_run(ferry_session *session, int max_prefill_tokens,
             }
         if (n_seqs == 0) break;   /* nothing active and nothing waiting */
         ferry_batch batch = {.n_seqs = n_seqs, .seq_ids = seq_ids, .n_tokens = n_feed, .tokens = feed};
-        uint64_t start_ns = ferry_now_ns();
+        uint64_t start_ns = ferry_now_ns(), passes = weight_passes(session);
         FERRY_TRY_GOTO(ferry_forward(session, &batch, FERRY_LOGITS_LAST, logits,
                                      (size_t)max_batch * (size_t)vocab));
         stats->forward_ns += ferry_now_ns() - start_ns;
+        stats->n_passes += weight_passes(session) - passes;
         stats->n_steps++;
         for (int i = 0; i < n_seqs; i++) {
             slot_state *slot = &slots[seq_ids[i]];
@@ -175,6 +274,7 @@ ferry_status ferry_batch_run(ferry_session *session, int max_prefill_tokens,
 fail:
     for (int seq = 0; slots && seq < max_batch; seq++) free(slots[seq].tokens);
     free(slots);
+    free(waiting.items);
     free(logits);
     free(seq_ids);
     free(n_feed);

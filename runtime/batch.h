@@ -1,10 +1,11 @@
 /*
  * batch.h — the continuous-batching scheduler behind `ferry batch`
  * (iteration-level, as in Orca): requests are pulled from the caller into
- * free sequence slots at every step, prompts are prefilled in the same
- * forward call as other sequences' decode tokens, and a finished sequence
- * leaves at once.  Each request samples with its own generator state, so
- * its tokens do not depend on what shares its batch.  Files, resume and
+ * free sequence slots at every step (the longest waiting one first),
+ * prompts are prefilled in the same forward call as other sequences'
+ * decode tokens, and a finished sequence leaves at once.  Each request
+ * samples with its own generator state, so its tokens do not depend on
+ * what shares its batch or when it was admitted.  Files, resume and
  * progress are the caller's (tools/cmd_batch.c).  Internal to ferry.
  */
 #ifndef FERRY_RUNTIME_BATCH_H
@@ -47,23 +48,40 @@ typedef struct ferry_batch_callbacks {
     volatile sig_atomic_t *stop_flag;
 } ferry_batch_callbacks;
 
+typedef struct ferry_batch_options {
+    /* Prompt tokens fed in one step at most.  0: FERRY_CHUNK_TOKENS for a
+     * resident model (512); for a streamed one four chunks (2048, as far
+     * as the session's carried tokens hold them beside a full batch of
+     * decode tokens), since a zig-zag pass carries them all with one
+     * weight transfer. */
+    int max_prefill_tokens;
+    /* Waiting requests read ahead of admission.  The one with the most work
+     * left (max_new_tokens, then prompt length, then the earliest) is
+     * admitted first, so the job ends on short requests and its tail, when
+     * fewer requests than slots are left, is short (longest processing
+     * time first).  0: 4 x the session's max_batch; 1: arrival order. */
+    int admission_window;
+} ferry_batch_options;
+
 typedef struct ferry_batch_stats {
     uint64_t n_requests;        /* results delivered, errors included */
     uint64_t n_errors;
     uint64_t prompt_tokens;
     uint64_t completion_tokens;
     uint64_t n_steps;           /* forward calls */
+    uint64_t n_passes;          /* weight passes of a streamed model's layers (0: resident) */
     uint64_t forward_ns;        /* time inside ferry_forward */
 } ferry_batch_stats;
 
 /* Run requests through the session's slots until next_request has none
  * left and every admitted request is finished (FERRY_OK), the stop flag is
  * seen (FERRY_ERR_CANCELLED), or a forward or on_result call fails.
- * max_prefill_tokens bounds the prompt tokens fed in one step (0: 512).
- * A request that cannot fit the session's context, or has bad sampling
+ * options may be NULL (every field 0).  Requests read ahead but not
+ * admitted when the run stops get no result, like unfinished ones.  A
+ * request that cannot fit the session's context, or has bad sampling
  * parameters, gets an "error" result and the others go on.  stats may be
  * NULL; it is filled as results are delivered. */
-ferry_status ferry_batch_run(ferry_session *session, int max_prefill_tokens,
+ferry_status ferry_batch_run(ferry_session *session, const ferry_batch_options *options,
                              const ferry_batch_callbacks *callbacks, ferry_batch_stats *stats);
 
 /* ------------------------------------------------ result files (batch_file.c) */

@@ -16,6 +16,17 @@
 enum { FERRY_CHUNK_TOKENS = 512 };
 /* Rows of logits computed per lm_head pass (bounds the logits scratch). */
 enum { FERRY_LOGITS_ROWS_PER_PASS = 32 };
+/* Most tokens one pass of a streamed model's layers carries (FlexGen's
+ * zig-zag order: every chunk of a call goes through a layer while its
+ * weights sit in a slot, so a call costs one weight transfer however many
+ * chunks it has).  Each carried token keeps its residual stream between
+ * layers: 8192 x hidden 4096 x 4 B = 128 MiB for a 7B model.  A call with
+ * more tokens runs as several passes. */
+enum { FERRY_ZIGZAG_TOKENS = 8192 };
+
+/* The zig-zag limit in use: FERRY_ZIGZAG_TOKENS, or the environment
+ * variable of that name, rounded up to whole chunks of FERRY_CHUNK_TOKENS. */
+int ferry_zigzag_tokens(void);
 
 struct ferry_model {
     ferry_config config;
@@ -61,16 +72,19 @@ ferry_status ferry_model_load_tensor(ferry_model *model, int layer, ferry_tensor
 /* Every tensor the config calls for is loaded. */
 ferry_status ferry_model_check_complete(const ferry_model *model);
 
-/* Activations for one chunk of tokens, in backend memory. */
+/* Activations in backend memory: the residual stream and batch
+ * description of every token a pass through the layers carries, and the
+ * rest for one chunk of tokens at a time. */
 typedef struct ferry_scratch {
-    float *residual;            /* x: [chunk, hidden], the residual stream */
+    float *residuals;           /* [carried, hidden]: every carried token's residual stream */
+    float *residual;            /* x: [chunk, hidden], the running chunk's rows of residuals */
     float *normed;              /* [chunk, hidden]: norm output (and lm_head input) */
     float *q;                   /* [chunk, n_heads * head_dim] */
     float *k, *v;               /* [chunk, n_kv_heads * head_dim] */
     float *attention;           /* [chunk, n_heads * head_dim] */
     float *gate, *up;           /* [chunk, intermediate] */
     float *logits;              /* [FERRY_LOGITS_ROWS_PER_PASS, vocab] */
-    int32_t *tokens, *positions, *slots;   /* [chunk] per-token batch description */
+    int32_t *tokens, *positions, *slots;   /* [carried] per-token batch description */
 } ferry_scratch;
 
 struct ferry_session {
@@ -80,9 +94,13 @@ struct ferry_session {
     int *lengths;               /* host, [max_batch]: tokens cached per slot */
     int *slot_owner;            /* host, [max_batch]: duplicate-slot check scratch */
     ferry_kv_layer *kv;         /* [n_layers], caches in backend memory */
-    int chunk_tokens;           /* capacity of the scratch, in tokens */
+    int chunk_tokens;           /* capacity of the per-chunk scratch, in tokens */
+    /* Tokens one pass through the layers carries, in whole chunks:
+     * chunk_tokens for a resident model, up to ferry_zigzag_tokens() for a
+     * streamed one (see forward.c). */
+    int carried_tokens;
     ferry_scratch scratch;
-    /* Host staging for one chunk's batch description, [chunk_tokens] each. */
+    /* Host staging for the carried tokens' batch description, [carried_tokens] each. */
     int32_t *host_tokens, *host_positions, *host_slots;
     int *host_output_rows;      /* row of the caller's logits for the token, or -1 */
     /* Decode-shaped chunks (every token makes a logits row, one lm_head

@@ -1,10 +1,15 @@
 /*
  * forward.c — ferry_forward: checks a ragged batch, cuts its tokens into
- * chunks of at most session->chunk_tokens, and runs each chunk through
- * the layers (norm, QKV, RoPE, KV store, attention, output projection,
- * SwiGLU MLP, residuals), then the final norm and lm_head for the rows
- * the caller asked for.  Hot path: allocates nothing; every buffer comes
- * from the session.  Slot lengths change only when the whole call succeeds.
+ * chunks of at most session->chunk_tokens, and runs them through the
+ * layers (norm, QKV, RoPE, KV store, attention, output projection, SwiGLU
+ * MLP, residuals), then the final norm and lm_head for the rows the caller
+ * asked for.  A resident model runs one chunk per pass through the layers;
+ * a streamed one runs every chunk of the call (up to the session's carried
+ * tokens) through a layer while its weights sit in a slot, so a call costs
+ * one weight transfer (FlexGen's zig-zag order).  Both do the same
+ * per-chunk operations, so their results are bit-identical.  Hot path:
+ * allocates nothing; every buffer comes from the session.  Slot lengths
+ * change only when the whole call succeeds.
  */
 #include "offload/offload.h"
 #include "runtime/engine.h"
@@ -85,22 +90,23 @@ typedef struct batch_cursor {
     int64_t flat;               /* tokens of the whole batch already taken */
 } batch_cursor;
 
-/* Fill the session's host arrays with the next chunk of tokens and say,
- * per token, which row of the caller's logits it produces (-1: none).
- * Returns the number of tokens in the chunk. */
+/* Fill the session's host arrays from index `first` on with the next
+ * chunk of tokens and say, per token, which row of the caller's logits it
+ * produces (-1: none).  Returns the number of tokens in the chunk. */
 static int next_chunk(ferry_session *session, const ferry_batch *batch, ferry_logits_mode mode,
-                      batch_cursor *cursor) {
+                      batch_cursor *cursor, int first) {
     int n = 0;
     while (n < session->chunk_tokens && cursor->seq < batch->n_seqs) {
         int i = cursor->seq;
         int slot = batch->seq_ids ? batch->seq_ids[i] : i;
         int n_seq_tokens = batch->n_tokens[i];
         int position = session->lengths[slot] + cursor->offset;
-        session->host_tokens[n] = batch->tokens[cursor->flat];
-        session->host_positions[n] = position;
-        session->host_slots[n] = slot;
+        int at = first + n;
+        session->host_tokens[at] = batch->tokens[cursor->flat];
+        session->host_positions[at] = position;
+        session->host_slots[at] = slot;
         int is_last = cursor->offset == n_seq_tokens - 1;
-        session->host_output_rows[n] =
+        session->host_output_rows[at] =
             mode == FERRY_LOGITS_ALL ? (int)cursor->flat : (is_last ? i : -1);
         n++;
         cursor->flat++;
@@ -110,6 +116,48 @@ static int next_chunk(ferry_session *session, const ferry_batch *batch, ferry_lo
         }
     }
     return n;
+}
+
+/* The tokens of one pass through the layers, in the session's carried
+ * arrays (host_*, scratch.residuals, tokens, positions, slots): chunk c
+ * holds tokens [c * chunk_tokens, ...), every chunk full but the last. */
+typedef struct layer_pass {
+    ferry_session *session;
+    int n_tokens;
+} layer_pass;
+
+/* Fill the host arrays with the next pass's chunks: one for a resident
+ * model, as many whole chunks as the carried arrays hold for a streamed
+ * one.  Returns the pass's number of tokens (0: the batch is done). */
+static int next_pass(ferry_session *session, const ferry_batch *batch, ferry_logits_mode mode,
+                     batch_cursor *cursor) {
+    const int chunk = session->chunk_tokens;
+    const int capacity = session->model->stream ? session->carried_tokens : chunk;
+    int n = 0;
+    while (n + chunk <= capacity) {
+        int n_chunk = next_chunk(session, batch, mode, cursor, n);
+        n += n_chunk;
+        if (n_chunk < chunk) break; /* the batch ran out */
+    }
+    return n;
+}
+
+static int pass_chunks(const layer_pass *pass) {
+    const int chunk = pass->session->chunk_tokens;
+    return (pass->n_tokens + chunk - 1) / chunk;
+}
+
+/* Point the scratch's residual at chunk c of the pass and describe the
+ * chunk's tokens (in backend memory). */
+static ferry_token_batch enter_chunk(const layer_pass *pass, int c) {
+    ferry_session *session = pass->session;
+    ferry_scratch *s = &session->scratch;
+    const int first = c * session->chunk_tokens;
+    const int left = pass->n_tokens - first;
+    s->residual = s->residuals + (size_t)first * session->model->config.hidden_size;
+    ferry_token_batch tokens = {left < session->chunk_tokens ? left : session->chunk_tokens,
+                                s->tokens + first, s->positions + first, s->slots + first};
+    return tokens;
 }
 
 /* ------------------------------------------------------------- layers */
@@ -178,15 +226,22 @@ static ferry_status layer_forward(ferry_session *session, int layer,
     return FERRY_OK;
 }
 
-/* A chunk passing through streamed layers (offload_stream_run's user). */
-typedef struct streamed_chunk {
-    ferry_session *session;
-    const ferry_token_batch *tokens;
-} streamed_chunk;
+/* One layer over every chunk of the pass, chunk after chunk: chunk c + 1
+ * reads the K and V chunk c just stored in this layer, as it would have
+ * had chunk c gone through every layer first. */
+static ferry_status pass_layer_forward(const layer_pass *pass, int layer,
+                                       const void *const *layer_tensors) {
+    const int n_chunks = pass_chunks(pass);
+    for (int c = 0; c < n_chunks; c++) {
+        ferry_token_batch tokens = enter_chunk(pass, c);
+        FERRY_TRY(layer_forward(pass->session, layer, &tokens, layer_tensors));
+    }
+    return FERRY_OK;
+}
 
+/* offload_stream_run's callback: the layer sits in a slot (or resident). */
 static ferry_status streamed_layer_forward(void *user, int layer, const void *const *tensors) {
-    streamed_chunk *chunk = user;
-    return layer_forward(chunk->session, layer, chunk->tokens, tensors);
+    return pass_layer_forward(user, layer, tensors);
 }
 
 /* Final norm and lm_head for the next pass of the chunk's tokens that
@@ -194,8 +249,8 @@ static ferry_status streamed_layer_forward(void *user, int layer, const void *co
  * (one rmsnorm per run of consecutive tokens), then logits = normed ·
  * lm_head^T for at most FERRY_LOGITS_ROWS_PER_PASS rows.  rows[j] is the
  * caller's row of pass row j; *n_pass is 0 when no token is left. */
-static ferry_status compute_logits_pass(ferry_session *session, int n, int *t, int *rows,
-                                        int *n_pass) {
+static ferry_status compute_logits_pass(ferry_session *session, const int *output_rows, int n,
+                                        int *t, int *rows, int *n_pass) {
     const ferry_model *model = session->model;
     const ferry_config *config = &model->config;
     ferry_backend *backend = model->backend;
@@ -208,18 +263,18 @@ static ferry_status compute_logits_pass(ferry_session *session, int n, int *t, i
                               : ferry_model_tensor(model, -1, FERRY_TENSOR_LM_HEAD);
     *n_pass = 0;
     while (*t < n && *n_pass < FERRY_LOGITS_ROWS_PER_PASS) {
-        if (session->host_output_rows[*t] < 0) {
+        if (output_rows[*t] < 0) {
             ++*t;
             continue;
         }
         int run = 1;
         while (*t + run < n && *n_pass + run < FERRY_LOGITS_ROWS_PER_PASS &&
-               session->host_output_rows[*t + run] >= 0)
+               output_rows[*t + run] >= 0)
             run++;
         FERRY_TRY(ops->rmsnorm(backend, s->normed + (size_t)*n_pass * hidden,
                                s->residual + (size_t)*t * hidden, final_norm, run, hidden,
                                config->rms_norm_eps));
-        for (int j = 0; j < run; j++) rows[*n_pass + j] = session->host_output_rows[*t + j];
+        for (int j = 0; j < run; j++) rows[*n_pass + j] = output_rows[*t + j];
         *n_pass += run;
         *t += run;
     }
@@ -244,35 +299,50 @@ static ferry_status download_logits(ferry_session *session, const int *rows, int
     return FERRY_OK;
 }
 
-/* Final norm and lm_head for the chunk's tokens that produce logits, in
- * passes, each row downloaded into its place in the caller's buffer. */
-static ferry_status write_logits(ferry_session *session, int n, float *logits) {
-    int t = 0;
-    for (;;) {
-        int rows[FERRY_LOGITS_ROWS_PER_PASS];
-        int n_pass = 0;
-        FERRY_TRY(compute_logits_pass(session, n, &t, rows, &n_pass));
-        if (n_pass == 0) return FERRY_OK;
-        FERRY_TRY(download_logits(session, rows, n_pass, logits));
+/* Final norm and lm_head for the pass's tokens that produce logits, chunk
+ * by chunk, in lm_head passes, each row downloaded into its place in the
+ * caller's buffer. */
+static ferry_status write_logits(const layer_pass *pass, float *logits) {
+    ferry_session *session = pass->session;
+    const int n_chunks = pass_chunks(pass);
+    for (int c = 0; c < n_chunks; c++) {
+        ferry_token_batch tokens = enter_chunk(pass, c);
+        const int *output_rows = session->host_output_rows + (size_t)c * session->chunk_tokens;
+        int t = 0;
+        for (;;) {
+            int rows[FERRY_LOGITS_ROWS_PER_PASS];
+            int n_pass = 0;
+            FERRY_TRY(compute_logits_pass(session, output_rows, tokens.n_tokens, &t, rows,
+                                          &n_pass));
+            if (n_pass == 0) break;
+            FERRY_TRY(download_logits(session, rows, n_pass, logits));
+        }
     }
+    return FERRY_OK;
 }
 
-/* Embedding and every layer over the chunk, on the residual stream. */
-static ferry_status layers_forward(ferry_session *session, const ferry_token_batch *tokens) {
+/* Embedding and every layer over the pass's chunks, each on its own
+ * residual stream. */
+static ferry_status layers_forward(layer_pass *pass) {
+    ferry_session *session = pass->session;
     const ferry_model *model = session->model;
     ferry_backend *backend = model->backend;
-    FERRY_TRY(backend->ops->embed(backend, session->scratch.residual,
-                                  ferry_model_tensor(model, -1, FERRY_TENSOR_EMBED), model->dtype,
-                                  tokens, model->config.hidden_size));
+    const int n_chunks = pass_chunks(pass);
+    for (int c = 0; c < n_chunks; c++) {
+        ferry_token_batch tokens = enter_chunk(pass, c);
+        FERRY_TRY(backend->ops->embed(backend, session->scratch.residual,
+                                      ferry_model_tensor(model, -1, FERRY_TENSOR_EMBED),
+                                      model->dtype, &tokens, model->config.hidden_size));
+    }
     if (model->stream) {
-        /* offload/ fetches each streamed layer into a slot and calls back. */
-        streamed_chunk chunk = {session, tokens};
-        return offload_stream_run(model->stream, streamed_layer_forward, &chunk);
+        /* offload/ fetches each streamed layer into a slot and calls back
+         * once per layer: every chunk of the pass runs in that call. */
+        return offload_stream_run(model->stream, streamed_layer_forward, pass);
     }
     for (int layer = 0; layer < model->config.n_layers; layer++) {
         const void *const *layer_tensors =
             (const void *const *)&model->tensors[ferry_model_tensor_slot(layer, 0)];
-        ferry_status status = layer_forward(session, layer, tokens, layer_tensors);
+        ferry_status status = pass_layer_forward(pass, layer, layer_tensors);
         if (status != FERRY_OK) return ferry_fail_prefix(status, "layer %d: ", layer);
     }
     return FERRY_OK;
@@ -280,8 +350,8 @@ static ferry_status layers_forward(ferry_session *session, const ferry_token_bat
 
 /* ---------------------------------------------------- recorded steps */
 
-/* A decode-shaped chunk (every token makes a logits row, all in one
- * lm_head pass, layers resident) on a backend that records graphs: its
+/* A decode-shaped pass (one chunk: every token makes a logits row, all in
+ * one lm_head pass, layers resident) on a backend that records graphs: its
  * device work depends only on n, so it is recorded once per n and then
  * replayed with one launch. */
 static int chunk_is_recordable(const ferry_session *session, int n) {
@@ -297,11 +367,12 @@ static int chunk_is_recordable(const ferry_session *session, int n) {
 /* Run the chunk's device work from its recording (recording it on its
  * second sight of n: the first, direct run has grown every scratch
  * buffer).  *out_replayed 0: the caller runs the chunk directly. */
-static ferry_status replay_chunk(ferry_session *session, const ferry_token_batch *tokens,
-                                 int *rows, int *n_pass, int *out_replayed) {
+static ferry_status replay_chunk(layer_pass *pass, int *rows, int *n_pass,
+                                 int *out_replayed) {
+    ferry_session *session = pass->session;
     ferry_backend *backend = session->model->backend;
     const ferry_backend_ops *ops = backend->ops;
-    const int n = tokens->n_tokens;
+    const int n = pass->n_tokens;
     void **graph = &session->graphs[n];
     *out_replayed = 0;
     if (*graph) {
@@ -317,8 +388,9 @@ static ferry_status replay_chunk(ferry_session *session, const ferry_token_batch
         int t = 0;
         void *recorded = NULL;
         FERRY_TRY(ops->graph_begin(backend));
-        ferry_status status = layers_forward(session, tokens);
-        if (status == FERRY_OK) status = compute_logits_pass(session, n, &t, rows, n_pass);
+        ferry_status status = layers_forward(pass);
+        if (status == FERRY_OK)
+            status = compute_logits_pass(session, session->host_output_rows, n, &t, rows, n_pass);
         ferry_status end_status = ops->graph_end(backend, &recorded);
         if (status != FERRY_OK || end_status != FERRY_OK) {
             /* Nothing ran: fall back to direct runs for this session (a
@@ -338,8 +410,8 @@ static ferry_status replay_chunk(ferry_session *session, const ferry_token_batch
     return FERRY_OK;
 }
 
-/* Embedding, every layer, and the logits of one chunk of n tokens. */
-static ferry_status chunk_forward(ferry_session *session, int n, float *logits) {
+/* Embedding, every layer, and the logits of one pass of n tokens. */
+static ferry_status pass_forward(ferry_session *session, int n, float *logits) {
     const ferry_model *model = session->model;
     ferry_backend *backend = model->backend;
     const ferry_backend_ops *ops = backend->ops;
@@ -348,18 +420,18 @@ static ferry_status chunk_forward(ferry_session *session, int n, float *logits) 
     FERRY_TRY(ops->upload(backend, s->tokens, session->host_tokens, index_bytes));
     FERRY_TRY(ops->upload(backend, s->positions, session->host_positions, index_bytes));
     FERRY_TRY(ops->upload(backend, s->slots, session->host_slots, index_bytes));
-    ferry_token_batch tokens = {n, s->tokens, s->positions, s->slots};
+    layer_pass pass = {session, n};
 
     if (chunk_is_recordable(session, n)) {
         int rows[FERRY_LOGITS_ROWS_PER_PASS], n_pass = 0, replayed = 0;
-        FERRY_TRY(replay_chunk(session, &tokens, rows, &n_pass, &replayed));
+        FERRY_TRY(replay_chunk(&pass, rows, &n_pass, &replayed));
         if (replayed) {
             FERRY_TRY(download_logits(session, rows, n_pass, logits));
             return ops->synchronize(backend);
         }
     }
-    FERRY_TRY(layers_forward(session, &tokens));
-    FERRY_TRY(write_logits(session, n, logits));
+    FERRY_TRY(layers_forward(&pass));
+    FERRY_TRY(write_logits(&pass, logits));
     return ops->synchronize(backend);
 }
 
@@ -369,9 +441,9 @@ ferry_status ferry_forward(ferry_session *session, const ferry_batch *batch,
     FERRY_TRY(check_forward_call(session, batch, mode, logits, logits_capacity, &n_rows));
     batch_cursor cursor = {0, 0, 0};
     for (;;) {
-        int n = next_chunk(session, batch, mode, &cursor);
+        int n = next_pass(session, batch, mode, &cursor);
         if (n == 0) break;
-        ferry_status status = chunk_forward(session, n, logits);
+        ferry_status status = pass_forward(session, n, logits);
         if (status != FERRY_OK) return ferry_fail_prefix(status, "ferry_forward: ");
     }
     /* Every chunk went through: the new tokens now count as cached. */

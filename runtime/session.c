@@ -1,13 +1,37 @@
 /*
  * session.c — sessions: the per-layer KV cache for max_batch slots of
- * max_context tokens, the slot lengths, and the activation scratch for
- * one chunk of at most FERRY_CHUNK_TOKENS tokens.  Everything a forward
- * pass touches is allocated here, once.
+ * max_context tokens, the slot lengths, and the activation scratch: the
+ * residual stream of every token a pass through the layers carries (one
+ * chunk of at most FERRY_CHUNK_TOKENS tokens, or up to the zig-zag limit
+ * when the model streams) and the rest for one chunk.  Everything a
+ * forward pass touches is allocated here, once.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime/engine.h"
+
+int ferry_zigzag_tokens(void) {
+    long tokens = FERRY_ZIGZAG_TOKENS;
+    const char *text = getenv("FERRY_ZIGZAG_TOKENS");
+    if (text && *text) {
+        char *end = NULL;
+        long parsed = strtol(text, &end, 10);
+        if (end && *end == '\0' && parsed > 0 && parsed <= (1L << 24)) tokens = parsed;
+    }
+    return (int)((tokens + FERRY_CHUNK_TOKENS - 1) / FERRY_CHUNK_TOKENS * FERRY_CHUNK_TOKENS);
+}
+
+/* Tokens one pass through the layers carries, in whole chunks: one chunk
+ * for a resident model; for a streamed one every chunk of a call up to the
+ * zig-zag limit (no call holds more than max_batch x max_context tokens). */
+static int carried_tokens(const ferry_model *model, int chunk_tokens, uint64_t total_tokens) {
+    if (!model->stream) return chunk_tokens;
+    uint64_t limit = (uint64_t)ferry_zigzag_tokens();
+    uint64_t carried = total_tokens < limit ? total_tokens : limit;
+    return (int)((carried + (uint64_t)chunk_tokens - 1) / (uint64_t)chunk_tokens *
+                 (uint64_t)chunk_tokens);
+}
 
 /* Allocate `count` elements of `element_bytes` in backend memory, checking
  * the size arithmetic. */
@@ -28,6 +52,7 @@ static ferry_status alloc_scratch(ferry_session *session) {
     ferry_backend *backend = session->model->backend;
     ferry_scratch *scratch = &session->scratch;
     uint64_t chunk = (uint64_t)session->chunk_tokens;
+    uint64_t carried = (uint64_t)session->carried_tokens;
     uint64_t q_width = (uint64_t)config->n_heads * config->head_dim;
     uint64_t kv_width = (uint64_t)config->n_kv_heads * config->head_dim;
     const struct {
@@ -36,7 +61,7 @@ static ferry_status alloc_scratch(ferry_session *session) {
         size_t element_bytes;
         const char *what;
     } arrays[] = {
-        {(void **)&scratch->residual, chunk * config->hidden_size, sizeof(float), "residual"},
+        {(void **)&scratch->residuals, carried * config->hidden_size, sizeof(float), "residual"},
         {(void **)&scratch->normed, chunk * config->hidden_size, sizeof(float), "norm output"},
         {(void **)&scratch->q, chunk * q_width, sizeof(float), "queries"},
         {(void **)&scratch->k, chunk * kv_width, sizeof(float), "keys"},
@@ -46,18 +71,19 @@ static ferry_status alloc_scratch(ferry_session *session) {
         {(void **)&scratch->up, chunk * config->intermediate_size, sizeof(float), "mlp up"},
         {(void **)&scratch->logits, (uint64_t)FERRY_LOGITS_ROWS_PER_PASS * config->vocab_size,
          sizeof(float), "logits"},
-        {(void **)&scratch->tokens, chunk, sizeof(int32_t), "token ids"},
-        {(void **)&scratch->positions, chunk, sizeof(int32_t), "positions"},
-        {(void **)&scratch->slots, chunk, sizeof(int32_t), "slots"},
+        {(void **)&scratch->tokens, carried, sizeof(int32_t), "token ids"},
+        {(void **)&scratch->positions, carried, sizeof(int32_t), "positions"},
+        {(void **)&scratch->slots, carried, sizeof(int32_t), "slots"},
     };
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         FERRY_TRY(backend_array(backend, arrays[i].count, arrays[i].element_bytes, arrays[i].what,
                                 arrays[i].place));
+    scratch->residual = scratch->residuals;
     return FERRY_OK;
 }
 
 static void free_scratch(ferry_backend *backend, ferry_scratch *scratch) {
-    void *arrays[] = {scratch->residual, scratch->normed, scratch->q,      scratch->k,
+    void *arrays[] = {scratch->residuals, scratch->normed, scratch->q,      scratch->k,
                       scratch->v,        scratch->attention, scratch->gate, scratch->up,
                       scratch->logits,   scratch->tokens, scratch->positions, scratch->slots};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
@@ -88,6 +114,7 @@ ferry_status ferry_session_new(ferry_model *model, int max_batch, int max_contex
     uint64_t total_tokens = (uint64_t)max_batch * (uint64_t)max_context;
     session->chunk_tokens =
         total_tokens < FERRY_CHUNK_TOKENS ? (int)total_tokens : FERRY_CHUNK_TOKENS;
+    session->carried_tokens = carried_tokens(model, session->chunk_tokens, total_tokens);
     FERRY_TRY_GOTO(ferry_calloc((size_t)max_batch, sizeof *session->lengths, "slot lengths",
                                 (void **)&session->lengths));
     FERRY_TRY_GOTO(ferry_calloc((size_t)max_batch, sizeof *session->slot_owner, "slot owners",
@@ -106,14 +133,14 @@ ferry_status ferry_session_new(ferry_model *model, int max_batch, int max_contex
             backend_array(backend, kv_count, kv_element_bytes, "kv cache values", &kv->v));
     }
     FERRY_TRY_GOTO(alloc_scratch(session));
-    size_t chunk = (size_t)session->chunk_tokens;
-    FERRY_TRY_GOTO(ferry_malloc(chunk * sizeof(int32_t), "chunk tokens",
+    size_t carried = (size_t)session->carried_tokens;
+    FERRY_TRY_GOTO(ferry_malloc(carried * sizeof(int32_t), "chunk tokens",
                                 (void **)&session->host_tokens));
-    FERRY_TRY_GOTO(ferry_malloc(chunk * sizeof(int32_t), "chunk positions",
+    FERRY_TRY_GOTO(ferry_malloc(carried * sizeof(int32_t), "chunk positions",
                                 (void **)&session->host_positions));
-    FERRY_TRY_GOTO(ferry_malloc(chunk * sizeof(int32_t), "chunk slots",
+    FERRY_TRY_GOTO(ferry_malloc(carried * sizeof(int32_t), "chunk slots",
                                 (void **)&session->host_slots));
-    FERRY_TRY_GOTO(ferry_malloc(chunk * sizeof(int), "chunk output rows",
+    FERRY_TRY_GOTO(ferry_malloc(carried * sizeof(int), "chunk output rows",
                                 (void **)&session->host_output_rows));
     const char *graphs = getenv("FERRY_GRAPHS");
     session->graphs_off = graphs && strcmp(graphs, "0") == 0;

@@ -4,7 +4,9 @@
  * size, a run killed (SIGKILL, SIGINT) at random points and rerun loses and
  * duplicates nothing, a torn last line is repaired, bad and duplicate lines
  * are reported by number, empty input, a prompt longer than the context,
- * an unwritable output path, and a stop string cutting a request short.
+ * an unwritable output path, a stop string cutting a request short, the
+ * admission order (longest first within the window) and streaming leaving
+ * every result as it was.
  */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
@@ -16,6 +18,7 @@
 
 #include "base/base.h"
 #include "helpers.h"
+#include "runtime/batch.h"
 #include "runtime/tokenizer.h"
 
 typedef struct fixture {
@@ -100,17 +103,15 @@ static int count_lines(const char *path) {
     return n;
 }
 
-Test(batch, greedy_results_equal_one_at_a_time_generate) {
-    fixture f = make_fixture();
-    uint64_t rng = test_seed();
-    write_requests(f.input, &rng, 12, 30, 20, "");
-    cr_assert_eq(run_batch(&f, "--batch 5 --greedy --ignore-eos"), 0);
+/* Every line of f's output (greedy, --ignore-eos) equals ferry_generate
+ * run on its request alone; there are n_requests lines. */
+static void expect_greedy_results_of_generate(const fixture *f, int n_requests) {
     ferry_model *model = NULL;
     ferry_model_options options = {.backend = "cpu"};
-    cr_assert_eq(ferry_model_open(f.model, &options, &model), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(ferry_model_open(f->model, &options, &model), FERRY_OK, "%s", ferry_last_error());
     ferry_session *session = NULL;
     cr_assert_eq(ferry_session_new(model, 1, 64, &session), FERRY_OK);
-    char *inputs = test_read_file(f.input, NULL), *outputs = test_read_file(f.output, NULL);
+    char *inputs = test_read_file(f->input, NULL), *outputs = test_read_file(f->output, NULL);
     int n_checked = 0;
     for (char *line = strtok(outputs, "\n"); line; line = strtok(NULL, "\n"), n_checked++) {
         cJSON *result = cJSON_Parse(line);
@@ -143,11 +144,59 @@ Test(batch, greedy_results_equal_one_at_a_time_generate) {
         cJSON_Delete(request);
         cJSON_Delete(result);
     }
-    cr_assert_eq(n_checked, 12);
+    cr_assert_eq(n_checked, n_requests);
     free(inputs);
     free(outputs);
     ferry_session_free(session);
     ferry_model_close(model);
+}
+
+Test(batch, greedy_results_equal_one_at_a_time_generate) {
+    fixture f = make_fixture();
+    uint64_t rng = test_seed();
+    write_requests(f.input, &rng, 12, 30, 20, "");
+    cr_assert_eq(run_batch(&f, "--batch 5 --greedy --ignore-eos"), 0);
+    expect_greedy_results_of_generate(&f, 12);
+    free_fixture(&f);
+}
+
+Test(batch, admission_order_and_streaming_change_no_result) {
+    fixture f = make_fixture();
+    uint64_t rng = test_seed();
+    write_requests(f.input, &rng, 24, 30, 20, "");
+    /* A 4-layer model: under --gpu-mem 1800K one layer is resident and
+     * three stream from DRAM. */
+    char command[1024];
+    snprintf(command, sizeof command, "%s synth --preset tiny %s --dtype f32 --seed 11 --layers 4",
+             test_cli(), f.model);
+    cr_assert_eq(test_run(command, NULL, NULL), 0, "%s", command);
+    const char *runs[] = {
+        "--admission-window 1",         /* input order */
+        "--admission-window 3",
+        "",                             /* the longest of the whole input first */
+        "--gpu-mem 1800K --max-context 50",
+        "--gpu-mem 1800K --max-context 50 --admission-window 1 --prefill-tokens 40",
+    };
+    char *reference = NULL;
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        unlink(f.output);
+        char options[256];
+        snprintf(options, sizeof options, "--batch 5 --greedy --ignore-eos %s", runs[i]);
+        cr_assert_eq(run_batch(&f, options), 0, "%s", options);
+        char *errors = test_read_file(f.errors, NULL);
+        if (strstr(runs[i], "--gpu-mem"))
+            cr_assert(strstr(errors, "weight passes: 1.00 per step"), "%s: %s", options, errors);
+        free(errors);
+        char *got = sorted_output(f.output);
+        if (!reference) {
+            reference = got;
+            expect_greedy_results_of_generate(&f, 24);
+        } else {
+            cr_assert_str_eq(got, reference, "%s", options);
+            free(got);
+        }
+    }
+    free(reference);
     free_fixture(&f);
 }
 
@@ -357,5 +406,89 @@ Test(batch, a_stop_string_ends_the_request_and_cuts_its_text) {
     free(stopped_line);
     free(full);
     free(line);
+    free_fixture(&f);
+}
+
+/* ------------------------------------------------- the admission window */
+
+enum { MAX_LOGGED = 8 };
+
+/* Requests handed to ferry_batch_run and the order they were admitted in
+ * (with one slot: the order of their first tokens). */
+typedef struct admission_log {
+    ferry_batch_request requests[MAX_LOGGED];
+    int n_requests, n_handed;
+    int64_t admitted[MAX_LOGGED];
+    int n_admitted;
+} admission_log;
+
+static int hand_next(void *user, ferry_batch_request *out) {
+    admission_log *log = user;
+    if (log->n_handed == log->n_requests) return 0;
+    *out = log->requests[log->n_handed++];
+    return 1;
+}
+
+static int log_first_token(void *user, int64_t handle, const int32_t *tokens, int n_tokens) {
+    admission_log *log = user;
+    (void)tokens;
+    if (n_tokens == 1) log->admitted[log->n_admitted++] = handle;
+    return 0;
+}
+
+static ferry_status ignore_result(void *user, const ferry_batch_result *result) {
+    (void)user;
+    cr_assert_null(result->error, "request %lld: %s", (long long)result->handle, result->error);
+    return FERRY_OK;
+}
+
+/* Run requests of these max_new_tokens and prompt lengths through one
+ * slot with the window; expect this admission order. */
+static void expect_admission_order(ferry_session *session, int window, int n, const int *max_new,
+                                   const int *n_prompt, const int64_t *expected) {
+    static const int32_t prompt[8] = {5, 6, 7, 8, 9, 10, 11, 12};
+    admission_log log = {.n_requests = n};
+    for (int i = 0; i < n; i++) {
+        ferry_batch_request *request = &log.requests[i];
+        *request = (ferry_batch_request){.handle = i, .prompt = prompt, .n_prompt = n_prompt[i],
+                                         .max_new_tokens = max_new[i],
+                                         .sampling = ferry_sampling_default(), .ignore_eos = 1};
+        request->sampling.greedy = 1;
+    }
+    ferry_batch_callbacks callbacks = {.user = &log, .next_request = hand_next,
+                                       .on_token = log_first_token, .on_result = ignore_result};
+    ferry_batch_options options = {.admission_window = window};
+    cr_assert_eq(ferry_batch_run(session, &options, &callbacks, NULL), FERRY_OK, "%s",
+                 ferry_last_error());
+    cr_assert_eq(log.n_admitted, n, "window %d", window);
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(log.admitted[i], expected[i], "window %d: admission %d is request %lld, "
+                     "expected %lld", window, i, (long long)log.admitted[i],
+                     (long long)expected[i]);
+}
+
+Test(batch, the_admission_window_admits_its_longest_request_first) {
+    fixture f = make_fixture();
+    ferry_model *model = NULL;
+    ferry_model_options options = {.backend = "cpu"};
+    cr_assert_eq(ferry_model_open(f.model, &options, &model), FERRY_OK, "%s", ferry_last_error());
+    ferry_session *session = NULL;
+    cr_assert_eq(ferry_session_new(model, 1, 32, &session), FERRY_OK);
+    const int max_new[6] = {2, 5, 3, 9, 1, 4}, three[6] = {3, 3, 3, 3, 3, 3};
+    /* window 1: arrival order */
+    const int64_t in_order[6] = {0, 1, 2, 3, 4, 5};
+    expect_admission_order(session, 1, 6, max_new, three, in_order);
+    /* window 3: {2,5,3} -> 5; {2,3,9} -> 9; {2,3,1} -> 3; {2,1,4} -> 4; 2; 1 */
+    const int64_t window3[6] = {1, 3, 2, 5, 0, 4};
+    expect_admission_order(session, 3, 6, max_new, three, window3);
+    /* default (4 x one slot): {2,5,3,9} -> 9; {2,5,3,1} -> 5; {2,3,1,4} -> 4; 3; 2; 1 */
+    const int64_t window4[6] = {3, 1, 5, 2, 0, 4};
+    expect_admission_order(session, 0, 6, max_new, three, window4);
+    /* equal max_new_tokens: the longer prompt, then the earlier request */
+    const int same[3] = {4, 4, 4}, prompts[3] = {2, 6, 6};
+    const int64_t ties[3] = {1, 2, 0};
+    expect_admission_order(session, 3, 3, same, prompts, ties);
+    ferry_session_free(session);
+    ferry_model_close(model);
     free_fixture(&f);
 }

@@ -199,12 +199,37 @@ static void decode_logits(ferry_model *model, int graphs, int other_session, con
     ferry_session_free(session);
 }
 
+/* A CUDA model whose backend launches kernels with programmatic dependent
+ * launch (pdl 1: the default on Hopper) or without (FERRY_CUDA_PDL=0, read
+ * when the backend is made). */
+static ferry_model *open_cuda_model(const char *path, int pdl) {
+    if (!pdl) setenv("FERRY_CUDA_PDL", "0", 1);
+    ferry_model *model = open_model(path, "cuda");
+    unsetenv("FERRY_CUDA_PDL");
+    return model;
+}
+
+/* Decode logits of `pdl_off` (PDL off, graphs on) equal `want` bit for bit. */
+static void check_pdl_off_equals(const char *path, const int32_t *prompt, const int32_t *steps,
+                                 int vocab, const float *want) {
+    size_t n = (size_t)GRAPH_STEPS * GRAPH_SEQS * vocab;
+    float *pdl_off = malloc(n * sizeof(float));
+    ferry_model *model = open_cuda_model(path, 0);
+    decode_logits(model, 1, 0, prompt, steps, vocab, pdl_off);
+    ferry_model_close(model);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(memcmp(&want[i], &pdl_off[i], sizeof(float)), 0,
+                     "step %zu: logit %zu: without PDL %.9g, with PDL %.9g",
+                     i / ((size_t)GRAPH_SEQS * vocab), i, (double)pdl_off[i], (double)want[i]);
+    free(pdl_off);
+}
+
 static void check_replay_equals_direct(int other_session) {
     NEED_GPU();
     char arguments[1024], *path = test_path(dir, "synth.ferry");
     snprintf(arguments, sizeof arguments, "synth --preset tiny --dtype f16 --seed 3 '%s'", path);
     run_cli(arguments);
-    ferry_model *model = open_model(path, "cuda");
+    ferry_model *model = open_cuda_model(path, 1);
     ferry_model_info info;
     ferry_model_get_info(model, &info);
     cr_assert(model->backend->ops->graph_begin, "the CUDA backend records no graphs");
@@ -227,10 +252,14 @@ static void check_replay_equals_direct(int other_session) {
                      i / ((size_t)GRAPH_SEQS * info.vocab_size), i, (double)replayed[i],
                      (double)direct[i]);
     }
-    free(direct), free(replayed), free(path);
     ferry_model_close(model);
+    /* launch overlap (PDL) changes when kernels start, never what they compute */
+    if (!other_session) check_pdl_off_equals(path, prompt, steps, info.vocab_size, direct);
+    free(direct), free(replayed), free(path);
 }
 
+/* Bit for bit: replays equal direct runs, and both equal the replays of a
+ * backend that launches without PDL (FERRY_CUDA_PDL=0). */
 Test(cuda_engine, decode_steps_replayed_from_a_graph_equal_direct_runs) {
     check_replay_equals_direct(0);
 }

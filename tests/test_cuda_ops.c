@@ -10,8 +10,10 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "helpers.h"
+#include "kernels/cuda/prefill_tiles.h"
 #include "kernels/ops.h"
 
 static ferry_backend *cpu, *gpu;
@@ -74,8 +76,8 @@ static float *from_gpu(const float *device, size_t n) {
 }
 
 /* |got - want| <= atol + rtol * scale[i] (scale NULL: |want|) for every
- * element; NaN never passes. */
-static void expect_close(const char *what, const float *got, const float *want,
+ * element; NaN never passes.  Returns the worst |got - want| / scale. */
+static double expect_close(const char *what, const float *got, const float *want,
                          const double *scale, size_t n, double rtol, double atol) {
     size_t n_bad = 0, first = 0;
     double worst = 0;
@@ -89,6 +91,7 @@ static void expect_close(const char *what, const float *got, const float *want,
     }
     cr_assert_eq(n_bad, 0, "%s: %zu of %zu elements off; first at %zu: got %.9g want %.9g", what,
                  n_bad, n, first, (double)got[first], (double)want[first]);
+    return worst;
 }
 
 /* The CPU and GPU versions of a batch's index arrays. */
@@ -332,6 +335,21 @@ static void round_to_f16(float *data, size_t n) {
     for (size_t i = 0; i < n; i++) data[i] = ferry_f16_to_f32(ferry_f32_to_f16(data[i]));
 }
 
+/* Batches of this many tokens with head_dim 64 or 128 take the tensor-core
+ * prefill kernel (PREFILL_MIN_TOKENS in kernels/cuda/cuda_backend.h). */
+enum { TENSOR_CORE_MIN_TOKENS = 64 };
+
+/* The tensor-core kernel rounds Q (times log2(e)/sqrt(head_dim)) and the
+ * softmax numerators P to f16 for the mma (unit roundoff u = 2^-11 =
+ * 4.9e-4); K and V are f16 in both caches already.  Each weight w_j then
+ * carries a relative error of a few u, so an output element is off by at
+ * most that times sum_j w_j |v_j| — the bar is relative to that sum, not
+ * to |out| (a convex combination of mixed signs can cancel to ~0).  An
+ * emulation of the kernel's rounding on these inputs gave at most 4.3e-4
+ * (short contexts, where few weights dominate); 2e-3 is the end-to-end
+ * bar of the HF logits tests. */
+static const double TENSOR_CORE_ATTENTION_RTOL = 2e-3;
+
 /* Fill slot s of both caches with lengths[s] random (f16-exact) K/V rows
  * through kv_store, then attend with `n` query tokens at (slots, positions)
  * and compare every output element. */
@@ -340,12 +358,19 @@ static void check_attention(ferry_attention_shape shape, int n_slots, const int 
                             const int32_t *positions) {
     size_t row = (size_t)shape.n_kv_heads * shape.head_dim;
     size_t cache_elements = (size_t)n_slots * max_context * row;
-    ferry_kv_layer host_cache = {malloc(cache_elements * 4), malloc(cache_elements * 4), n_slots,
+    ferry_kv_layer host_cache = {calloc(cache_elements, 4), calloc(cache_elements, 4), n_slots,
                                  max_context};
     ferry_kv_layer gpu_cache = {NULL, NULL, n_slots, max_context};
     cr_assert_eq(gpu->ops->kv_dtype, FERRY_DTYPE_F16);
     cr_assert_eq(gpu->ops->alloc(gpu, cache_elements * 2, &gpu_cache.k), FERRY_OK);
     cr_assert_eq(gpu->ops->alloc(gpu, cache_elements * 2, &gpu_cache.v), FERRY_OK);
+    /* rows never written hold f16 NaN (all bits set): no kernel may let
+     * them reach an output, not even times a zero weight */
+    void *nan_rows = malloc(cache_elements * 2);
+    memset(nan_rows, 0xff, cache_elements * 2);
+    cr_assert_eq(gpu->ops->upload(gpu, gpu_cache.k, nan_rows, cache_elements * 2), FERRY_OK);
+    cr_assert_eq(gpu->ops->upload(gpu, gpu_cache.v, nan_rows, cache_elements * 2), FERRY_OK);
+    free(nan_rows);
     for (int s = 0; s < n_slots; s++) {
         int len = lengths[s];
         float *k = random_floats((size_t)len * row, -2, 2), *v = random_floats((size_t)len * row, -2, 2);
@@ -375,12 +400,36 @@ static void check_attention(ferry_attention_shape shape, int n_slots, const int 
     char what[160];
     snprintf(what, sizeof what, "attention heads=%d kv=%d dim=%d n=%d", shape.n_heads,
              shape.n_kv_heads, shape.head_dim, n);
-    /* outputs are convex combinations of values in [-2, 2] */
-    expect_close(what, got, want, NULL, q_count, 2e-5, 2e-5);
+    int tensor_cores = n >= TENSOR_CORE_MIN_TOKENS && (shape.head_dim == 64 || shape.head_dim == 128);
+    if (!tensor_cores) {
+        /* outputs are convex combinations of values in [-2, 2] */
+        expect_close(what, got, want, NULL, q_count, 2e-5, 2e-5);
+    } else {
+        /* the scale sum_j w_j |v_j|: the same attention over |V| */
+        for (size_t i = 0; i < cache_elements; i++)
+            ((float *)host_cache.v)[i] = fabsf(((float *)host_cache.v)[i]);
+        float *weighted_abs = malloc(q_count * sizeof(float));
+        cr_assert_eq(cpu->ops->attention(cpu, weighted_abs, q, &host_cache, &b.host, shape), FERRY_OK);
+        double *scale = malloc(q_count * sizeof(double));
+        for (size_t i = 0; i < q_count; i++) scale[i] = weighted_abs[i];
+        double worst = expect_close(what, got, want, scale, q_count, TENSOR_CORE_ATTENTION_RTOL, 1e-6);
+        cr_log_info("%s: worst error %.3g of sum w|v|", what, worst);
+        free(weighted_abs), free(scale);
+    }
     free_batches(&b);
     gpu->ops->free(gpu, q_gpu), gpu->ops->free(gpu, out);
     gpu->ops->free(gpu, gpu_cache.k), gpu->ops->free(gpu, gpu_cache.v);
     free(host_cache.k), free(host_cache.v), free(q), free(want), free(got);
+}
+
+/* One chunk of n tokens of one sequence at positions first .. first+n-1,
+ * over a cache that holds the first `first` tokens already. */
+static void check_chunk(ferry_attention_shape shape, int first, int n) {
+    int lengths[1] = {first + n};
+    int32_t *slots = calloc(n, sizeof(int32_t)), *positions = malloc(n * sizeof(int32_t));
+    for (int t = 0; t < n; t++) positions[t] = first + t;
+    check_attention(shape, 1, lengths, first + n + 5, n, slots, positions);
+    free(slots), free(positions);
 }
 
 Test(cuda_ops, decode_attention_matches_cpu_for_gqa_ratios_and_long_contexts) {
@@ -399,18 +448,61 @@ Test(cuda_ops, decode_attention_matches_cpu_for_gqa_ratios_and_long_contexts) {
 
 Test(cuda_ops, prefill_attention_matches_cpu_for_many_tokens) {
     NEED_GPU();
-    ferry_attention_shape shape = {32, 4, 128};
-    int n = rand_int(250, 400);
-    int lengths[1] = {n};
-    int32_t *slots = calloc(n, sizeof(int32_t)), *positions = malloc(n * sizeof(int32_t));
-    for (int t = 0; t < n; t++) positions[t] = t;
-    check_attention(shape, 1, lengths, n + 3, n, slots, positions);
-    free(slots), free(positions);
+    check_chunk((ferry_attention_shape){32, 4, 128}, 0, rand_int(250, 400));
 }
 
-/* Tiles of 16 tokens in one slot each take the tiled prefill kernel
- * (queries at any positions); a tile spanning two slots sends the whole
- * batch to the per-token kernel.  Both must match the CPU. */
+/* Token counts on both sides of the tensor-core threshold and off the
+ * 64-token tile, at both head sizes and GQA ratios 1, 4 and 8. */
+Test(cuda_ops, prefill_attention_matches_cpu_for_head_dims_gqa_ratios_and_token_counts) {
+    NEED_GPU();
+    static const int head_dims[] = {64, 128}, ratios[] = {1, 4, 8};
+    static const int token_counts[] = {1, 17, 64, 100, 300, 512};
+    for (int i = 0; i < 2; i++)
+        for (int r = 0; r < 3; r++)
+            for (int k = 0; k < 6; k++)
+                check_chunk((ferry_attention_shape){2 * ratios[r], 2, head_dims[i]}, 0,
+                            token_counts[k]);
+}
+
+/* The last chunk of a 2,048-token prefill in chunks of 512: queries at
+ * 1536..2047 over 1536 cached tokens (diagonal tiles are not aligned to
+ * key tiles when the chunk start is not a multiple of 64: 1500 too). */
+Test(cuda_ops, prefill_attention_matches_cpu_for_a_late_chunk_over_a_long_context) {
+    NEED_GPU();
+    static const int head_dims[] = {64, 128}, ratios[] = {1, 4, 8};
+    for (int i = 0; i < 2; i++)
+        for (int r = 0; r < 3; r++)
+            check_chunk((ferry_attention_shape){2 * ratios[r], 2, head_dims[i]}, 1536, 512);
+    check_chunk((ferry_attention_shape){8, 2, 128}, 1500, 300);
+}
+
+/* Chunks of 1, 17, 100 and 70 tokens of four sequences in one batch, each
+ * after its own cached context: tiles end at every slot change. */
+Test(cuda_ops, prefill_attention_matches_cpu_for_several_slots_in_one_batch) {
+    NEED_GPU();
+    static const int head_dims[] = {64, 128};
+    enum { N_SLOTS = 4 };
+    static const int order[N_SLOTS] = {2, 0, 3, 1}; /* slots in batch order */
+    static const int counts[N_SLOTS] = {1, 17, 100, 70};
+    for (int i = 0; i < 2; i++) {
+        ferry_attention_shape shape = {8, 2, head_dims[i]};
+        int cached[N_SLOTS] = {rand_int(0, 700), 0, rand_int(1, 63), rand_int(64, 900)};
+        int lengths[N_SLOTS], n = 0;
+        for (int s = 0; s < N_SLOTS; s++) lengths[s] = cached[s] + counts[s], n += counts[s];
+        int32_t *slots = malloc(n * sizeof(int32_t)), *positions = malloc(n * sizeof(int32_t));
+        int t = 0;
+        for (int k = 0; k < N_SLOTS; k++)
+            for (int j = 0; j < counts[order[k]]; j++, t++) {
+                slots[t] = order[k];
+                positions[t] = cached[order[k]] + j;
+            }
+        check_attention(shape, N_SLOTS, lengths, 1000, n, slots, positions);
+        free(slots), free(positions);
+    }
+}
+
+/* Queries at any positions of their slot (not consecutive), in runs of 16
+ * tokens per slot or split once mid-batch: both match the CPU. */
 Test(cuda_ops, prefill_attention_matches_cpu_for_tiles_across_slots_and_positions) {
     NEED_GPU();
     static const int head_dims[] = {64, 128};
@@ -428,6 +520,22 @@ Test(cuda_ops, prefill_attention_matches_cpu_for_tiles_across_slots_and_position
             check_attention(shape, 2, lengths, 712, n, slots, positions);
             free(slots), free(positions);
         }
+}
+
+/* FERRY_CUDA_PREFILL_ATTN=simt brings back the SIMT kernel (for timing
+ * comparisons); it still matches the CPU.  Any other word but flash is an
+ * error when the backend is made. */
+Test(cuda_ops, simt_prefill_attention_is_selectable_by_environment) {
+    NEED_GPU();
+    ferry_backend_free(gpu);
+    gpu = NULL;
+    setenv("FERRY_CUDA_PREFILL_ATTN", "fast", 1);
+    cr_assert_eq(ferry_backend_cuda_new(0, &gpu), FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(ferry_last_error(), "FERRY_CUDA_PREFILL_ATTN"), "%s", ferry_last_error());
+    setenv("FERRY_CUDA_PREFILL_ATTN", "simt", 1);
+    cr_assert_eq(ferry_backend_cuda_new(0, &gpu), FERRY_OK, "%s", ferry_last_error());
+    unsetenv("FERRY_CUDA_PREFILL_ATTN");
+    check_chunk((ferry_attention_shape){32, 4, 128}, 100, 200);
 }
 
 Test(cuda_ops, kv_store_rounds_to_f16_exactly) {
@@ -460,6 +568,24 @@ Test(cuda_ops, kv_store_rounds_to_f16_exactly) {
     gpu->ops->free(gpu, k_gpu), gpu->ops->free(gpu, v_gpu);
     gpu->ops->free(gpu, cache.k), gpu->ops->free(gpu, cache.v);
     free(k), free(v), free(k_cache), free(v_cache);
+}
+
+/* ------------------------------------------- prefill tiles (no GPU) */
+
+Test(cuda_ops, prefill_tiles_end_at_slot_changes_and_at_64_tokens) {
+    enum { N = 212 };
+    int32_t slots[N], starts[N + 1];
+    for (int t = 0; t < N; t++) slots[t] = t < 130 ? 0 : t < 131 ? 1 : t < 148 ? 2 : 0;
+    static const int32_t want[] = {0, 64, 128, 130, 131, 148, 212};
+    int n_tiles = ferry_prefill_tiles(slots, N, 64, starts);
+    cr_assert_eq(n_tiles, 6);
+    for (int i = 0; i <= n_tiles; i++) cr_assert_eq(starts[i], want[i], "tile %d", i);
+    cr_assert_eq(ferry_prefill_tiles(slots, 0, 64, starts), 0);
+    cr_assert_eq(starts[0], 0);
+    /* alternating slots: one token per tile */
+    for (int t = 0; t < 5; t++) slots[t] = t % 2;
+    cr_assert_eq(ferry_prefill_tiles(slots, 5, 64, starts), 5);
+    for (int i = 0; i <= 5; i++) cr_assert_eq(starts[i], i);
 }
 
 /* ---------------------------------------------------------- bad input */
@@ -496,6 +622,28 @@ Test(cuda_ops, kv_store_outside_the_cache_is_reported_at_synchronize) {
     free_batches(&b);
     gpu->ops->free(gpu, k_gpu), gpu->ops->free(gpu, cache.k), gpu->ops->free(gpu, cache.v);
     free(k);
+}
+
+Test(cuda_ops, prefill_attention_outside_the_cache_is_reported_at_synchronize) {
+    NEED_GPU();
+    ferry_attention_shape shape = {4, 2, 64};
+    enum { N = 100, MAX_CONTEXT = 128 };
+    ferry_kv_layer cache = {NULL, NULL, 1, MAX_CONTEXT};
+    size_t cache_bytes = (size_t)MAX_CONTEXT * 2 * 64 * 2;
+    cr_assert_eq(gpu->ops->alloc(gpu, cache_bytes, &cache.k), FERRY_OK);
+    cr_assert_eq(gpu->ops->alloc(gpu, cache_bytes, &cache.v), FERRY_OK);
+    int32_t positions[N], slots[N] = {0};
+    for (int t = 0; t < N; t++) positions[t] = t;
+    positions[70] = MAX_CONTEXT; /* one past the cache */
+    two_batches b = make_batches(N, NULL, positions, slots);
+    float *q = gpu_poisoned((size_t)N * 4 * 64), *out = gpu_poisoned((size_t)N * 4 * 64);
+    cr_assert_eq(gpu->ops->attention(gpu, out, q, &cache, &b.device, shape), FERRY_OK);
+    cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(ferry_last_error(), "outside the KV cache"), "%s", ferry_last_error());
+    cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
+    free_batches(&b);
+    gpu->ops->free(gpu, q), gpu->ops->free(gpu, out);
+    gpu->ops->free(gpu, cache.k), gpu->ops->free(gpu, cache.v);
 }
 
 Test(cuda_ops, attention_with_a_bad_geometry_is_an_error) {

@@ -220,6 +220,8 @@ static void draw_case(uint64_t *state, random_case *c) {
     c->shape.activation_bytes_per_token = test_rand_u64(state) % 100;
     c->shape.activation_fixed_bytes = test_rand_u64(state) % 1000;
     c->shape.max_tokens_per_pass = (int)(test_rand_u64(state) % 3) * 256;
+    c->shape.carried_bytes_per_token = test_rand_u64(state) % 50;
+    c->shape.max_tokens_carried = (int)(test_rand_u64(state) % 3) * 1024;
     c->shape.flops_per_token = test_rand_u64(state) % 100000;
     c->request.gpu_mem_bytes = test_rand_u64(state) % 200000;
     c->request.host_mem_bytes = test_rand_u64(state) % 200000;
@@ -267,13 +269,19 @@ Test(offload_plan, random_plans_never_exceed_either_budget_and_add_up) {
         uint64_t in_flight = tokens;
         if (c.shape.max_tokens_per_pass && in_flight > (uint64_t)c.shape.max_tokens_per_pass)
             in_flight = (uint64_t)c.shape.max_tokens_per_pass;
+        /* Carried tokens: whole chunks of in_flight, up to the limit. */
+        uint64_t carried = tokens;
+        if (c.shape.max_tokens_carried && carried > (uint64_t)c.shape.max_tokens_carried)
+            carried = (uint64_t)c.shape.max_tokens_carried;
+        while (carried % in_flight) carried++;
         uint64_t kv_layer = tokens * c.shape.kv_bytes_per_token_layer;
         uint64_t kv_on_gpu = plan.kv_tier == OFFLOAD_TIER_GPU
                                  ? kv_layer * (uint64_t)c.shape.n_layers
                                  : kv_layer * (uint64_t)plan.n_slots;
         uint64_t slots = streamed ? (uint64_t)plan.n_slots * largest : 0;
         uint64_t gpu = c.shape.globals_bytes + c.shape.activation_fixed_bytes +
-                       in_flight * c.shape.activation_bytes_per_token + resident + slots +
+                       in_flight * c.shape.activation_bytes_per_token +
+                       carried * c.shape.carried_bytes_per_token + resident + slots +
                        kv_on_gpu;
         uint64_t host = in_dram + (n[2] ? (uint64_t)plan.n_slots * largest : 0) +
                         (plan.kv_tier == OFFLOAD_TIER_HOST ? kv_layer * c.shape.n_layers : 0);

@@ -4,9 +4,12 @@
  * all-resident and with every tier mix (all layers in DRAM, all read from
  * the file, resident + DRAM + file, a budget-chosen mix); the logits of a
  * prompt batch and of a decode step must be bit-identical to the
- * all-resident run.  A file truncated under a streaming model makes
- * ferry_forward fail naming the layer and offset; an impossible budget is
- * refused at open.
+ * all-resident run; calls of 1..3000 tokens take one weight pass (zig-zag
+ * order: every chunk through a layer while it sits in its slot), or one
+ * per group of chunks the session carries, bit-identical to resident,
+ * and the plan counts the carried tokens.  A file truncated under a
+ * streaming model makes ferry_forward fail naming the layer and offset; an
+ * impossible budget is refused at open.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -79,6 +82,17 @@ static uint64_t layer_blob_bytes(const char *path) {
     uint64_t bytes = file->layout.extents[1].bytes;
     ferry_file_close(file);
     return bytes;
+}
+
+/* The plan's view of the file (f32 KV, as on the CPU backend). */
+static offload_model_shape file_shape(const char *path, uint64_t *layer_bytes) {
+    ferry_file *file = NULL;
+    cr_assert_eq(ferry_file_open(path, &file), FERRY_OK, "%s", ferry_last_error());
+    offload_model_shape shape;
+    cr_assert_eq(offload_shape_from_layout(&file->layout, sizeof(float), layer_bytes, &shape),
+                 FERRY_OK);
+    ferry_file_close(file);
+    return shape;
 }
 
 enum { N_SEQS = 3, VOCAB = 97, SESSION_CONTEXT = 32 };
@@ -216,16 +230,11 @@ Test(offload_stream, a_gpu_budget_picks_the_mix_and_the_logits_stay_identical) {
     /* The plan's fixed part for this file and the sessions run_model makes
      * (3 sequences of 32 tokens, f32 KV), then room for 2 slots, 2
      * resident layers and half a layer more. */
-    ferry_file *file = NULL;
-    cr_assert_eq(ferry_file_open(path, &file), FERRY_OK, "%s", ferry_last_error());
     uint64_t layer_bytes[5];
-    offload_model_shape shape;
-    cr_assert_eq(offload_shape_from_layout(&file->layout, sizeof(float), layer_bytes, &shape),
-                 FERRY_OK);
-    ferry_file_close(file);
+    offload_model_shape shape = file_shape(path, layer_bytes);
     const uint64_t tokens = N_SEQS * SESSION_CONTEXT;
     uint64_t fixed = shape.globals_bytes + shape.activation_fixed_bytes +
-                     tokens * shape.activation_bytes_per_token +
+                     tokens * (shape.activation_bytes_per_token + shape.carried_bytes_per_token) +
                      tokens * 5 * shape.kv_bytes_per_token_layer;
     ferry_model_options options = {0};
     options.streaming = 1;
@@ -333,6 +342,185 @@ Test(offload_stream, sessions_on_two_threads_share_a_streamed_model_and_agree_wi
     assert_identical(&first, &resident, "thread 0");
     assert_identical(&second, &resident, "thread 1");
     ferry_model_close(model);
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+/* ------------------------------------------------------------ zig-zag */
+
+/* Ragged calls over 4 sequences of 1, 513, 4, 1700, 3000 and 4 tokens (0:
+ * the sequence sits the call out): one chunk, just over one, decode steps,
+ * several chunks, and a call longer than a small zig-zag limit. */
+enum { ZIGZAG_SEQS = 4, ZIGZAG_CONTEXT = 1600, ZIGZAG_CALLS = 6, ZIGZAG_MOST = 3000 };
+static const int zigzag_calls[ZIGZAG_CALLS][ZIGZAG_SEQS] = {
+    {1, 0, 0, 0}, {200, 311, 0, 2}, {1, 1, 1, 1}, {700, 0, 900, 100}, {600, 1100, 600, 700},
+    {1, 1, 1, 1},
+};
+
+typedef struct zigzag_run {
+    float *logits[ZIGZAG_CALLS];    /* every position of each call */
+    uint64_t passes[ZIGZAG_CALLS];  /* weight passes (ring steps) each call took */
+} zigzag_run;
+
+/* Run the calls on a fresh session; carried > 0 lowers the session's
+ * carried tokens (what a smaller zig-zag limit would give). */
+static void run_zigzag_calls(ferry_model *model, int carried, zigzag_run *out) {
+    ferry_session *session = NULL;
+    cr_assert_eq(ferry_session_new(model, ZIGZAG_SEQS, ZIGZAG_CONTEXT, &session), FERRY_OK, "%s",
+                 ferry_last_error());
+    cr_assert_eq(session->chunk_tokens, FERRY_CHUNK_TOKENS);
+    if (carried) {
+        cr_assert_leq(carried, session->carried_tokens);
+        session->carried_tokens = carried;
+    }
+    uint64_t rng = 77;
+    for (int call = 0; call < ZIGZAG_CALLS; call++) {
+        int seq_ids[ZIGZAG_SEQS], n_tokens[ZIGZAG_SEQS], n_seqs = 0, n_total = 0;
+        for (int seq = 0; seq < ZIGZAG_SEQS; seq++) {
+            if (!zigzag_calls[call][seq]) continue;
+            seq_ids[n_seqs] = ZIGZAG_SEQS - 1 - seq; /* slots in another order than sequences */
+            n_tokens[n_seqs++] = zigzag_calls[call][seq];
+            n_total += zigzag_calls[call][seq];
+        }
+        int32_t tokens[ZIGZAG_MOST];
+        for (int t = 0; t < n_total; t++) tokens[t] = (int32_t)(test_rand_u64(&rng) % VOCAB);
+        size_t n_logits = (size_t)n_total * VOCAB;
+        out->logits[call] = malloc(n_logits * sizeof(float));
+        ferry_batch batch = {n_seqs, seq_ids, n_tokens, tokens};
+        uint64_t steps = model->stream ? offload_stream_stats(model->stream).steps : 0;
+        cr_assert_eq(ferry_forward(session, &batch, FERRY_LOGITS_ALL, out->logits[call], n_logits),
+                     FERRY_OK, "call %d: %s", call, ferry_last_error());
+        out->passes[call] =
+            model->stream ? offload_stream_stats(model->stream).steps - steps : 0;
+    }
+    ferry_session_free(session);
+}
+
+static void free_zigzag_run(zigzag_run *run) {
+    for (int call = 0; call < ZIGZAG_CALLS; call++) free(run->logits[call]);
+}
+
+static int zigzag_call_tokens(int call) {
+    int n = 0;
+    for (int seq = 0; seq < ZIGZAG_SEQS; seq++) n += zigzag_calls[call][seq];
+    return n;
+}
+
+Test(offload_stream, zigzag_calls_of_1_to_3000_tokens_take_one_pass_and_match_resident_bits) {
+    char *dir = test_tempdir();
+    char *path = write_model(dir, test_seed());
+    uint64_t layer = layer_blob_bytes(path);
+    ferry_model_options plain = {0};
+    ferry_model *model = open_model(path, plain);
+    zigzag_run resident;
+    run_zigzag_calls(model, 0, &resident);
+    ferry_model_close(model);
+
+    struct {
+        const char *what;
+        int resident_layers, slots;
+        uint64_t host_mem_bytes;
+        const char *tiers;
+        int carried;            /* 0: the session's own (every call in one pass) */
+    } mixes[] = {
+        {"every layer in DRAM, one slot", 0, 1, 0, "HHHHH", 0},
+        {"every layer read from the file, three slots", 0, 3, 3 * layer, "DDDDD", 0},
+        {"resident, DRAM and file, two slots", 1, 2, 3 * layer, "GHDDD", 0},
+        {"DRAM, two slots, passes of 2 chunks", 0, 2, 0, "HHHHH", 2 * FERRY_CHUNK_TOKENS},
+        {"resident and DRAM, passes of 1 chunk", 2, 2, 0, "GGHHH",
+         FERRY_CHUNK_TOKENS},
+    };
+    for (size_t m = 0; m < sizeof mixes / sizeof mixes[0]; m++) {
+        ferry_model_options options = {0};
+        options.streaming = 1;
+        options.resident_layers = mixes[m].resident_layers;
+        options.slots = mixes[m].slots;
+        options.host_mem_bytes = mixes[m].host_mem_bytes;
+        model = open_model(path, options);
+        assert_tiers(model, mixes[m].tiers);
+        zigzag_run streamed;
+        run_zigzag_calls(model, mixes[m].carried, &streamed);
+        int n_streamed = 0;
+        for (const char *t = mixes[m].tiers; *t; t++) n_streamed += *t != 'G';
+        offload_ring_stats stats = offload_stream_stats(model->stream);
+        uint64_t total_passes = 0;
+        for (int call = 0; call < ZIGZAG_CALLS; call++) {
+            int n = zigzag_call_tokens(call);
+            for (size_t i = 0; i < (size_t)n * VOCAB; i++)
+                cr_assert(memcmp(&streamed.logits[call][i], &resident.logits[call][i],
+                                 sizeof(float)) == 0,
+                          "%s: call %d (%d tokens): logit %zu is %.9g, all-resident %.9g",
+                          mixes[m].what, call, n, i, streamed.logits[call][i],
+                          resident.logits[call][i]);
+            /* One weight pass per call, or per group of whole chunks the
+             * carried tokens hold. */
+            int chunks = (n + FERRY_CHUNK_TOKENS - 1) / FERRY_CHUNK_TOKENS;
+            int per_pass = mixes[m].carried ? mixes[m].carried / FERRY_CHUNK_TOKENS : chunks;
+            uint64_t want = (uint64_t)((chunks + per_pass - 1) / per_pass);
+            cr_assert_eq(streamed.passes[call], want, "%s: call %d (%d tokens): %llu passes",
+                         mixes[m].what, call, n, (unsigned long long)streamed.passes[call]);
+            total_passes += want;
+        }
+        /* Each pass copies every streamed layer once (plus the next pass's
+         * prefetched first layers at the end). */
+        uint64_t per_passes = total_passes * (uint64_t)n_streamed * layer;
+        cr_assert(stats.bytes_copied >= per_passes &&
+                      stats.bytes_copied <= per_passes + (uint64_t)mixes[m].slots * layer,
+                  "%s: %llu bytes copied in %llu passes", mixes[m].what,
+                  (unsigned long long)stats.bytes_copied, (unsigned long long)total_passes);
+        free_zigzag_run(&streamed);
+        ferry_model_close(model);
+    }
+    free_zigzag_run(&resident);
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+Test(offload_stream, the_zigzag_limit_bounds_carried_tokens_and_the_plan_counts_them) {
+    char *dir = test_tempdir();
+    char *path = write_model(dir, test_seed());
+    cr_assert_eq(setenv("FERRY_ZIGZAG_TOKENS", "1000", 1), 0);
+    cr_assert_eq(ferry_zigzag_tokens(), 2 * FERRY_CHUNK_TOKENS, "rounded up to whole chunks");
+    ferry_model_options options = {0};
+    options.streaming = 1;
+    options.resident_layers = 0;
+    options.stream_batch = ZIGZAG_SEQS;
+    options.stream_context = ZIGZAG_CONTEXT;
+    ferry_model *model = open_model(path, options);
+    /* The plan holds the per-chunk scratch for one chunk and the residual
+     * stream of the 1024 carried tokens. */
+    uint64_t layer_bytes[5];
+    offload_model_shape shape = file_shape(path, layer_bytes);
+    cr_assert_eq(shape.max_tokens_carried, 2 * FERRY_CHUNK_TOKENS);
+    cr_assert_eq(shape.carried_bytes_per_token, 64 * sizeof(float) + 3 * sizeof(int32_t));
+    const offload_plan *plan = offload_stream_plan(model->stream);
+    cr_assert_eq(plan->gpu_activation_bytes,
+                 shape.activation_fixed_bytes +
+                     FERRY_CHUNK_TOKENS * shape.activation_bytes_per_token +
+                     2 * FERRY_CHUNK_TOKENS * shape.carried_bytes_per_token);
+    ferry_session *session = NULL;
+    cr_assert_eq(ferry_session_new(model, ZIGZAG_SEQS, ZIGZAG_CONTEXT, &session), FERRY_OK);
+    cr_assert_eq(session->carried_tokens, 2 * FERRY_CHUNK_TOKENS);
+    ferry_session_free(session);
+    /* A session too small for the limit carries what one call can hold. */
+    cr_assert_eq(ferry_session_new(model, 1, 600, &session), FERRY_OK);
+    cr_assert_eq(session->carried_tokens, 2 * FERRY_CHUNK_TOKENS);
+    ferry_session_free(session);
+    cr_assert_eq(ferry_session_new(model, 2, 100, &session), FERRY_OK);
+    cr_assert_eq(session->chunk_tokens, 200);
+    cr_assert_eq(session->carried_tokens, 200);
+    ferry_session_free(session);
+    ferry_model_close(model);
+    /* A resident model carries one chunk. */
+    ferry_model_options plain = {0};
+    model = open_model(path, plain);
+    cr_assert_eq(ferry_session_new(model, ZIGZAG_SEQS, ZIGZAG_CONTEXT, &session), FERRY_OK);
+    cr_assert_eq(session->carried_tokens, FERRY_CHUNK_TOKENS);
+    ferry_session_free(session);
+    ferry_model_close(model);
+    unsetenv("FERRY_ZIGZAG_TOKENS");
     test_rmtree(dir);
     free(path);
     free(dir);

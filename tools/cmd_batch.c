@@ -38,7 +38,11 @@ static void print_help(FILE *out) {
             "                         default sampling (as in ferry generate)\n"
             "  --ignore-eos           keep going past end-of-sequence tokens\n"
             "  --max-context N        tokens per sequence (default: the longest request)\n"
-            "  --prefill-tokens N     prompt tokens per step at most (default 512)\n"
+            "  --prefill-tokens N     prompt tokens per step at most (default 512; 2048 when\n"
+            "                         layers stream: one weight pass carries them all)\n"
+            "  --admission-window N   waiting requests looked at when a slot frees; the one\n"
+            "                         with the most work left goes first (default: all of\n"
+            "                         the input; 1: input order)\n"
             "  --tokenizer FILE       a tokenizer.json instead of the model's\n"
             "  --strict               a malformed input line is fatal\n"
             "  --gpu-mem SIZE / --host-mem SIZE   stream layers within these budgets\n"
@@ -220,6 +224,7 @@ int cmd_batch(int argc, char **argv) {
         {"--ignore-eos", CLI_OPTION_FLAG, &opts.ignore_eos, 0, 0, 0},
         {"--max-context", CLI_OPTION_INT, &opts.max_context, 1, 1 << 24, 0},
         {"--prefill-tokens", CLI_OPTION_INT, &opts.prefill_tokens, 1, 1 << 20, 0},
+        {"--admission-window", CLI_OPTION_INT, &opts.admission_window, 1, 1 << 30, 0},
         {"--strict", CLI_OPTION_FLAG, &opts.strict, 0, 0, 0},
         {"--backend", CLI_OPTION_STRING, &opts.backend, 0, 0, 0},
         {"--threads", CLI_OPTION_INT, &opts.n_threads, 0, 1024, 0},
@@ -311,18 +316,29 @@ int cmd_batch(int argc, char **argv) {
                                        .on_token = check_stop, .on_result = write_result,
                                        .stop_flag = &stop_requested};
     run.start_ms = run.last_progress_ms = cli_now_ms();
-    status = ferry_batch_run(session, opts.prefill_tokens, &callbacks, &run.stats);
+    /* The whole input is in memory: the window may cover all of it. */
+    ferry_batch_options batch_options = {
+        .max_prefill_tokens = opts.prefill_tokens,
+        .admission_window = opts.admission_window ? opts.admission_window
+                            : run.n_requests < (1u << 30) ? (int)run.n_requests
+                                                          : 1 << 30};
+    status = ferry_batch_run(session, &batch_options, &callbacks, &run.stats);
     print_progress(&run, 1);
     double wall_s = (cli_now_ms() - run.start_ms) / 1e3;
     fprintf(stderr,
             "ferry batch: %llu requests (%llu errors), %llu prompt + %llu completion tokens in "
-            "%.2f s: %.1f completion tok/s, %.1f total tok/s (batch %d, %llu steps, forward %.2f s)\n",
+            "%.2f s: %.1f completion tok/s, %.1f total tok/s (batch %d, %llu steps, forward %.2f s",
             (unsigned long long)run.stats.n_requests, (unsigned long long)run.stats.n_errors,
             (unsigned long long)run.stats.prompt_tokens,
             (unsigned long long)run.stats.completion_tokens, wall_s,
             run.stats.completion_tokens / (wall_s > 0 ? wall_s : 1e-9),
             (run.stats.prompt_tokens + run.stats.completion_tokens) / (wall_s > 0 ? wall_s : 1e-9),
             batch, (unsigned long long)run.stats.n_steps, run.stats.forward_ns / 1e9);
+    if (run.stats.n_passes)
+        fprintf(stderr, ", %llu weight passes: %.2f per step",
+                (unsigned long long)run.stats.n_passes,
+                (double)run.stats.n_passes / (double)run.stats.n_steps);
+    fputs(")\n", stderr);
     char plan_report[8192];
     if (ferry_model_stream_report(model, plan_report, sizeof plan_report) > 0)
         fprintf(stderr, "ferry batch: streaming plan and measured passes:\n%s", plan_report);

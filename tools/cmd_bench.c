@@ -3,7 +3,8 @@
  * several batch sizes, with the bytes each decode step must read (weights
  * and KV cache), the bandwidth that achieves and its ratio to a
  * device-to-device copy measured in the same run, and the GPU memory in
- * use.  --kernels adds the matmul op alone on the model's shapes.  Drives
+ * use.  --kernels adds the matmul op alone on the model's shapes and the
+ * attention op alone on prefill chunks.  Drives
  * ferry_forward like any caller; reads the model's config and backend
  * through runtime/engine.h for the byte counts and the measurement hooks.
  */
@@ -36,7 +37,8 @@ static void print_help(FILE *out) {
             "  --backend B      cpu, cuda, cuda:N or auto (default auto)\n"
             "  --threads N      CPU worker threads (default 0: one per core)\n"
             "  --kernels        also time the matmul op alone on the model's matrix shapes\n"
-            "                   for 1..512 tokens (bandwidth and TFLOP/s)\n"
+            "                   for 1..512 tokens (bandwidth and TFLOP/s), and the attention\n"
+            "                   op on prefill chunks of 512 and 2,048 tokens (TFLOP/s)\n"
             "  --json           one JSON object per line instead of the table\n"
             "  --gpu-mem SIZE / --host-mem SIZE\n"
             "                   stream layers within these budgets (as ferry batch does)\n");
@@ -251,53 +253,76 @@ fail:
     return status;
 }
 
+/* The i-th call of a timed loop. */
+typedef ferry_status (*timed_call)(void *context, int i);
+
+/* Mean microseconds per call: 3 warm-up calls, a probe of probe_calls
+ * calls that sizes the timed loop to ~30 ms (4..2000 calls), that loop. */
+static ferry_status time_calls(ferry_backend *backend, timed_call call, void *context,
+                               int probe_calls, double *out_us) {
+    const ferry_backend_ops *ops = backend->ops;
+    for (int i = 0; i < 3; i++) FERRY_TRY(call(context, i));
+    FERRY_TRY(ops->synchronize(backend));
+    double start_ms = cli_now_ms();
+    for (int i = 0; i < probe_calls; i++) FERRY_TRY(call(context, i));
+    FERRY_TRY(ops->synchronize(backend));
+    double probe_ms = (cli_now_ms() - start_ms) / probe_calls;
+    int repeats = (int)(30.0 / (probe_ms > 1e-3 ? probe_ms : 1e-3));
+    if (repeats < 4) repeats = 4;
+    if (repeats > 2000) repeats = 2000;
+    start_ms = cli_now_ms();
+    for (int i = 0; i < repeats; i++) FERRY_TRY(call(context, i));
+    FERRY_TRY(ops->synchronize(backend));
+    *out_us = (cli_now_ms() - start_ms) * 1e3 / repeats;
+    return FERRY_OK;
+}
+
+enum { MAX_WEIGHT_COPIES = 16 };
+
+typedef struct matmul_call {
+    ferry_backend *backend;
+    ferry_dtype dtype;
+    matrix_shape shape;
+    int n, n_copies;
+    void *weights[MAX_WEIGHT_COPIES];
+    float *x, *out;
+} matmul_call;
+
+static ferry_status call_matmul(void *context, int i) {
+    matmul_call *c = context;
+    return c->backend->ops->matmul(c->backend, c->out, c->x, c->weights[i % c->n_copies], c->dtype,
+                                   NULL, c->n, c->shape.rows, c->shape.cols, 0);
+}
+
 /* Time matmul on one shape for each token count: weights rotate through
  * enough copies to overflow the L2 cache, so every call reads HBM. */
 static ferry_status bench_matmul_shape(ferry_model *model, matrix_shape shape, double copy_gbps,
                                        int json) {
     static const int token_counts[] = {1, 2, 4, 8, 12, 16, 24, 32, 64, 128, 256, 512};
-    enum { MAX_TOKENS = 512, ROTATION_BYTES = 256 << 20, MAX_COPIES = 16 };
+    enum { MAX_TOKENS = 512, ROTATION_BYTES = 256 << 20 };
     ferry_backend *backend = model->backend;
     const ferry_backend_ops *ops = backend->ops;
     const ferry_dtype dtype = model->dtype;
     ferry_status status = FERRY_OK;
     size_t matrix_bytes = (size_t)shape.rows * shape.cols * ferry_dtype_bytes(dtype);
-    int n_copies = (int)((ROTATION_BYTES + matrix_bytes - 1) / matrix_bytes);
-    if (n_copies > MAX_COPIES) n_copies = MAX_COPIES;
-    void *weights[MAX_COPIES] = {0};
-    float *x = NULL, *out = NULL;
-    for (int i = 0; i < n_copies; i++) {
-        FERRY_TRY_GOTO(ops->alloc(backend, matrix_bytes, &weights[i]));
-        FERRY_TRY_GOTO(fill_random(backend, weights[i], dtype,
+    matmul_call call = {.backend = backend, .dtype = dtype, .shape = shape};
+    call.n_copies = (int)((ROTATION_BYTES + matrix_bytes - 1) / matrix_bytes);
+    if (call.n_copies > MAX_WEIGHT_COPIES) call.n_copies = MAX_WEIGHT_COPIES;
+    for (int i = 0; i < call.n_copies; i++) {
+        FERRY_TRY_GOTO(ops->alloc(backend, matrix_bytes, &call.weights[i]));
+        FERRY_TRY_GOTO(fill_random(backend, call.weights[i], dtype,
                                    (size_t)shape.rows * shape.cols, 1000 + (uint64_t)i));
     }
     FERRY_TRY_GOTO(ops->alloc(backend, (size_t)MAX_TOKENS * shape.cols * sizeof(float),
-                              (void **)&x));
+                              (void **)&call.x));
     FERRY_TRY_GOTO(ops->alloc(backend, (size_t)MAX_TOKENS * shape.rows * sizeof(float),
-                              (void **)&out));
-    FERRY_TRY_GOTO(fill_random(backend, x, FERRY_DTYPE_F32, (size_t)MAX_TOKENS * shape.cols, 7));
+                              (void **)&call.out));
+    FERRY_TRY_GOTO(fill_random(backend, call.x, FERRY_DTYPE_F32, (size_t)MAX_TOKENS * shape.cols, 7));
     for (size_t k = 0; k < sizeof token_counts / sizeof token_counts[0]; k++) {
         const int n = token_counts[k];
-        /* warm-up, then a probe to size the timed loop to ~30 ms */
-        for (int i = 0; i < 3; i++)
-            FERRY_TRY_GOTO(ops->matmul(backend, out, x, weights[i % n_copies], dtype, NULL, n,
-                                       shape.rows, shape.cols, 0));
-        FERRY_TRY_GOTO(ops->synchronize(backend));
-        double start_ms = cli_now_ms();
-        for (int i = 0; i < n_copies; i++)
-            FERRY_TRY_GOTO(ops->matmul(backend, out, x, weights[i], dtype, NULL, n, shape.rows,
-                                       shape.cols, 0));
-        FERRY_TRY_GOTO(ops->synchronize(backend));
-        double probe_ms = (cli_now_ms() - start_ms) / n_copies;
-        int repeats = (int)(30.0 / (probe_ms > 1e-3 ? probe_ms : 1e-3));
-        if (repeats < 4) repeats = 4;
-        if (repeats > 2000) repeats = 2000;
-        start_ms = cli_now_ms();
-        for (int i = 0; i < repeats; i++)
-            FERRY_TRY_GOTO(ops->matmul(backend, out, x, weights[i % n_copies], dtype, NULL, n,
-                                       shape.rows, shape.cols, 0));
-        FERRY_TRY_GOTO(ops->synchronize(backend));
-        double call_us = (cli_now_ms() - start_ms) * 1e3 / repeats;
+        call.n = n;
+        double call_us = 0;
+        FERRY_TRY_GOTO(time_calls(backend, call_matmul, &call, call.n_copies, &call_us));
         double bytes = (double)matrix_bytes + (double)n * (shape.rows + shape.cols) * 4.0;
         double gbps = bytes / (call_us * 1e-6) / 1e9;
         double tflops = 2.0 * n * (double)shape.rows * shape.cols / (call_us * 1e-6) / 1e12;
@@ -313,10 +338,10 @@ static ferry_status bench_matmul_shape(ferry_model *model, matrix_shape shape, d
         fflush(stdout);
     }
 fail:
-    for (int i = 0; i < n_copies; i++)
-        if (weights[i]) ops->free(backend, weights[i]);
-    if (x) ops->free(backend, x);
-    if (out) ops->free(backend, out);
+    for (int i = 0; i < call.n_copies; i++)
+        if (call.weights[i]) ops->free(backend, call.weights[i]);
+    if (call.x) ops->free(backend, call.x);
+    if (call.out) ops->free(backend, call.out);
     return status;
 }
 
@@ -345,6 +370,87 @@ static ferry_status bench_matmul_shapes(ferry_model *model, double copy_gbps, in
         FERRY_TRY(bench_matmul_shape(model, shapes[i], copy_gbps, json));
     }
     return FERRY_OK;
+}
+
+/* -------------------------------------------- prefill attention op alone */
+
+typedef struct attention_call {
+    ferry_backend *backend;
+    float *out, *q;
+    ferry_kv_layer cache;
+    ferry_token_batch batch;
+    ferry_attention_shape shape;
+} attention_call;
+
+static ferry_status call_attention(void *context, int i) {
+    (void)i;
+    attention_call *c = context;
+    return c->backend->ops->attention(c->backend, c->out, c->q, &c->cache, &c->batch, c->shape);
+}
+
+/* The attention op alone on the model's heads: chunks of a prefill over
+ * one sequence (queries at first .. first+n-1 over a cache holding every
+ * earlier token).  FLOP/s count the causal work only: 2 x 2 x head_dim
+ * multiply-adds per (query, key <= its position, head). */
+static ferry_status bench_prefill_attention(ferry_model *model, int json) {
+    static const struct { int first, n_tokens; } chunks[] = {{0, 512}, {1536, 512}, {0, 2048}};
+    enum { MAX_CONTEXT = 2048 };
+    const ferry_config *config = &model->config;
+    ferry_backend *backend = model->backend;
+    const ferry_backend_ops *ops = backend->ops;
+    ferry_status status = FERRY_OK;
+    int32_t *host_indices = NULL, *positions = NULL, *slots = NULL;
+    attention_call call = {.backend = backend};
+    call.shape = (ferry_attention_shape){config->n_heads, config->n_kv_heads, config->head_dim};
+    call.cache = (ferry_kv_layer){NULL, NULL, 1, MAX_CONTEXT};
+    const size_t q_count = (size_t)MAX_CONTEXT * config->n_heads * config->head_dim;
+    const size_t cache_count = (size_t)MAX_CONTEXT * config->n_kv_heads * config->head_dim;
+    const size_t cache_bytes = cache_count * ferry_dtype_bytes(ops->kv_dtype);
+    FERRY_TRY_GOTO(ops->alloc(backend, q_count * sizeof(float), (void **)&call.q));
+    FERRY_TRY_GOTO(ops->alloc(backend, q_count * sizeof(float), (void **)&call.out));
+    FERRY_TRY_GOTO(ops->alloc(backend, cache_bytes, &call.cache.k));
+    FERRY_TRY_GOTO(ops->alloc(backend, cache_bytes, &call.cache.v));
+    FERRY_TRY_GOTO(ops->alloc(backend, MAX_CONTEXT * sizeof(int32_t), (void **)&positions));
+    FERRY_TRY_GOTO(ops->alloc(backend, MAX_CONTEXT * sizeof(int32_t), (void **)&slots));
+    FERRY_TRY_GOTO(fill_random(backend, call.q, FERRY_DTYPE_F32, q_count, 11));
+    FERRY_TRY_GOTO(fill_random(backend, call.cache.k, ops->kv_dtype, cache_count, 12));
+    FERRY_TRY_GOTO(fill_random(backend, call.cache.v, ops->kv_dtype, cache_count, 13));
+    FERRY_TRY_GOTO(ferry_calloc(MAX_CONTEXT, sizeof *host_indices, "bench", (void **)&host_indices));
+    FERRY_TRY_GOTO(ops->upload(backend, slots, host_indices, MAX_CONTEXT * sizeof(int32_t)));
+    const char *kernel = getenv("FERRY_CUDA_PREFILL_ATTN");
+    if (!json)
+        printf("\nprefill attention op alone (%d heads, %d KV heads, head_dim %d, one sequence; "
+               "FERRY_CUDA_PREFILL_ATTN=%s)\n%8s %8s %10s %8s\n",
+               config->n_heads, config->n_kv_heads, config->head_dim,
+               kernel && *kernel ? kernel : "(default)", "tokens", "at", "us/call", "TFLOP/s");
+    for (size_t k = 0; k < sizeof chunks / sizeof chunks[0]; k++) {
+        const int first = chunks[k].first, n = chunks[k].n_tokens;
+        for (int t = 0; t < n; t++) host_indices[t] = first + t;
+        FERRY_TRY_GOTO(ops->upload(backend, positions, host_indices, (size_t)n * sizeof(int32_t)));
+        call.batch = (ferry_token_batch){n, NULL, positions, slots};
+        double call_us = 0;
+        FERRY_TRY_GOTO(time_calls(backend, call_attention, &call, 3, &call_us));
+        double mean_keys = first + (n + 1) / 2.0; /* query t sees first + t + 1 keys */
+        double flops = 4.0 * n * mean_keys * config->head_dim * config->n_heads;
+        double tflops = flops / (call_us * 1e-6) / 1e12;
+        if (json)
+            printf("{\"kind\":\"attention\",\"tokens\":%d,\"first_position\":%d,\"heads\":%d,"
+                   "\"kv_heads\":%d,\"head_dim\":%d,\"us\":%.2f,\"tflops\":%.2f}\n",
+                   n, first, config->n_heads, config->n_kv_heads, config->head_dim, call_us,
+                   tflops);
+        else
+            printf("%8d %8d %10.2f %8.2f\n", n, first, call_us, tflops);
+        fflush(stdout);
+    }
+fail:
+    free(host_indices);
+    if (call.q) ops->free(backend, call.q);
+    if (call.out) ops->free(backend, call.out);
+    if (call.cache.k) ops->free(backend, call.cache.k);
+    if (call.cache.v) ops->free(backend, call.cache.v);
+    if (positions) ops->free(backend, positions);
+    if (slots) ops->free(backend, slots);
+    return status;
 }
 
 /* ------------------------------------------------------------- command */
@@ -445,6 +551,11 @@ int cmd_bench(int argc, char **argv) {
         status = bench_matmul_shapes(model, copy_gbps, json);
         if (status != FERRY_OK) {
             rc = cli_fail(command, status, "matmul kernels");
+            goto done;
+        }
+        status = bench_prefill_attention(model, json);
+        if (status != FERRY_OK) {
+            rc = cli_fail(command, status, "prefill attention");
             goto done;
         }
     }

@@ -12,7 +12,7 @@
 #include <cuda_fp16.h>
 #include <math.h>
 
-#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/launch.cuh"
 
 enum {
     ATTENTION_WARPS = 4,            /* warps per block */
@@ -31,6 +31,8 @@ enum {
 enum { ROPE_THREADS = 128 };
 __global__ void rope_kernel(float *q, float *k, const int32_t *positions, const float *inv_freq,
                             int n_heads, int n_kv_heads, int head_dim) {
+    pdl_trigger();
+    pdl_wait();
     const int t = blockIdx.x, half = head_dim / 2;
     const int n_pairs = (n_heads + n_kv_heads) * half;
     const int item = blockIdx.y * blockDim.x + threadIdx.x;
@@ -55,9 +57,9 @@ ferry_status cuda_rope(ferry_backend *backend, float *q, float *k, const ferry_t
     if (batch->n_tokens <= 0) return FERRY_OK;
     int n_pairs = (shape.n_heads + shape.n_kv_heads) * (shape.head_dim / 2);
     dim3 grid(batch->n_tokens, (n_pairs + ROPE_THREADS - 1) / ROPE_THREADS);
-    rope_kernel<<<grid, ROPE_THREADS, 0, cuda_state(backend)->stream>>>(
-        q, k, batch->positions, inv_freq, shape.n_heads, shape.n_kv_heads, shape.head_dim);
-    CUDA_TRY_LAUNCH();
+    CUDA_TRY(cuda_launch(cuda_state(backend), rope_kernel, grid, ROPE_THREADS, q, k,
+                         batch->positions, inv_freq, shape.n_heads, shape.n_kv_heads,
+                         shape.head_dim));
     return FERRY_OK;
 }
 
@@ -72,6 +74,8 @@ __device__ __forceinline__ bool place_ok(int slot, int position, int n_slots, in
 __global__ void kv_store_kernel(__half *cache_k, __half *cache_v, const float *k, const float *v,
                                 const int32_t *positions, const int32_t *slots, int n_slots,
                                 int max_context, int row_width, int *error_flag) {
+    pdl_trigger();
+    pdl_wait();
     const int t = blockIdx.x, slot = slots[t], position = positions[t];
     if (!place_ok(slot, position, n_slots, max_context)) {
         if (threadIdx.x == 0 && blockIdx.y == 0) atomicExch(error_flag, CUDA_BAD_KV_PLACE);
@@ -92,11 +96,9 @@ ferry_status cuda_kv_store(ferry_backend *backend, ferry_kv_layer *cache, const 
     if (batch->n_tokens <= 0) return FERRY_OK;
     const int row_width = shape.n_kv_heads * shape.head_dim;
     dim3 grid(batch->n_tokens, (row_width + 255) / 256);
-    kv_store_kernel<<<grid, 256, 0, state->stream>>>(
-        (__half *)cache->k, (__half *)cache->v, k, v, batch->positions, batch->slots,
-        cache->n_slots, cache->max_context, shape.n_kv_heads * shape.head_dim,
-        state->error_flag);
-    CUDA_TRY_LAUNCH();
+    CUDA_TRY(cuda_launch(state, kv_store_kernel, grid, 256, (__half *)cache->k,
+                         (__half *)cache->v, k, v, batch->positions, batch->slots, cache->n_slots,
+                         cache->max_context, row_width, state->error_flag));
     return FERRY_OK;
 }
 
@@ -145,6 +147,8 @@ struct attention_args {
  * g, g + G, ... */
 template <int DIMS_PER_LANE, bool CONTIGUOUS>
 __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attention_args args) {
+    pdl_trigger();
+    pdl_wait();
     const int item = blockIdx.x, split = blockIdx.y;
     const int t = item / args.n_heads, head = item % args.n_heads;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -269,6 +273,8 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
 /* One block per (token, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s. */
 __global__ void attention_merge_kernel(float *out, const float *partials, int n_splits,
                                        int head_dim) {
+    pdl_trigger();
+    pdl_wait();
     const int item = blockIdx.x;
     const float *first = partials + (size_t)item * n_splits * (head_dim + 2);
     float global_max = -INFINITY;
@@ -337,17 +343,14 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
     args.scale = 1.0f / sqrtf((float)shape.head_dim);
     dim3 grid((unsigned)items, (unsigned)n_splits);
     const int threads = ATTENTION_WARPS * 32;
-    cudaStream_t stream = state->stream;
-    if (shape.head_dim == 64) attention_kernel<2, true><<<grid, threads, 0, stream>>>(args);
-    else if (shape.head_dim == 128) attention_kernel<4, true><<<grid, threads, 0, stream>>>(args);
-    else if (shape.head_dim <= 64) attention_kernel<2, false><<<grid, threads, 0, stream>>>(args);
-    else if (shape.head_dim <= 128) attention_kernel<4, false><<<grid, threads, 0, stream>>>(args);
-    else attention_kernel<8, false><<<grid, threads, 0, stream>>>(args);
-    CUDA_TRY_LAUNCH();
-    if (n_splits > 1) {
-        attention_merge_kernel<<<(unsigned)items, 128, 0, state->stream>>>(
-            out, state->attention_partials, n_splits, shape.head_dim);
-        CUDA_TRY_LAUNCH();
-    }
+    void (*kernel)(attention_args) = shape.head_dim == 64    ? attention_kernel<2, true>
+                                     : shape.head_dim == 128 ? attention_kernel<4, true>
+                                     : shape.head_dim <= 64  ? attention_kernel<2, false>
+                                     : shape.head_dim <= 128 ? attention_kernel<4, false>
+                                                             : attention_kernel<8, false>;
+    CUDA_TRY(cuda_launch(state, kernel, grid, threads, args));
+    if (n_splits > 1)
+        CUDA_TRY(cuda_launch(state, attention_merge_kernel, (unsigned)items, 128, out,
+                             (const float *)state->attention_partials, n_splits, shape.head_dim));
     return FERRY_OK;
 }

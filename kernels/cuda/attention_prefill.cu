@@ -1,17 +1,21 @@
 /*
- * attention_prefill.cu — causal attention for prefill-sized batches: a
- * block takes a tile of 16 consecutive tokens of one sequence for one
- * query head and walks the keys in blocks of 32 staged in shared memory,
- * so each K/V row is read from L2/HBM once per tile instead of once per
- * token.  Each warp owns 4 of the tile's queries (one key per lane for the
- * scores, online softmax, value rows from shared memory).  Used when every
- * tile of the batch lies in one slot and head_dim is 64 or 128; the
- * caller falls back to the per-token kernel otherwise.
+ * attention_prefill.cu — causal attention for prefill-sized batches: the
+ * dispatcher that cuts a batch into tiles and picks the kernel, and the
+ * older SIMT kernel.  By default tiles of up to 64 tokens of one slot go
+ * to the tensor-core kernel (attention_flash.cu).  FERRY_CUDA_PREFILL_ATTN=simt
+ * keeps the SIMT kernel, for comparisons: a block takes a tile of 16
+ * consecutive tokens of one sequence for one query head and walks the
+ * keys in blocks of 32 staged in shared memory, so each K/V row is read
+ * from L2/HBM once per tile instead of once per token.  Each warp owns 4
+ * of the tile's queries (one key per lane for the scores, online softmax,
+ * value rows from shared memory); it needs every tile of 16 tokens in one
+ * slot.  Batches neither kernel takes fall back to the per-token kernel.
  */
 #include <cuda_fp16.h>
 #include <math.h>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/prefill_tiles.h"
 
 enum {
     TILE_TOKENS = 16,
@@ -171,6 +175,40 @@ __global__ void __launch_bounds__(TILE_WARPS * 32) prefill_attention_kernel(pref
     }
 }
 
+/* Grow a host array of int32 to at least n entries. */
+static ferry_status reserve_host_ints(int32_t **buffer, int *capacity, int n, const char *what) {
+    if (*capacity >= n) return FERRY_OK;
+    int32_t *grown = (int32_t *)realloc(*buffer, (size_t)n * sizeof(int32_t));
+    if (!grown) return ferry_fail(FERRY_ERR_NO_MEMORY, "prefill attention: %d %s", n, what);
+    *buffer = grown;
+    *capacity = n;
+    return FERRY_OK;
+}
+
+/* The tensor-core kernel: tiles cut at slot changes (state->host_slots
+ * holds the batch's slots), uploaded, then one launch. */
+static ferry_status flash_prefill(cuda_backend *state, float *out, const float *q,
+                                  const ferry_kv_layer *cache, const ferry_token_batch *batch,
+                                  ferry_attention_shape shape, int *out_used) {
+    enum { MAX_GRID_Y = 65535 };
+    const int n = batch->n_tokens;
+    FERRY_TRY(reserve_host_ints(&state->host_tile_starts, &state->host_tile_starts_capacity, n + 1,
+                                "tile starts"));
+    const int n_tiles =
+        ferry_prefill_tiles(state->host_slots, n, FLASH_TILE_TOKENS, state->host_tile_starts);
+    if (n_tiles > MAX_GRID_Y) return FERRY_OK; /* the per-token kernel takes it */
+    const size_t bytes = (size_t)(n_tiles + 1) * sizeof(int32_t);
+    FERRY_TRY(cuda_scratch_reserve(state, &state->tile_starts, &state->tile_starts_bytes, bytes));
+    /* from pageable memory: staged before the call returns, so the host
+     * array may change again at once */
+    CUDA_TRY(cudaMemcpyAsync(state->tile_starts, state->host_tile_starts, bytes,
+                             cudaMemcpyHostToDevice, state->stream));
+    FERRY_TRY(cuda_flash_prefill_attention(state, out, q, cache, batch, shape,
+                                           (const int32_t *)state->tile_starts, n_tiles));
+    *out_used = 1;
+    return FERRY_OK;
+}
+
 ferry_status cuda_prefill_attention(ferry_backend *backend, float *out, const float *q,
                                     const ferry_kv_layer *cache, const ferry_token_batch *batch,
                                     ferry_attention_shape shape, int *out_used) {
@@ -178,17 +216,14 @@ ferry_status cuda_prefill_attention(ferry_backend *backend, float *out, const fl
     const int n = batch->n_tokens;
     *out_used = 0;
     if (n < PREFILL_MIN_TOKENS || (shape.head_dim != 64 && shape.head_dim != 128)) return FERRY_OK;
-    /* Every tile of 16 consecutive tokens must lie in one slot: read the
-     * slots back (prefill only, so never inside a recorded graph). */
-    if (state->host_slots_capacity < n) {
-        int32_t *grown = (int32_t *)realloc(state->host_slots, (size_t)n * sizeof(int32_t));
-        if (!grown) return ferry_fail(FERRY_ERR_NO_MEMORY, "prefill attention: %d slot ids", n);
-        state->host_slots = grown;
-        state->host_slots_capacity = n;
-    }
+    /* Tiles follow the slots: read them back (prefill only, so never
+     * inside a recorded graph). */
+    FERRY_TRY(reserve_host_ints(&state->host_slots, &state->host_slots_capacity, n, "slot ids"));
     CUDA_TRY(cudaMemcpyAsync(state->host_slots, batch->slots, (size_t)n * sizeof(int32_t),
                              cudaMemcpyDeviceToHost, state->stream));
     CUDA_TRY(cudaStreamSynchronize(state->stream));
+    if (!state->prefill_simt) return flash_prefill(state, out, q, cache, batch, shape, out_used);
+    /* the SIMT kernel: every tile of 16 consecutive tokens in one slot */
     for (int t0 = 0; t0 < n; t0 += TILE_TOKENS)
         for (int t = t0 + 1; t < n && t < t0 + TILE_TOKENS; t++)
             if (state->host_slots[t] != state->host_slots[t0]) return FERRY_OK;

@@ -8,6 +8,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels/cuda/cuda_backend.h"
 
@@ -129,8 +130,10 @@ static void release_state(cuda_backend *state) {
     if (state->error_flag) cudaFree(state->error_flag);
     if (state->activations) cudaFree(state->activations);
     if (state->attention_partials) cudaFree(state->attention_partials);
+    if (state->tile_starts) cudaFree(state->tile_starts);
     if (state->stream) cudaStreamDestroy(state->stream);
     free(state->host_slots);
+    free(state->host_tile_starts);
     free(state);
 }
 
@@ -243,6 +246,10 @@ static ferry_status open_device(int device, cuda_backend *state) {
                           device, properties.name, properties.major, properties.minor,
                           MIN_COMPUTE_MAJOR);
     state->n_multiprocessors = properties.multiProcessorCount;
+    /* Programmatic dependent launch needs Hopper (9.0); FERRY_CUDA_PDL=0
+     * turns it off, to measure what it gives. */
+    const char *pdl = getenv("FERRY_CUDA_PDL");
+    state->pdl = properties.major >= 9 && !(pdl && strcmp(pdl, "0") == 0);
     CUDA_TRY(cudaSetDevice(device));
     CUDA_TRY(cudaStreamCreateWithFlags(&state->stream, cudaStreamNonBlocking));
     CUBLAS_TRY(cublasCreate(&state->cublas));
@@ -275,6 +282,18 @@ ferry_status ferry_backend_cuda_new(int device, ferry_backend **out) {
     /* FERRY_CUDA_MATVEC_MAX overrides the switch point (for measuring it). */
     const char *matvec_max = getenv("FERRY_CUDA_MATVEC_MAX");
     if (matvec_max && *matvec_max) state->matvec_max_tokens = atoi(matvec_max);
+    /* FERRY_CUDA_PREFILL_ATTN=simt keeps the older SIMT prefill attention
+     * (for comparing it with the tensor-core kernel, the default "flash"). */
+    const char *prefill_kernel = getenv("FERRY_CUDA_PREFILL_ATTN");
+    if (prefill_kernel && *prefill_kernel) {
+        state->prefill_simt = strcmp(prefill_kernel, "simt") == 0;
+        if (!state->prefill_simt && strcmp(prefill_kernel, "flash") != 0) {
+            status = ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                                "FERRY_CUDA_PREFILL_ATTN='%s' (expected flash or simt)",
+                                prefill_kernel);
+            goto fail;
+        }
+    }
     FERRY_TRY_GOTO(open_device(device, state));
     backend->ops = &cuda_ops;
     backend->impl = state;

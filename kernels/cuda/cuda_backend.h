@@ -56,10 +56,17 @@ typedef struct cuda_backend {
     float *attention_partials;  /* scratch: flash-decoding partial results */
     size_t attention_partials_floats;
     uint64_t scratch_epoch;     /* bumped whenever a scratch buffer moves (graphs go stale) */
-    int32_t *host_slots;        /* prefill attention: slot ids read back to check its tiles */
+    int32_t *host_slots;        /* prefill attention: slot ids read back to cut its tiles */
     int host_slots_capacity;
+    int32_t *host_tile_starts;  /* prefill attention: the tiles cut on the host ... */
+    int host_tile_starts_capacity;
+    void *tile_starts;          /* ... and their device copy (int32) */
+    size_t tile_starts_bytes;
+    int prefill_simt;           /* FERRY_CUDA_PREFILL_ATTN=simt: the older SIMT prefill kernel */
     int n_multiprocessors;
     int matvec_max_tokens;      /* matmuls with n <= this use the matvec kernel */
+    int pdl;                    /* launch kernels with programmatic dependent launch (sm_90+,
+                                   FERRY_CUDA_PDL=0 turns it off); see launch.cuh */
 } cuda_backend;
 
 static inline cuda_backend *cuda_state(ferry_backend *backend) {
@@ -100,15 +107,25 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
                             const ferry_kv_layer *cache, const ferry_token_batch *batch,
                             ferry_attention_shape shape);
 
-/* Batches of at least this many tokens try the tiled prefill kernel. */
-enum { PREFILL_MIN_TOKENS = 64 };
-/* attention_prefill.cu: the tiled kernel when the batch suits it (each
- * tile of 16 tokens in one slot, head_dim 64 or 128): *out_used = 1;
- * else nothing is launched and *out_used = 0.  Reads the slot ids back,
- * so never call it while a graph is being recorded. */
+/* Batches of at least this many tokens try a tiled prefill kernel; the
+ * tensor-core one takes tiles of up to FLASH_TILE_TOKENS tokens. */
+enum { PREFILL_MIN_TOKENS = 64, FLASH_TILE_TOKENS = 64 };
+/* attention_prefill.cu: a tiled kernel when the batch suits it (at least
+ * PREFILL_MIN_TOKENS tokens, head_dim 64 or 128; the SIMT kernel also
+ * needs each tile of 16 tokens in one slot): *out_used = 1; else nothing
+ * is launched and *out_used = 0.  Reads the slot ids back, so never call
+ * it while a graph is being recorded. */
 ferry_status cuda_prefill_attention(ferry_backend *backend, float *out, const float *q,
                                     const ferry_kv_layer *cache, const ferry_token_batch *batch,
                                     ferry_attention_shape shape, int *out_used);
+/* attention_flash.cu: the tensor-core kernel over n_tiles tiles of one
+ * slot each (device tile_starts[n_tiles + 1], from ferry_prefill_tiles);
+ * head_dim 64 or 128. */
+ferry_status cuda_flash_prefill_attention(cuda_backend *state, float *out, const float *q,
+                                          const ferry_kv_layer *cache,
+                                          const ferry_token_batch *batch,
+                                          ferry_attention_shape shape,
+                                          const int32_t *tile_starts, int n_tiles);
 
 #ifdef __cplusplus
 }

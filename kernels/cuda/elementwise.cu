@@ -6,7 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/launch.cuh"
 
 enum { ROW_THREADS = 1024 }; /* a row of 4096 in one pass of 4 per thread */
 
@@ -37,6 +37,8 @@ __device__ float block_sum(float value) {
 /* One block per token: out[t] = table[token[t]]. */
 __global__ void embed_kernel(float *out, const void *table, ferry_dtype dtype,
                              const int32_t *tokens, int dim, int *error_flag) {
+    pdl_trigger();
+    pdl_wait();
     int t = blockIdx.x;
     int token = tokens[t];
     float *row = out + (size_t)t * dim;
@@ -53,9 +55,8 @@ ferry_status cuda_embed(ferry_backend *backend, float *out, const void *table, f
                         const ferry_token_batch *batch, int dim) {
     cuda_backend *state = cuda_state(backend);
     if (batch->n_tokens <= 0) return FERRY_OK;
-    embed_kernel<<<batch->n_tokens, ROW_THREADS, 0, state->stream>>>(
-        out, table, dtype, batch->tokens, dim, state->error_flag);
-    CUDA_TRY_LAUNCH();
+    CUDA_TRY(cuda_launch(state, embed_kernel, batch->n_tokens, ROW_THREADS, out, table, dtype,
+                         batch->tokens, dim, state->error_flag));
     return FERRY_OK;
 }
 
@@ -65,6 +66,8 @@ ferry_status cuda_embed(ferry_backend *backend, float *out, const void *table, f
  * order of rounding as the CPU (x * inv_rms first). */
 __global__ void rmsnorm_kernel(float *out, const float *x, const float *weight, int dim,
                                float eps) {
+    pdl_trigger();
+    pdl_wait();
     const float *row = x + (size_t)blockIdx.x * dim;
     float *result = out + (size_t)blockIdx.x * dim;
     float sum_squares = 0.0f;
@@ -77,8 +80,8 @@ __global__ void rmsnorm_kernel(float *out, const float *x, const float *weight, 
 ferry_status cuda_rmsnorm(ferry_backend *backend, float *out, const float *x, const float *weight,
                           int n, int dim, float eps) {
     if (n <= 0) return FERRY_OK;
-    rmsnorm_kernel<<<n, ROW_THREADS, 0, cuda_state(backend)->stream>>>(out, x, weight, dim, eps);
-    CUDA_TRY_LAUNCH();
+    CUDA_TRY(cuda_launch(cuda_state(backend), rmsnorm_kernel, n, ROW_THREADS, out, x, weight, dim,
+                         eps));
     return FERRY_OK;
 }
 
@@ -86,6 +89,8 @@ ferry_status cuda_rmsnorm(ferry_backend *backend, float *out, const float *x, co
 
 /* out[i] = silu(gate[i]) * up[i] = gate / (1 + e^-gate) * up */
 __global__ void silu_mul_kernel(float *out, const float *gate, const float *up, size_t total) {
+    pdl_trigger();
+    pdl_wait();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         float g = gate[i];
@@ -99,8 +104,7 @@ ferry_status cuda_silu_mul(ferry_backend *backend, float *out, const float *gate
     if (total == 0) return FERRY_OK;
     size_t blocks = (total + ROW_THREADS - 1) / ROW_THREADS;
     if (blocks > 65535) blocks = 65535;
-    silu_mul_kernel<<<(unsigned)blocks, ROW_THREADS, 0, cuda_state(backend)->stream>>>(out, gate,
-                                                                                      up, total);
-    CUDA_TRY_LAUNCH();
+    CUDA_TRY(cuda_launch(cuda_state(backend), silu_mul_kernel, (unsigned)blocks, ROW_THREADS, out,
+                         gate, up, total));
     return FERRY_OK;
 }

@@ -5,13 +5,15 @@
  * tokens a warp streams one weight row (of whichever matrix the row falls
  * in) with 16-byte loads, eight in flight per lane; the gate/up variant
  * streams row r of both matrices and writes silu(g) * u.  Other shapes go
- * through cuda_matmul and cuda_silu_mul unchanged.  Hot path: no allocation.
+ * through cuda_matmul and cuda_silu_mul unchanged.  The first weights are
+ * loaded before the wait for the previous kernel (PDL, launch.cuh).
+ * Hot path: no allocation.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/launch.cuh"
 
 enum {
     MULTI_THREADS = 128,        /* 4 warps, one row (or row pair) each */
@@ -59,20 +61,30 @@ __device__ __forceinline__ float dot8(uint4 packed, __nv_bfloat16, const float *
            b.z * w3.x + b.w * w3.y;
 }
 
+template <int M, int UNROLL>
+__device__ __forceinline__ void load_row_steps(uint4 (&packed)[M][UNROLL],
+                                               const uint4 *const *w_rows, int c) {
+#pragma unroll
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++)
+            packed[m][u] = __ldg(w_rows[m] + (c + u * WARP_COLS) / LANE_COLS);
+}
+
 /* acc[m][t] += row_m . x[t] for the M weight rows given (M = 1 or 2),
- * UNROLL column steps per matrix in flight per lane. */
+ * UNROLL column steps per matrix in flight per lane.  The first steps'
+ * weights are loaded before pdl_wait (launch.cuh), which this calls: x
+ * is read only after it. */
 template <typename T, int TOKENS, int M, int UNROLL>
 __device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const float *x, int n,
                                             int cols, float (*acc)[TOKENS]) {
     const int lane = threadIdx.x % 32;
     int c = lane * LANE_COLS;
-    for (; c + (UNROLL - 1) * WARP_COLS < cols; c += UNROLL * WARP_COLS) {
-        uint4 packed[M][UNROLL];
-#pragma unroll
-        for (int m = 0; m < M; m++)
-#pragma unroll
-            for (int u = 0; u < UNROLL; u++)
-                packed[m][u] = __ldg(w_rows[m] + (c + u * WARP_COLS) / LANE_COLS);
+    uint4 packed[M][UNROLL];
+    bool full_step = c + (UNROLL - 1) * WARP_COLS < cols;
+    if (full_step) load_row_steps<M, UNROLL>(packed, w_rows, c);
+    pdl_wait();
+    while (full_step) {
 #pragma unroll
         for (int m = 0; m < M; m++)
 #pragma unroll
@@ -81,6 +93,9 @@ __device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const fl
                 for (int t = 0; t < TOKENS; t++)
                     if (t < n)
                         acc[m][t] += dot8(packed[m][u], T(), x + (size_t)t * cols + c + u * WARP_COLS);
+        c += UNROLL * WARP_COLS;
+        full_step = c + (UNROLL - 1) * WARP_COLS < cols;
+        if (full_step) load_row_steps<M, UNROLL>(packed, w_rows, c);
     }
     for (; c < cols; c += WARP_COLS)
 #pragma unroll
@@ -95,6 +110,7 @@ __device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const fl
 /* One warp per row of the stacked matrices: out_m[t][r] = W_m[r] . x[t] + b_m[r]. */
 template <typename T, int TOKENS>
 __global__ void __launch_bounds__(MULTI_THREADS) stacked_matvec_kernel(multi_args args) {
+    pdl_trigger();
     /* Pick the matrix with constant indices only: indexing the argument
      * arrays with a run-time value would copy them to local memory. */
     const int rows0 = args.rows[0], rows1 = args.rows[1], rows2 = args.rows[2];
@@ -122,6 +138,7 @@ __global__ void __launch_bounds__(MULTI_THREADS) stacked_matvec_kernel(multi_arg
  * float math as cuda_silu_mul (g / (1 + e^-g) * u). */
 template <typename T, int TOKENS>
 __global__ void __launch_bounds__(MULTI_THREADS) gate_up_matvec_kernel(multi_args args) {
+    pdl_trigger();
     const int row = blockIdx.x * MULTI_WARPS + threadIdx.x / 32;
     if (row >= args.rows[0]) return;
     const uint4 *w_rows[2];
@@ -140,18 +157,17 @@ __global__ void __launch_bounds__(MULTI_THREADS) gate_up_matvec_kernel(multi_arg
 }
 
 template <typename T>
-static void launch_multi(cudaStream_t stream, const multi_args &args, int silu_pair) {
+static cudaError_t launch_multi(const cuda_backend *state, const multi_args &args,
+                                int silu_pair) {
     int total_rows = 0;
     for (int m = 0; m < args.n_matrices; m++) total_rows += args.rows[m];
     if (silu_pair) total_rows = args.rows[0];
     dim3 grid((unsigned)((total_rows + MULTI_WARPS - 1) / MULTI_WARPS));
-    if (silu_pair) {
-        if (args.n <= 1) gate_up_matvec_kernel<T, 1><<<grid, MULTI_THREADS, 0, stream>>>(args);
-        else gate_up_matvec_kernel<T, 2><<<grid, MULTI_THREADS, 0, stream>>>(args);
-    } else {
-        if (args.n <= 1) stacked_matvec_kernel<T, 1><<<grid, MULTI_THREADS, 0, stream>>>(args);
-        else stacked_matvec_kernel<T, 2><<<grid, MULTI_THREADS, 0, stream>>>(args);
-    }
+    if (silu_pair)
+        return cuda_launch(state, args.n <= 1 ? gate_up_matvec_kernel<T, 1> : gate_up_matvec_kernel<T, 2>,
+                           grid, MULTI_THREADS, args);
+    return cuda_launch(state, args.n <= 1 ? stacked_matvec_kernel<T, 1> : stacked_matvec_kernel<T, 2>,
+                       grid, MULTI_THREADS, args);
 }
 
 static int aligned16(const void *p) { return ((uintptr_t)p % 16) == 0; }
@@ -190,8 +206,7 @@ ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *co
     args.x = x;
     args.n = n;
     args.cols = cols;
-    if (dtype == FERRY_DTYPE_F16) launch_multi<__half>(state->stream, args, silu_pair);
-    else launch_multi<__nv_bfloat16>(state->stream, args, silu_pair);
-    CUDA_TRY_LAUNCH();
+    if (dtype == FERRY_DTYPE_F16) CUDA_TRY(launch_multi<__half>(state, args, silu_pair));
+    else CUDA_TRY(launch_multi<__nv_bfloat16>(state, args, silu_pair));
     return FERRY_OK;
 }

@@ -9,13 +9,15 @@
  * - more tokens (above state->matvec_max_tokens): cuBLAS (cublasGemmEx,
  *   float32 compute), x converted to the weight dtype in a scratch buffer.
  * Odd shapes or f32 weights fall back to a plain warp-per-row kernel.
+ * The vector kernels load their first weights before waiting for the
+ * previous kernel (programmatic dependent launch, launch.cuh).
  * Hot path: no allocation (the scratch is reserved at backend creation).
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/launch.cuh"
 
 enum {
     MATVEC_THREADS = 128,               /* 4 warps */
@@ -79,10 +81,21 @@ __device__ __forceinline__ void accumulate_step(float (&acc)[TILE][ROWS], const 
  * all of them (x comes from L1, and at larger TILE the L1 traffic of x,
  * not HBM, would be the limit).  UNROLL column steps per iteration keep
  * UNROLL * ROWS 16-byte weight loads in flight per lane. */
+template <int UNROLL, int ROWS>
+__device__ __forceinline__ void load_weight_steps(uint4 (&packed)[UNROLL][ROWS],
+                                                  const uint4 *const (&w_rows)[ROWS], int c) {
+#pragma unroll
+    for (int u = 0; u < UNROLL; u++)
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+            packed[u][r] = __ldg(w_rows[r] + (c + u * COLS_PER_WARP_STEP) / COLS_PER_LANE_STEP);
+}
+
 template <typename T, int TILE, int ROWS, int UNROLL>
 __global__ void __launch_bounds__(MATVEC_THREADS)
     matvec_kernel(float *out, const float *x, const T *w, const float *bias, int n, int rows,
                   int cols, int accumulate) {
+    pdl_trigger();
     const int lane = threadIdx.x % 32;
     const int first_row = (blockIdx.x * MATVEC_WARPS + threadIdx.x / 32) * ROWS;
     if (first_row >= rows) return;
@@ -98,14 +111,15 @@ __global__ void __launch_bounds__(MATVEC_THREADS)
     for (int t = 0; t < TILE; t++)
 #pragma unroll
         for (int r = 0; r < ROWS; r++) acc[t][r] = 0.0f;
+    /* The first UNROLL column steps of weights are in flight before the
+     * wait for the kernel that wrote x (and reads out); each iteration
+     * then uses its weights and loads the next ones. */
     int c = lane * COLS_PER_LANE_STEP;
-    for (; c + (UNROLL - 1) * COLS_PER_WARP_STEP < cols; c += UNROLL * COLS_PER_WARP_STEP) {
-        uint4 packed[UNROLL][ROWS];
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++)
-#pragma unroll
-            for (int r = 0; r < ROWS; r++)
-                packed[u][r] = __ldg(w_rows[r] + (c + u * COLS_PER_WARP_STEP) / COLS_PER_LANE_STEP);
+    uint4 packed[UNROLL][ROWS];
+    bool full_step = c + (UNROLL - 1) * COLS_PER_WARP_STEP < cols;
+    if (full_step) load_weight_steps<UNROLL, ROWS>(packed, w_rows, c);
+    pdl_wait();
+    while (full_step) {
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             float wf[ROWS][8];
@@ -113,6 +127,9 @@ __global__ void __launch_bounds__(MATVEC_THREADS)
             for (int r = 0; r < ROWS; r++) widen8(packed[u][r], T(), wf[r]);
             accumulate_step<TILE, ROWS>(acc, x, n, cols, c + u * COLS_PER_WARP_STEP, wf);
         }
+        c += UNROLL * COLS_PER_WARP_STEP;
+        full_step = c + (UNROLL - 1) * COLS_PER_WARP_STEP < cols;
+        if (full_step) load_weight_steps<UNROLL, ROWS>(packed, w_rows, c);
     }
     for (; c < cols; c += COLS_PER_WARP_STEP) {
         float wf[ROWS][8];
@@ -149,6 +166,8 @@ __device__ __forceinline__ float load_any(const void *data, ferry_dtype dtype, s
 __global__ void matvec_generic_kernel(float *out, const float *x, const void *w,
                                       ferry_dtype dtype, const float *bias, int rows, int cols,
                                       int accumulate) {
+    pdl_trigger();
+    pdl_wait();
     const int lane = threadIdx.x % 32;
     const int row = blockIdx.x * MATVEC_ROWS_PER_BLOCK + threadIdx.x / 32;
     const int t = blockIdx.y;
@@ -165,25 +184,27 @@ __global__ void matvec_generic_kernel(float *out, const float *x, const void *w,
 }
 
 template <typename T, int TILE, int ROWS>
-static void launch_tile(cudaStream_t stream, float *out, const float *x, const T *w,
-                        const float *bias, int n, int rows, int cols, int accumulate) {
+static cudaError_t launch_tile(const cuda_backend *state, float *out, const float *x,
+                               const T *w, const float *bias, int n, int rows, int cols,
+                               int accumulate) {
     const int rows_per_block = MATVEC_WARPS * ROWS;
     dim3 grid((rows + rows_per_block - 1) / rows_per_block);
-    matvec_kernel<T, TILE, ROWS, 8 / ROWS><<<grid, MATVEC_THREADS, 0, stream>>>(
-        out, x, w, bias, n, rows, cols, accumulate);
+    return cuda_launch(state, matvec_kernel<T, TILE, ROWS, 8 / ROWS>, grid, MATVEC_THREADS, out,
+                       x, w, bias, n, rows, cols, accumulate);
 }
 
 /* Small batches: one row per warp, eight column steps in flight; larger
  * tiles: more rows per warp so each x load serves several rows. */
 template <typename T>
-static void launch_matvec(cudaStream_t stream, float *out, const float *x, const void *w,
-                          const float *bias, int n, int rows, int cols, int accumulate) {
+static cudaError_t launch_matvec(const cuda_backend *state, float *out, const float *x,
+                                 const void *w, const float *bias, int n, int rows, int cols,
+                                 int accumulate) {
     const T *weights = static_cast<const T *>(w);
-    if (n <= 1) launch_tile<T, 1, 1>(stream, out, x, weights, bias, n, rows, cols, accumulate);
-    else if (n <= 2) launch_tile<T, 2, 1>(stream, out, x, weights, bias, n, rows, cols, accumulate);
-    else if (n <= 4) launch_tile<T, 4, 2>(stream, out, x, weights, bias, n, rows, cols, accumulate);
-    else if (n <= 8) launch_tile<T, 8, 2>(stream, out, x, weights, bias, n, rows, cols, accumulate);
-    else launch_tile<T, 16, 4>(stream, out, x, weights, bias, n, rows, cols, accumulate);
+    if (n <= 1) return launch_tile<T, 1, 1>(state, out, x, weights, bias, n, rows, cols, accumulate);
+    if (n <= 2) return launch_tile<T, 2, 1>(state, out, x, weights, bias, n, rows, cols, accumulate);
+    if (n <= 4) return launch_tile<T, 4, 2>(state, out, x, weights, bias, n, rows, cols, accumulate);
+    if (n <= 8) return launch_tile<T, 8, 2>(state, out, x, weights, bias, n, rows, cols, accumulate);
+    return launch_tile<T, 16, 4>(state, out, x, weights, bias, n, rows, cols, accumulate);
 }
 
 /* ------------------------------------------ tensor-core matvec (3..16) */
@@ -226,6 +247,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
     mma_matvec_kernel(float *out, const T *x16, const T *w, const float *bias, int n, int rows,
                       int cols, int accumulate) {
     __shared__ float partial[MMA_WARPS][MMA_ROWS][8 * N_TILES];
+    pdl_trigger();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane >> 2, q = lane & 3;
     const int row0 = blockIdx.x * MMA_ROWS;
@@ -249,19 +271,30 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
 
     const int n_chunks = cols / MMA_CHUNK_COLS;
     const uint4 zero = make_uint4(0, 0, 0, 0);
+    /* 16-byte index of columns 32 * chunk + 8q .. +8 */
+#define MMA_AT(chunk, u) (((chunk) + (u) * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q)
+    /* The first MMA_UNROLL chunks of weights are in flight before the wait
+     * for the kernel that wrote x16; each iteration then uses its weights
+     * and x and loads the next ones. */
     int chunk = warp;
-    for (; chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks; chunk += MMA_UNROLL * MMA_WARPS) {
-        uint4 lo[MMA_UNROLL], hi[MMA_UNROLL], xv[MMA_UNROLL][N_TILES];
+    uint4 lo[MMA_UNROLL], hi[MMA_UNROLL], xv[MMA_UNROLL][N_TILES];
+    bool full_step = chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks;
+    if (full_step) {
 #pragma unroll
         for (int u = 0; u < MMA_UNROLL; u++) {
-            /* 16-byte index of columns 32 * chunk + 8q .. +8 */
-            const int at = (chunk + u * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q;
-            lo[u] = __ldg(w_lo + at);
-            hi[u] = __ldg(w_hi + at);
+            lo[u] = __ldg(w_lo + MMA_AT(chunk, u));
+            hi[u] = __ldg(w_hi + MMA_AT(chunk, u));
+        }
+    }
+    pdl_wait();
+    if (full_step) {
+#pragma unroll
+        for (int u = 0; u < MMA_UNROLL; u++)
 #pragma unroll
             for (int tile = 0; tile < N_TILES; tile++)
-                xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + at) : zero;
-        }
+                xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + MMA_AT(chunk, u)) : zero;
+    }
+    while (full_step) {
 #pragma unroll
         for (int u = 0; u < MMA_UNROLL; u++) {
             const uint32_t a0[4] = {lo[u].x, hi[u].x, lo[u].y, hi[u].y};
@@ -272,7 +305,20 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
                 mma_op<T>::run(c[tile], a1, xv[u][tile].z, xv[u][tile].w);
             }
         }
+        chunk += MMA_UNROLL * MMA_WARPS;
+        full_step = chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks;
+        if (full_step) {
+#pragma unroll
+            for (int u = 0; u < MMA_UNROLL; u++) {
+                lo[u] = __ldg(w_lo + MMA_AT(chunk, u));
+                hi[u] = __ldg(w_hi + MMA_AT(chunk, u));
+#pragma unroll
+                for (int tile = 0; tile < N_TILES; tile++)
+                    xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + MMA_AT(chunk, u)) : zero;
+            }
+        }
     }
+#undef MMA_AT
     for (; chunk < n_chunks; chunk += MMA_WARPS) {
         const int at = chunk * (MMA_CHUNK_COLS / 8) + q;
         const uint4 lo = __ldg(w_lo + at), hi = __ldg(w_hi + at);
@@ -317,6 +363,8 @@ template <> __device__ __nv_bfloat16 from_float<__nv_bfloat16>(float f) {
 
 template <typename T>
 __global__ void convert_kernel(T *dst, const float *src, size_t total) {
+    pdl_trigger();
+    pdl_wait();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x)
         dst[i] = from_float<T>(src[i]);
@@ -326,6 +374,8 @@ __global__ void convert_kernel(T *dst, const float *src, size_t total) {
  * into it with beta = 1. */
 __global__ void bias_prefill_kernel(float *out, const float *bias, int rows, size_t total,
                                     int accumulate) {
+    pdl_trigger();
+    pdl_wait();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x)
         out[i] = (accumulate ? out[i] : 0.0f) + bias[i % rows];
@@ -337,35 +387,34 @@ static unsigned grid_for(size_t total) {
 }
 
 /* x to the weight dtype in the scratch, then the tensor-core kernel. */
+template <typename T>
+static cudaError_t launch_mma_typed(const cuda_backend *state, float *out, const float *x,
+                                    const void *w, const float *bias, int n, int rows, int cols,
+                                    int accumulate) {
+    const size_t x_elements = (size_t)n * cols;
+    T *x16 = (T *)state->activations;
+    cudaError_t error = cuda_launch(state, convert_kernel<T>, grid_for(x_elements), 256, x16, x,
+                                    x_elements);
+    if (error != cudaSuccess) return error;
+    dim3 grid((rows + MMA_ROWS - 1) / MMA_ROWS);
+    const T *weights = (const T *)w;
+    if (n <= 8)
+        return cuda_launch(state, mma_matvec_kernel<T, 1>, grid, MMA_WARPS * 32, out,
+                           (const T *)x16, weights, bias, n, rows, cols, accumulate);
+    return cuda_launch(state, mma_matvec_kernel<T, 2>, grid, MMA_WARPS * 32, out, (const T *)x16,
+                       weights, bias, n, rows, cols, accumulate);
+}
+
 static ferry_status launch_mma_matvec(cuda_backend *state, float *out, const float *x,
                                       const void *w, ferry_dtype dtype, const float *bias, int n,
                                       int rows, int cols, int accumulate) {
-    size_t x_elements = (size_t)n * cols;
     FERRY_TRY(cuda_scratch_reserve(state, &state->activations, &state->activations_bytes,
-                                   x_elements * 2));
-    dim3 grid((rows + MMA_ROWS - 1) / MMA_ROWS);
-    const int threads = MMA_WARPS * 32;
-    if (dtype == FERRY_DTYPE_F16) {
-        __half *x16 = (__half *)state->activations;
-        convert_kernel<__half><<<grid_for(x_elements), 256, 0, state->stream>>>(x16, x, x_elements);
-        if (n <= 8)
-            mma_matvec_kernel<__half, 1><<<grid, threads, 0, state->stream>>>(
-                out, x16, (const __half *)w, bias, n, rows, cols, accumulate);
-        else
-            mma_matvec_kernel<__half, 2><<<grid, threads, 0, state->stream>>>(
-                out, x16, (const __half *)w, bias, n, rows, cols, accumulate);
-    } else {
-        __nv_bfloat16 *x16 = (__nv_bfloat16 *)state->activations;
-        convert_kernel<__nv_bfloat16><<<grid_for(x_elements), 256, 0, state->stream>>>(x16, x,
-                                                                                        x_elements);
-        if (n <= 8)
-            mma_matvec_kernel<__nv_bfloat16, 1><<<grid, threads, 0, state->stream>>>(
-                out, x16, (const __nv_bfloat16 *)w, bias, n, rows, cols, accumulate);
-        else
-            mma_matvec_kernel<__nv_bfloat16, 2><<<grid, threads, 0, state->stream>>>(
-                out, x16, (const __nv_bfloat16 *)w, bias, n, rows, cols, accumulate);
-    }
-    CUDA_TRY_LAUNCH();
+                                   (size_t)n * cols * 2));
+    if (dtype == FERRY_DTYPE_F16)
+        CUDA_TRY(launch_mma_typed<__half>(state, out, x, w, bias, n, rows, cols, accumulate));
+    else
+        CUDA_TRY(launch_mma_typed<__nv_bfloat16>(state, out, x, w, bias, n, rows, cols,
+                                                 accumulate));
     return FERRY_OK;
 }
 
@@ -379,22 +428,20 @@ static ferry_status gemm(cuda_backend *state, float *out, const float *x, const 
         FERRY_TRY(cuda_scratch_reserve(state, &state->activations, &state->activations_bytes,
                                        x_elements * 2));
         if (dtype == FERRY_DTYPE_F16) {
-            convert_kernel<__half><<<grid_for(x_elements), 256, 0, state->stream>>>(
-                (__half *)state->activations, x, x_elements);
+            CUDA_TRY(cuda_launch(state, convert_kernel<__half>, grid_for(x_elements), 256,
+                                 (__half *)state->activations, x, x_elements));
             operand_type = CUDA_R_16F;
         } else {
-            convert_kernel<__nv_bfloat16><<<grid_for(x_elements), 256, 0, state->stream>>>(
-                (__nv_bfloat16 *)state->activations, x, x_elements);
+            CUDA_TRY(cuda_launch(state, convert_kernel<__nv_bfloat16>, grid_for(x_elements), 256,
+                                 (__nv_bfloat16 *)state->activations, x, x_elements));
             operand_type = CUDA_R_16BF;
         }
-        CUDA_TRY_LAUNCH();
         x_operand = state->activations;
     }
     if (bias) {
         size_t total = (size_t)n * rows;
-        bias_prefill_kernel<<<grid_for(total), 256, 0, state->stream>>>(out, bias, rows, total,
-                                                                        accumulate);
-        CUDA_TRY_LAUNCH();
+        CUDA_TRY(cuda_launch(state, bias_prefill_kernel, grid_for(total), 256, out, bias, rows,
+                             total, accumulate));
     }
     /* Column-major view: out^T [rows, n] = W [rows, cols] . x^T [cols, n],
      * where row-major W is a column-major [cols, rows] matrix, hence OP_T. */
@@ -420,17 +467,13 @@ ferry_status cuda_matmul(ferry_backend *backend, float *out, const float *x, con
     /* 3..16 tokens: tensor cores (x rounded to the weight dtype, as cuBLAS) */
     if (vector_ok && n > MATVEC_F32_MAX_TOKENS && cols % MMA_CHUNK_COLS == 0)
         return launch_mma_matvec(state, out, x, w, dtype, bias, n, rows, cols, accumulate);
-    if (vector_ok) {
-        if (dtype == FERRY_DTYPE_F16)
-            launch_matvec<__half>(state->stream, out, x, w, bias, n, rows, cols, accumulate);
-        else
-            launch_matvec<__nv_bfloat16>(state->stream, out, x, w, bias, n, rows, cols,
-                                         accumulate);
-    } else {
-        dim3 grid((rows + MATVEC_ROWS_PER_BLOCK - 1) / MATVEC_ROWS_PER_BLOCK, n);
-        matvec_generic_kernel<<<grid, MATVEC_THREADS, 0, state->stream>>>(
-            out, x, w, dtype, bias, rows, cols, accumulate);
-    }
-    CUDA_TRY_LAUNCH();
+    if (vector_ok && dtype == FERRY_DTYPE_F16)
+        CUDA_TRY(launch_matvec<__half>(state, out, x, w, bias, n, rows, cols, accumulate));
+    else if (vector_ok)
+        CUDA_TRY(launch_matvec<__nv_bfloat16>(state, out, x, w, bias, n, rows, cols, accumulate));
+    else
+        CUDA_TRY(cuda_launch(state, matvec_generic_kernel,
+                             dim3((rows + MATVEC_ROWS_PER_BLOCK - 1) / MATVEC_ROWS_PER_BLOCK, n),
+                             MATVEC_THREADS, out, x, w, dtype, bias, rows, cols, accumulate));
     return FERRY_OK;
 }
