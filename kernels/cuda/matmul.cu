@@ -271,30 +271,31 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
 
     const int n_chunks = cols / MMA_CHUNK_COLS;
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    /* 16-byte index of columns 32 * chunk + 8q .. +8 */
-#define MMA_AT(chunk, u) (((chunk) + (u) * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q)
-    /* The first MMA_UNROLL chunks of weights are in flight before the wait
-     * for the kernel that wrote x16; each iteration then uses its weights
-     * and x and loads the next ones. */
+    /* The first MMA_UNROLL chunks of weights are fetched into L2 before
+     * the wait for the kernel that wrote x16 (into L2, not registers:
+     * holding them across the wait costs registers and a block per SM). */
     int chunk = warp;
-    uint4 lo[MMA_UNROLL], hi[MMA_UNROLL], xv[MMA_UNROLL][N_TILES];
-    bool full_step = chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks;
-    if (full_step) {
+    if (chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks) {
 #pragma unroll
         for (int u = 0; u < MMA_UNROLL; u++) {
-            lo[u] = __ldg(w_lo + MMA_AT(chunk, u));
-            hi[u] = __ldg(w_hi + MMA_AT(chunk, u));
+            const int at = (chunk + u * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q;
+            prefetch_l2(w_lo + at);
+            prefetch_l2(w_hi + at);
         }
     }
     pdl_wait();
-    if (full_step) {
+    for (; chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks; chunk += MMA_UNROLL * MMA_WARPS) {
+        uint4 lo[MMA_UNROLL], hi[MMA_UNROLL], xv[MMA_UNROLL][N_TILES];
 #pragma unroll
-        for (int u = 0; u < MMA_UNROLL; u++)
+        for (int u = 0; u < MMA_UNROLL; u++) {
+            /* 16-byte index of columns 32 * chunk + 8q .. +8 */
+            const int at = (chunk + u * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q;
+            lo[u] = __ldg(w_lo + at);
+            hi[u] = __ldg(w_hi + at);
 #pragma unroll
             for (int tile = 0; tile < N_TILES; tile++)
-                xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + MMA_AT(chunk, u)) : zero;
-    }
-    while (full_step) {
+                xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + at) : zero;
+        }
 #pragma unroll
         for (int u = 0; u < MMA_UNROLL; u++) {
             const uint32_t a0[4] = {lo[u].x, hi[u].x, lo[u].y, hi[u].y};
@@ -305,20 +306,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
                 mma_op<T>::run(c[tile], a1, xv[u][tile].z, xv[u][tile].w);
             }
         }
-        chunk += MMA_UNROLL * MMA_WARPS;
-        full_step = chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks;
-        if (full_step) {
-#pragma unroll
-            for (int u = 0; u < MMA_UNROLL; u++) {
-                lo[u] = __ldg(w_lo + MMA_AT(chunk, u));
-                hi[u] = __ldg(w_hi + MMA_AT(chunk, u));
-#pragma unroll
-                for (int tile = 0; tile < N_TILES; tile++)
-                    xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + MMA_AT(chunk, u)) : zero;
-            }
-        }
     }
-#undef MMA_AT
     for (; chunk < n_chunks; chunk += MMA_WARPS) {
         const int at = chunk * (MMA_CHUNK_COLS / 8) + q;
         const uint4 lo = __ldg(w_lo + at), hi = __ldg(w_hi + at);
