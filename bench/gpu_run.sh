@@ -83,8 +83,10 @@ if has_step graphs_off; then
 fi
 
 if has_step pdl; then
-    step "ferry bench, kernels launched without programmatic dependent launch (FERRY_CUDA_PDL=0)"
-    FERRY_CUDA_PDL=0 "$FERRY" bench --model "$MODEL" --backend cuda --batch 1,16 --prompt-len 128 --gen-len 32 2>&1 | tee "$OUT/bench_pdl_off.log"
+    for knobs in FERRY_CUDA_PDL=0 FERRY_CUDA_FUSE=0 "FERRY_CUDA_PDL=0 FERRY_CUDA_FUSE=0"; do
+        step "ferry bench with $knobs (no programmatic dependent launch / no fused norm and rope+KV store)"
+        env $knobs "$FERRY" bench --model "$MODEL" --backend cuda --batch 1,16 --prompt-len 128 --gen-len 32 2>&1 | tee -a "$OUT/bench_knobs.log"
+    done
 fi
 
 if has_step prefill; then

@@ -38,6 +38,15 @@ typedef struct ferry_kv_layer {
     int max_context;
 } ferry_kv_layer;
 
+/* An RMSNorm a fused op applies to its input first: x is replaced by
+ * rmsnorm(x) * weight, as the rmsnorm op computes it (up to float
+ * rounding order). */
+typedef struct ferry_fused_norm {
+    const float *weight;        /* [cols] */
+    float eps;
+    float *scratch;             /* [n, cols] backend memory the op may use for rmsnorm(x) */
+} ferry_fused_norm;
+
 /* Attention geometry. */
 typedef struct ferry_attention_shape {
     int n_heads;
@@ -134,11 +143,21 @@ typedef struct ferry_backend_ops {
      * columns sharing x (Q, K, V), as matmul does each; biases may be NULL.
      * silu_pair (2 matrices of equal rows, gate and up): outs[0][t] =
      * silu(x W_0^T) * (x W_1^T) as silu_mul computes it; outs[1] is scratch
-     * the backend may overwrite. */
+     * the backend may overwrite.  norm (NULL: none): x is RMS-normalised
+     * first (the layer's input norm folded into its projections); x itself
+     * is left as it was, and norm->scratch may be overwritten. */
     ferry_status (*matmul_multi)(ferry_backend *backend, int n_matrices, float *const *outs,
-                                 const float *x, const void *const *weights,
-                                 const float *const *biases, const int *rows, ferry_dtype dtype,
-                                 int n, int cols, int silu_pair);
+                                 const float *x, const ferry_fused_norm *norm,
+                                 const void *const *weights, const float *const *biases,
+                                 const int *rows, ferry_dtype dtype, int n, int cols,
+                                 int silu_pair);
+
+    /* rope, then kv_store of the rotated k and v, as one op: q and k are
+     * rotated in place and the cache holds rotated k and v at each token's
+     * (slot, position). */
+    ferry_status (*rope_kv_store)(ferry_backend *backend, float *q, float *k, const float *v,
+                                  ferry_kv_layer *cache, const ferry_token_batch *batch,
+                                  const float *inv_freq, ferry_attention_shape shape);
 } ferry_backend_ops;
 
 struct ferry_backend {

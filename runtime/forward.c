@@ -183,22 +183,28 @@ static ferry_status layer_forward(ferry_session *session, int layer,
 #define W(kind) layer_tensors[FERRY_TENSOR_##kind]
 
     /* attention block */
-    FERRY_TRY(ops->rmsnorm(backend, s->normed, s->residual, W(ATTN_NORM), n, hidden,
-                           config->rms_norm_eps));
-    if (ops->matmul_multi) { /* Q, K and V in one launch */
+    if (ops->matmul_multi) { /* norm, Q, K and V in one launch */
+        const ferry_fused_norm norm = {W(ATTN_NORM), config->rms_norm_eps, s->normed};
         float *const outs[3] = {s->q, s->k, s->v};
         const void *const weights[3] = {W(WQ), W(WK), W(WV)};
         const float *const biases[3] = {W(BQ), W(BK), W(BV)};
         const int rows[3] = {q_width, kv_width, kv_width};
-        FERRY_TRY(ops->matmul_multi(backend, 3, outs, s->normed, weights, biases, rows, dtype, n,
-                                    hidden, 0));
+        FERRY_TRY(ops->matmul_multi(backend, 3, outs, s->residual, &norm, weights, biases, rows,
+                                    dtype, n, hidden, 0));
     } else {
+        FERRY_TRY(ops->rmsnorm(backend, s->normed, s->residual, W(ATTN_NORM), n, hidden,
+                               config->rms_norm_eps));
         FERRY_TRY(ops->matmul(backend, s->q, s->normed, W(WQ), dtype, W(BQ), n, q_width, hidden, 0));
         FERRY_TRY(ops->matmul(backend, s->k, s->normed, W(WK), dtype, W(BK), n, kv_width, hidden, 0));
         FERRY_TRY(ops->matmul(backend, s->v, s->normed, W(WV), dtype, W(BV), n, kv_width, hidden, 0));
     }
-    FERRY_TRY(ops->rope(backend, s->q, s->k, tokens, model->inv_freq, shape));
-    FERRY_TRY(ops->kv_store(backend, &session->kv[layer], s->k, s->v, tokens, shape));
+    if (ops->rope_kv_store) {
+        FERRY_TRY(ops->rope_kv_store(backend, s->q, s->k, s->v, &session->kv[layer], tokens,
+                                     model->inv_freq, shape));
+    } else {
+        FERRY_TRY(ops->rope(backend, s->q, s->k, tokens, model->inv_freq, shape));
+        FERRY_TRY(ops->kv_store(backend, &session->kv[layer], s->k, s->v, tokens, shape));
+    }
     FERRY_TRY(ops->attention(backend, s->attention, s->q, &session->kv[layer], tokens, shape));
     /* residual: x += attention · Wo^T */
     FERRY_TRY(ops->matmul(backend, s->residual, s->attention, W(WO), dtype, NULL, n, hidden,
@@ -206,15 +212,16 @@ static ferry_status layer_forward(ferry_session *session, int layer,
 
     /* MLP block (SwiGLU) */
     const int inter = config->intermediate_size;
-    FERRY_TRY(ops->rmsnorm(backend, s->normed, s->residual, W(MLP_NORM), n, hidden,
-                           config->rms_norm_eps));
-    if (ops->matmul_multi) { /* gate and up in one launch, SiLU * up in its epilogue */
+    if (ops->matmul_multi) { /* norm, gate and up in one launch, SiLU * up in its epilogue */
+        const ferry_fused_norm norm = {W(MLP_NORM), config->rms_norm_eps, s->normed};
         float *const outs[2] = {s->gate, s->up};
         const void *const weights[2] = {W(W_GATE), W(W_UP)};
         const int rows[2] = {inter, inter};
-        FERRY_TRY(ops->matmul_multi(backend, 2, outs, s->normed, weights, NULL, rows, dtype, n,
-                                    hidden, 1));
+        FERRY_TRY(ops->matmul_multi(backend, 2, outs, s->residual, &norm, weights, NULL, rows,
+                                    dtype, n, hidden, 1));
     } else {
+        FERRY_TRY(ops->rmsnorm(backend, s->normed, s->residual, W(MLP_NORM), n, hidden,
+                               config->rms_norm_eps));
         FERRY_TRY(ops->matmul(backend, s->gate, s->normed, W(W_GATE), dtype, NULL, n, inter, hidden, 0));
         FERRY_TRY(ops->matmul(backend, s->up, s->normed, W(W_UP), dtype, NULL, n, inter, hidden, 0));
         FERRY_TRY(ops->silu_mul(backend, s->gate, s->gate, s->up, n, inter));

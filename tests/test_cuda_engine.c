@@ -113,16 +113,25 @@ static void check_against_cpu(const char *preset, const char *dtype, double bar)
     char what[256];
     snprintf(what, sizeof what, "%s %s prefill", preset, dtype);
     forward_both(sessions, &prefill, FERRY_LOGITS_ALL, 34, info.vocab_size, what, bar);
-    /* decode steps: one token per sequence (the matvec path) */
+    /* decode steps of 3, 1 and 2 sequences, one token each (1-2 tokens: the
+     * fused matvec kernels, norm folded in; 3: the tensor cores) */
+    static const int step_seqs[DECODE_STEPS] = {3, 1, 2, 3};
     int ones[N_SEQS] = {1, 1, 1};
     for (int step = 0; step < DECODE_STEPS; step++) {
         int32_t step_tokens[N_SEQS];
         for (int i = 0; i < N_SEQS; i++)
             step_tokens[i] = (int32_t)(test_rand_u64(&rng) % (uint64_t)info.vocab_size);
-        ferry_batch decode = {N_SEQS, seq_ids, ones, step_tokens};
-        snprintf(what, sizeof what, "%s %s decode step %d", preset, dtype, step);
-        forward_both(sessions, &decode, FERRY_LOGITS_LAST, N_SEQS, info.vocab_size, what, bar);
+        ferry_batch decode = {step_seqs[step], seq_ids, ones, step_tokens};
+        snprintf(what, sizeof what, "%s %s decode step %d (%d tokens)", preset, dtype, step,
+                 step_seqs[step]);
+        forward_both(sessions, &decode, FERRY_LOGITS_LAST, step_seqs[step], info.vocab_size, what,
+                     bar);
     }
+    /* 16 tokens over the three sequences: the tensor-core path's largest tile */
+    int sixteen[N_SEQS] = {6, 5, 5};
+    ferry_batch chunk = {N_SEQS, seq_ids, sixteen, tokens};
+    snprintf(what, sizeof what, "%s %s 16 tokens", preset, dtype);
+    forward_both(sessions, &chunk, FERRY_LOGITS_ALL, 16, info.vocab_size, what, bar);
     for (int b = 0; b < 2; b++) {
         ferry_session_free(sessions[b]);
         ferry_model_close(models[b]);

@@ -1,6 +1,7 @@
 /*
  * test_cuda_ops.c — each op of the CUDA backend against the same op of
- * the CPU backend (the oracle) on fresh random inputs: odd sizes, head_dim
+ * the CPU backend (the oracle; the fused rope_kv_store against rope then
+ * kv_store) on fresh random inputs: odd sizes, head_dim
  * 64 and 128, GQA ratios 1/4/8, contexts up to ~2k, f32/f16/bf16 weights.
  * GPU outputs are poisoned with NaN first and every element is checked.
  * Skips (and says so) where there is no CUDA GPU; bad-input tests that
@@ -588,6 +589,95 @@ Test(cuda_ops, prefill_tiles_end_at_slot_changes_and_at_64_tokens) {
     for (int i = 0; i <= 5; i++) cr_assert_eq(starts[i], i);
 }
 
+/* rope_kv_store (one launch) against the CPU's rope then kv_store: q and k
+ * rotated in place, the rotated k and v in the f16 cache at each token's
+ * (slot, position), every other cache element untouched. */
+static void check_rope_kv_store(ferry_attention_shape shape, int n) {
+    enum { N_SLOTS = 3, MAX_CONTEXT = 2100, MAX_TOKENS = 16 };
+    cr_assert_leq(n, MAX_TOKENS);
+    const size_t row = (size_t)shape.n_kv_heads * shape.head_dim;
+    const size_t cache_elements = (size_t)N_SLOTS * MAX_CONTEXT * row;
+    const size_t q_count = (size_t)n * shape.n_heads * shape.head_dim, k_count = (size_t)n * row;
+    float *q = random_floats(q_count, -2, 2), *k = random_floats(k_count, -2, 2);
+    float *v = random_floats(k_count, -2, 2);
+    float *inv_freq = malloc(shape.head_dim / 2 * sizeof(float));
+    for (int j = 0; j < shape.head_dim / 2; j++)
+        inv_freq[j] = (float)pow(10000.0, -2.0 * j / shape.head_dim);
+    /* distinct places: token t in slot t % N_SLOTS, consecutive positions
+     * from a random start (up to ~2k: rope's large angles) */
+    int32_t positions[MAX_TOKENS], slots[MAX_TOKENS];
+    int start[N_SLOTS];
+    for (int s = 0; s < N_SLOTS; s++) start[s] = rand_int(0, MAX_CONTEXT - MAX_TOKENS);
+    for (int t = 0; t < n; t++) {
+        slots[t] = t % N_SLOTS;
+        positions[t] = start[t % N_SLOTS] + t / N_SLOTS;
+    }
+    two_batches b = make_batches(n, NULL, positions, slots);
+    float *q_gpu = to_gpu(q, q_count * sizeof(float)), *k_gpu = to_gpu(k, k_count * sizeof(float));
+    float *v_gpu = to_gpu(v, k_count * sizeof(float));
+    float *freq_gpu = to_gpu(inv_freq, shape.head_dim / 2 * sizeof(float));
+    uint16_t *poison = malloc(cache_elements * 2);
+    for (size_t i = 0; i < cache_elements; i++) poison[i] = 0xFFFF; /* an f16 NaN */
+    ferry_kv_layer gpu_cache = {to_gpu(poison, cache_elements * 2),
+                                to_gpu(poison, cache_elements * 2), N_SLOTS, MAX_CONTEXT};
+    ferry_kv_layer host_cache = {calloc(cache_elements, 4), calloc(cache_elements, 4), N_SLOTS,
+                                 MAX_CONTEXT};
+    cr_assert_eq(cpu->ops->rope(cpu, q, k, &b.host, inv_freq, shape), FERRY_OK);
+    cr_assert_eq(cpu->ops->kv_store(cpu, &host_cache, k, v, &b.host, shape), FERRY_OK);
+    cr_assert(gpu->ops->rope_kv_store, "the CUDA backend has no rope_kv_store");
+    cr_assert_eq(gpu->ops->rope_kv_store(gpu, q_gpu, k_gpu, v_gpu, &gpu_cache, &b.device,
+                                         freq_gpu, shape),
+                 FERRY_OK, "%s", ferry_last_error());
+    char what[160];
+    snprintf(what, sizeof what, "rope_kv_store heads=%d kv=%d dim=%d n=%d", shape.n_heads,
+             shape.n_kv_heads, shape.head_dim, n);
+    float *q_got = from_gpu(q_gpu, q_count), *k_got = from_gpu(k_gpu, k_count);
+    expect_close(what, q_got, q, NULL, q_count, 1e-5, 1e-5);
+    expect_close(what, k_got, k, NULL, k_count, 1e-5, 1e-5);
+    /* the caches: written rows hold f16(rotated k) and f16(v) (one f16 step
+     * of slack, and rope's own 1e-5: the backends' rotations differ in the
+     * last float bits) */
+    uint16_t *caches[2] = {malloc(cache_elements * 2), malloc(cache_elements * 2)};
+    const float *host_caches[2] = {host_cache.k, host_cache.v};
+    cr_assert_eq(gpu->ops->download(gpu, caches[0], gpu_cache.k, cache_elements * 2), FERRY_OK);
+    cr_assert_eq(gpu->ops->download(gpu, caches[1], gpu_cache.v, cache_elements * 2), FERRY_OK);
+    unsigned char *written = calloc((size_t)N_SLOTS * MAX_CONTEXT, 1);
+    for (int t = 0; t < n; t++) written[(size_t)slots[t] * MAX_CONTEXT + positions[t]] = 1;
+    for (int which = 0; which < 2; which++)
+        for (size_t place = 0; place < (size_t)N_SLOTS * MAX_CONTEXT; place++)
+            for (size_t i = 0; i < row; i++) {
+                const size_t at = place * row + i;
+                const uint16_t got = caches[which][at];
+                if (!written[place]) {
+                    cr_assert_eq(got, 0xFFFF, "%s: %s cache place %zu element %zu was written",
+                                 what, which ? "V" : "K", place, i);
+                    continue;
+                }
+                const float want = host_caches[which][at], got_f = ferry_f16_to_f32(got);
+                cr_assert(fabsf(got_f - want) <= 1e-3f * fabsf(want) + 2e-5f,
+                          "%s: %s cache place %zu element %zu: got %.9g want %.9g", what,
+                          which ? "V" : "K", place, i, (double)got_f, (double)want);
+            }
+    free_batches(&b);
+    gpu->ops->free(gpu, q_gpu), gpu->ops->free(gpu, k_gpu), gpu->ops->free(gpu, v_gpu);
+    gpu->ops->free(gpu, freq_gpu), gpu->ops->free(gpu, gpu_cache.k), gpu->ops->free(gpu, gpu_cache.v);
+    free(host_cache.k), free(host_cache.v), free(poison), free(caches[0]), free(caches[1]);
+    free(written), free(q), free(k), free(v), free(inv_freq), free(q_got), free(k_got);
+}
+
+Test(cuda_ops, rope_kv_store_matches_cpu_rope_then_kv_store) {
+    NEED_GPU();
+    static const int head_dims[] = {64, 128};
+    static const int ratios[] = {1, 4, 8};
+    static const int token_counts[] = {1, 2, 3, 16};
+    for (int i = 0; i < 2; i++)
+        for (int r = 0; r < 3; r++)
+            for (int c = 0; c < 4; c++) {
+                ferry_attention_shape shape = {2 * ratios[r], 2, head_dims[i]};
+                check_rope_kv_store(shape, token_counts[c]);
+            }
+}
+
 /* ---------------------------------------------------------- bad input */
 
 Test(cuda_ops, cuda_backend_without_gpu_or_with_a_bad_device_fails_cleanly) {
@@ -619,6 +709,15 @@ Test(cuda_ops, kv_store_outside_the_cache_is_reported_at_synchronize) {
     cr_assert(strstr(ferry_last_error(), "outside the KV cache"), "%s", ferry_last_error());
     /* the flag is cleared: the backend is usable afterwards */
     cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
+    /* the fused rope + kv_store reports it the same way */
+    float *freq_gpu = gpu_poisoned(32), *q_gpu = gpu_poisoned(128);
+    cr_assert_eq(gpu->ops->rope_kv_store(gpu, q_gpu, k_gpu, k_gpu, &cache, &b.device, freq_gpu,
+                                         shape),
+                 FERRY_OK);
+    cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(ferry_last_error(), "outside the KV cache"), "%s", ferry_last_error());
+    cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
+    gpu->ops->free(gpu, freq_gpu), gpu->ops->free(gpu, q_gpu);
     free_batches(&b);
     gpu->ops->free(gpu, k_gpu), gpu->ops->free(gpu, cache.k), gpu->ops->free(gpu, cache.v);
     free(k);
@@ -655,5 +754,8 @@ Test(cuda_ops, attention_with_a_bad_geometry_is_an_error) {
     cr_assert_eq(gpu->ops->attention(gpu, NULL, NULL, &cache, &batch, (ferry_attention_shape){4, 4, 512}),
                  FERRY_ERR_UNSUPPORTED);
     cr_assert_eq(gpu->ops->rope(gpu, NULL, NULL, &batch, NULL, (ferry_attention_shape){4, 4, 63}),
+                 FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(gpu->ops->rope_kv_store(gpu, NULL, NULL, NULL, &cache, &batch, NULL,
+                                         (ferry_attention_shape){4, 4, 63}),
                  FERRY_ERR_INVALID_ARGUMENT);
 }

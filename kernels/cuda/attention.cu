@@ -1,6 +1,7 @@
 /*
  * attention.cu — the CUDA backend's attention ops: rotary embedding,
- * storing K/V into the f16 cache, and causal grouped-query attention over
+ * storing K/V into the f16 cache (and both in one launch, rope_kv_store,
+ * for the decode step), and causal grouped-query attention over
  * the cache.  Attention is split over the context (flash-decoding): the
  * keys of one query head are dealt out, 32 at a time (one per lane), to
  * every warp of n_splits blocks; each warp keeps an online softmax
@@ -29,6 +30,22 @@ enum {
  * The angle is formed in float32 as HF does, its sine and cosine in double
  * (fast-math sinf loses accuracy at angles of thousands of radians). */
 enum { ROPE_THREADS = 128 };
+
+/* Rotate the pair (x[i], x[i + half]) of one head by position * inv_freq[i];
+ * the rotated values are also returned (rope_kv_store stores them). */
+__device__ __forceinline__ float2 rotate_pair(float *x, int i, int half, int32_t position,
+                                              const float *inv_freq) {
+    float angle = (float)position * inv_freq[i];
+    double sine, cosine;
+    sincos((double)angle, &sine, &cosine);
+    float c = (float)cosine, s = (float)sine;
+    float x0 = x[i], x1 = x[i + half];
+    float2 rotated = make_float2(x0 * c - x1 * s, x1 * c + x0 * s);
+    x[i] = rotated.x;
+    x[i + half] = rotated.y;
+    return rotated;
+}
+
 __global__ void rope_kernel(float *q, float *k, const int32_t *positions, const float *inv_freq,
                             int n_heads, int n_kv_heads, int head_dim) {
     pdl_trigger();
@@ -37,17 +54,10 @@ __global__ void rope_kernel(float *q, float *k, const int32_t *positions, const 
     const int n_pairs = (n_heads + n_kv_heads) * half;
     const int item = blockIdx.y * blockDim.x + threadIdx.x;
     if (item >= n_pairs) return;
-    const float position = (float)positions[t];
     int head = item / half, i = item % half;
     float *x = head < n_heads ? q + ((size_t)t * n_heads + head) * head_dim
                               : k + ((size_t)t * n_kv_heads + (head - n_heads)) * head_dim;
-    float angle = position * inv_freq[i];
-    double sine, cosine;
-    sincos((double)angle, &sine, &cosine);
-    float c = (float)cosine, s = (float)sine;
-    float x0 = x[i], x1 = x[i + half];
-    x[i] = x0 * c - x1 * s;
-    x[i + half] = x1 * c + x0 * s;
+    rotate_pair(x, i, half, positions[t], inv_freq);
 }
 
 ferry_status cuda_rope(ferry_backend *backend, float *q, float *k, const ferry_token_batch *batch,
@@ -99,6 +109,70 @@ ferry_status cuda_kv_store(ferry_backend *backend, ferry_kv_layer *cache, const 
     CUDA_TRY(cuda_launch(state, kv_store_kernel, grid, 256, (__half *)cache->k,
                          (__half *)cache->v, k, v, batch->positions, batch->slots, cache->n_slots,
                          cache->max_context, row_width, state->error_flag));
+    return FERRY_OK;
+}
+
+/* ------------------------------------------------------- rope_kv_store */
+
+/* rope then kv_store in one launch.  Grid (token, group of ROPE_THREADS
+ * items): the items are the (head, i) pairs (i, i + half) of the query
+ * heads, then of the key heads, then of the value heads.  A query pair is
+ * rotated in place; a key pair is rotated in place and stored (f16) into
+ * the K cache; a value pair is stored into the V cache.  A bad (slot,
+ * position) raises the error flag and stores nothing, as kv_store. */
+__global__ void rope_kv_store_kernel(float *q, float *k, const float *v, __half *cache_k,
+                                     __half *cache_v, const int32_t *positions,
+                                     const int32_t *slots, const float *inv_freq, int n_heads,
+                                     int n_kv_heads, int head_dim, int n_slots, int max_context,
+                                     int *error_flag) {
+    pdl_trigger();
+    pdl_wait();
+    const int t = blockIdx.x, half = head_dim / 2;
+    const int item = blockIdx.y * blockDim.x + threadIdx.x;
+    if (item >= (n_heads + 2 * n_kv_heads) * half) return;
+    const int head = item / half, i = item % half;
+    const int slot = slots[t], position = positions[t];
+    const bool place = place_ok(slot, position, n_slots, max_context);
+    if (!place && item == 0) atomicExch(error_flag, CUDA_BAD_KV_PLACE);
+    const size_t row_width = (size_t)n_kv_heads * head_dim;
+    const size_t cache_row = place ? ((size_t)slot * max_context + position) * row_width : 0;
+    if (head < n_heads) {
+        rotate_pair(q + ((size_t)t * n_heads + head) * head_dim, i, half, position, inv_freq);
+    } else if (head < n_heads + n_kv_heads) {
+        const int kv_head = head - n_heads;
+        const float2 rotated = rotate_pair(k + ((size_t)t * n_kv_heads + kv_head) * head_dim, i,
+                                           half, position, inv_freq);
+        if (place) {
+            __half *dst = cache_k + cache_row + (size_t)kv_head * head_dim;
+            dst[i] = __float2half_rn(rotated.x);
+            dst[i + half] = __float2half_rn(rotated.y);
+        }
+    } else if (place) {
+        const int kv_head = head - n_heads - n_kv_heads;
+        const float *src = v + ((size_t)t * n_kv_heads + kv_head) * head_dim;
+        __half *dst = cache_v + cache_row + (size_t)kv_head * head_dim;
+        dst[i] = __float2half_rn(src[i]);
+        dst[i + half] = __float2half_rn(src[i + half]);
+    }
+}
+
+ferry_status cuda_rope_kv_store(ferry_backend *backend, float *q, float *k, const float *v,
+                                ferry_kv_layer *cache, const ferry_token_batch *batch,
+                                const float *inv_freq, ferry_attention_shape shape) {
+    cuda_backend *state = cuda_state(backend);
+    if (shape.head_dim % 2 != 0)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "rope: head_dim %d is odd", shape.head_dim);
+    if (batch->n_tokens <= 0) return FERRY_OK;
+    if (!state->fuse_small_ops) { /* measuring: the two kernels */
+        FERRY_TRY(cuda_rope(backend, q, k, batch, inv_freq, shape));
+        return cuda_kv_store(backend, cache, k, v, batch, shape);
+    }
+    const int n_items = (shape.n_heads + 2 * shape.n_kv_heads) * (shape.head_dim / 2);
+    dim3 grid(batch->n_tokens, (n_items + ROPE_THREADS - 1) / ROPE_THREADS);
+    CUDA_TRY(cuda_launch(state, rope_kv_store_kernel, grid, ROPE_THREADS, q, k, v,
+                         (__half *)cache->k, (__half *)cache->v, batch->positions, batch->slots,
+                         inv_freq, shape.n_heads, shape.n_kv_heads, shape.head_dim,
+                         cache->n_slots, cache->max_context, state->error_flag));
     return FERRY_OK;
 }
 

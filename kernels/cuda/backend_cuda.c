@@ -221,6 +221,7 @@ static const ferry_backend_ops cuda_ops = {
     .graph_launch = cuda_graph_launch,
     .graph_free = cuda_graph_free,
     .matmul_multi = cuda_matmul_multi,
+    .rope_kv_store = cuda_rope_kv_store,
 };
 
 /* ------------------------------------------------------------ creation */
@@ -294,6 +295,8 @@ ferry_status ferry_backend_cuda_new(int device, ferry_backend **out) {
             goto fail;
         }
     }
+    const char *fuse = getenv("FERRY_CUDA_FUSE");
+    state->fuse_small_ops = !(fuse && strcmp(fuse, "0") == 0);
     FERRY_TRY_GOTO(open_device(device, state));
     backend->ops = &cuda_ops;
     backend->impl = state;

@@ -67,6 +67,9 @@ typedef struct cuda_backend {
     int matvec_max_tokens;      /* matmuls with n <= this use the matvec kernel */
     int pdl;                    /* launch kernels with programmatic dependent launch (sm_90+,
                                    FERRY_CUDA_PDL=0 turns it off); see launch.cuh */
+    int fuse_small_ops;         /* fold RMSNorm into matmul_multi and run rope_kv_store as one
+                                   kernel (FERRY_CUDA_FUSE=0: the separate kernels, to
+                                   measure what fusing gives) */
 } cuda_backend;
 
 static inline cuda_backend *cuda_state(ferry_backend *backend) {
@@ -84,9 +87,28 @@ ferry_status cuda_graph_end(ferry_backend *backend, void **out_graph);
 ferry_status cuda_graph_launch(ferry_backend *backend, void *graph, int *out_replayed);
 void cuda_graph_free(ferry_backend *backend, void *graph);
 ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *const *outs,
-                               const float *x, const void *const *weights,
-                               const float *const *biases, const int *rows, ferry_dtype dtype,
-                               int n, int cols, int silu_pair);
+                               const float *x, const ferry_fused_norm *norm,
+                               const void *const *weights, const float *const *biases,
+                               const int *rows, ferry_dtype dtype, int n, int cols,
+                               int silu_pair);
+ferry_status cuda_rope_kv_store(ferry_backend *backend, float *q, float *k, const float *v,
+                                ferry_kv_layer *cache, const ferry_token_batch *batch,
+                                const float *inv_freq, ferry_attention_shape shape);
+
+/* ---- the tensor-core matvec (matmul.cu), for fused ops that share its input ---- */
+
+/* Does the tensor-core matvec take n tokens of `cols` columns times w? */
+int cuda_mma_matvec_fits(const cuda_backend *state, const void *w, ferry_dtype dtype, int n,
+                         int cols);
+/* x [n, cols] (with norm_weight: rmsnorm(x) * norm_weight, eps inside the
+ * root, as the rmsnorm op) rounded to dtype into the activations scratch,
+ * the operand of cuda_mma_matvec; valid until the next matmul. */
+ferry_status cuda_x16_prepare(cuda_backend *state, const float *x, const float *norm_weight,
+                              float eps, ferry_dtype dtype, int n, int cols, const void **out_x16);
+/* out[t] (+)= x16[t] W^T (+ bias) on the tensor cores (shapes: _fits). */
+ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, const void *w,
+                             ferry_dtype dtype, const float *bias, int n, int rows, int cols,
+                             int accumulate);
 
 /* ---- ops (contracts in kernels/ops.h) ---- */
 ferry_status cuda_embed(ferry_backend *backend, float *out, const void *table, ferry_dtype dtype,

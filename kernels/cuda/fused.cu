@@ -1,13 +1,18 @@
 /*
  * fused.cu — matmul_multi: several projections of one activation in one
  * launch (Q, K and V; or gate and up with SwiGLU applied in the epilogue),
- * so a decode step pays one launch and one tail instead of three.  For 1-2
- * tokens a warp streams one weight row (of whichever matrix the row falls
- * in) with 16-byte loads, eight in flight per lane; the gate/up variant
- * streams row r of both matrices and writes silu(g) * u.  Other shapes go
- * through cuda_matmul and cuda_silu_mul unchanged.  The first weights are
- * loaded before the wait for the previous kernel (PDL, launch.cuh).
- * Hot path: no allocation.
+ * optionally behind the RMSNorm that feeds them, so a decode step pays one
+ * launch and one tail instead of four.  For 1-2 tokens a warp streams one
+ * weight row (of whichever matrix the row falls in) with 16-byte loads,
+ * eight in flight per lane; the gate/up variant streams row r of both
+ * matrices and writes silu(g) * u.  The norm costs no pass of its own:
+ * rmsnorm(x) W^T = inv_rms * ((x * w_norm) W^T), and a warp sweeping a row
+ * sees every x[c] once, so it sums x^2 on the way and scales in the
+ * epilogue.  3..16 tokens: the norm is folded into the rounding of x for
+ * the tensor-core matvec (one launch for all matrices' input).  Other
+ * shapes: rmsnorm into norm->scratch, then cuda_matmul and cuda_silu_mul.
+ * The first weights are loaded before the wait for the previous kernel
+ * (PDL, launch.cuh).  Hot path: no allocation.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -31,6 +36,8 @@ typedef struct multi_args {
     int rows[MULTI_MAX_MATRICES];
     int n_matrices;
     const float *x;
+    const float *norm_weight;   /* the kernels' NORM variant: [cols] */
+    float norm_eps;
     int n, cols;
 } multi_args;
 
@@ -41,24 +48,41 @@ __device__ __forceinline__ float lane_sum(float value) {
     return value;
 }
 
-/* Dot of 8 weights (one 16-byte load) with x[c .. c+8). */
-__device__ __forceinline__ float dot8(uint4 packed, __half, const float *x) {
+/* Eight x values x[c .. c+8) of one token (times w_norm[c .. c+8) when
+ * NORM, their squares added to *sum_squares). */
+template <bool NORM>
+__device__ __forceinline__ void load_x8(const float *x, const float *norm_weight, int c,
+                                        float (&xv)[8], float &sum_squares) {
+    const float4 a = __ldg(reinterpret_cast<const float4 *>(x + c));
+    const float4 b = __ldg(reinterpret_cast<const float4 *>(x + c) + 1);
+    xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
+    xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
+    if (NORM) {
+        const float4 wa = __ldg(reinterpret_cast<const float4 *>(norm_weight + c));
+        const float4 wb = __ldg(reinterpret_cast<const float4 *>(norm_weight + c) + 1);
+        const float w[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            sum_squares += xv[i] * xv[i];
+            xv[i] *= w[i];
+        }
+    }
+}
+
+/* Dot of 8 weights (one 16-byte load) with 8 x values. */
+__device__ __forceinline__ float dot8(uint4 packed, __half, const float (&x)[8]) {
     const __half2 *pairs = reinterpret_cast<const __half2 *>(&packed);
-    const float4 a = __ldg(reinterpret_cast<const float4 *>(x));
-    const float4 b = __ldg(reinterpret_cast<const float4 *>(x) + 1);
     float2 w0 = __half22float2(pairs[0]), w1 = __half22float2(pairs[1]);
     float2 w2 = __half22float2(pairs[2]), w3 = __half22float2(pairs[3]);
-    return a.x * w0.x + a.y * w0.y + a.z * w1.x + a.w * w1.y + b.x * w2.x + b.y * w2.y +
-           b.z * w3.x + b.w * w3.y;
+    return x[0] * w0.x + x[1] * w0.y + x[2] * w1.x + x[3] * w1.y + x[4] * w2.x + x[5] * w2.y +
+           x[6] * w3.x + x[7] * w3.y;
 }
-__device__ __forceinline__ float dot8(uint4 packed, __nv_bfloat16, const float *x) {
+__device__ __forceinline__ float dot8(uint4 packed, __nv_bfloat16, const float (&x)[8]) {
     const __nv_bfloat162 *pairs = reinterpret_cast<const __nv_bfloat162 *>(&packed);
-    const float4 a = __ldg(reinterpret_cast<const float4 *>(x));
-    const float4 b = __ldg(reinterpret_cast<const float4 *>(x) + 1);
     float2 w0 = __bfloat1622float2(pairs[0]), w1 = __bfloat1622float2(pairs[1]);
     float2 w2 = __bfloat1622float2(pairs[2]), w3 = __bfloat1622float2(pairs[3]);
-    return a.x * w0.x + a.y * w0.y + a.z * w1.x + a.w * w1.y + b.x * w2.x + b.y * w2.y +
-           b.z * w3.x + b.w * w3.y;
+    return x[0] * w0.x + x[1] * w0.y + x[2] * w1.x + x[3] * w1.y + x[4] * w2.x + x[5] * w2.y +
+           x[6] * w3.x + x[7] * w3.y;
 }
 
 template <int M, int UNROLL>
@@ -72,12 +96,15 @@ __device__ __forceinline__ void load_row_steps(uint4 (&packed)[M][UNROLL],
 }
 
 /* acc[m][t] += row_m . x[t] for the M weight rows given (M = 1 or 2),
- * UNROLL column steps per matrix in flight per lane.  The first steps'
- * weights are loaded before pdl_wait (launch.cuh), which this calls: x
- * is read only after it. */
-template <typename T, int TOKENS, int M, int UNROLL>
-__device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const float *x, int n,
-                                            int cols, float (*acc)[TOKENS]) {
+ * UNROLL column steps per matrix in flight per lane; with NORM, x[t] is
+ * taken times w_norm and sum_squares[t] gets this lane's share of
+ * sum_c x[t][c]^2 (the warp's lanes together see every column once).  The
+ * first steps' weights are loaded before pdl_wait (launch.cuh), which
+ * this calls: x is read only after it. */
+template <typename T, int TOKENS, int M, int UNROLL, bool NORM>
+__device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const float *x,
+                                            const float *norm_weight, int n, int cols,
+                                            float (*acc)[TOKENS], float *sum_squares) {
     const int lane = threadIdx.x % 32;
     int c = lane * LANE_COLS;
     uint4 packed[M][UNROLL];
@@ -86,29 +113,46 @@ __device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const fl
     pdl_wait();
     while (full_step) {
 #pragma unroll
-        for (int m = 0; m < M; m++)
+        for (int u = 0; u < UNROLL; u++)
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++)
+            for (int t = 0; t < TOKENS; t++)
+                if (t < n) {
+                    float xv[8];
+                    load_x8<NORM>(x + (size_t)t * cols, norm_weight, c + u * WARP_COLS, xv,
+                                  sum_squares[t]);
 #pragma unroll
-                for (int t = 0; t < TOKENS; t++)
-                    if (t < n)
-                        acc[m][t] += dot8(packed[m][u], T(), x + (size_t)t * cols + c + u * WARP_COLS);
+                    for (int m = 0; m < M; m++) acc[m][t] += dot8(packed[m][u], T(), xv);
+                }
         c += UNROLL * WARP_COLS;
         full_step = c + (UNROLL - 1) * WARP_COLS < cols;
         if (full_step) load_row_steps<M, UNROLL>(packed, w_rows, c);
     }
-    for (; c < cols; c += WARP_COLS)
+    for (; c < cols; c += WARP_COLS) {
+        uint4 tail[M];
 #pragma unroll
-        for (int m = 0; m < M; m++) {
-            uint4 packed = __ldg(w_rows[m] + c / LANE_COLS);
+        for (int m = 0; m < M; m++) tail[m] = __ldg(w_rows[m] + c / LANE_COLS);
 #pragma unroll
-            for (int t = 0; t < TOKENS; t++)
-                if (t < n) acc[m][t] += dot8(packed, T(), x + (size_t)t * cols + c);
-        }
+        for (int t = 0; t < TOKENS; t++)
+            if (t < n) {
+                float xv[8];
+                load_x8<NORM>(x + (size_t)t * cols, norm_weight, c, xv, sum_squares[t]);
+#pragma unroll
+                for (int m = 0; m < M; m++) acc[m][t] += dot8(tail[m], T(), xv);
+            }
+    }
+}
+
+/* The factor the epilogue applies per token: 1 / sqrt(mean(x^2) + eps)
+ * from this lane's share of the squares (as the rmsnorm op forms it), or
+ * 1 without a norm.  Every lane of the warp calls it. */
+template <bool NORM>
+__device__ __forceinline__ float norm_scale(float sum_squares, int cols, float eps) {
+    if (!NORM) return 1.0f;
+    return 1.0f / sqrtf(lane_sum(sum_squares) / (float)cols + eps);
 }
 
 /* One warp per row of the stacked matrices: out_m[t][r] = W_m[r] . x[t] + b_m[r]. */
-template <typename T, int TOKENS>
+template <typename T, int TOKENS, bool NORM>
 __global__ void __launch_bounds__(MULTI_THREADS) stacked_matvec_kernel(multi_args args) {
     pdl_trigger();
     /* Pick the matrix with constant indices only: indexing the argument
@@ -124,19 +168,21 @@ __global__ void __launch_bounds__(MULTI_THREADS) stacked_matvec_kernel(multi_arg
     float *out = m == 0 ? args.outs[0] : m == 1 ? args.outs[1] : args.outs[2];
     const uint4 *w_row[1] = {reinterpret_cast<const uint4 *>(static_cast<const T *>(weights) +
                                                              (size_t)row * args.cols)};
-    float acc[1][TOKENS] = {};
-    stream_rows<T, TOKENS, 1, 8>(w_row, args.x, args.n, args.cols, acc);
+    float acc[1][TOKENS] = {}, sum_squares[TOKENS] = {};
+    stream_rows<T, TOKENS, 1, 8, NORM>(w_row, args.x, args.norm_weight, args.n, args.cols, acc,
+                                       sum_squares);
     const float bias = biases ? biases[row] : 0.0f;
 #pragma unroll
     for (int t = 0; t < TOKENS; t++) {
+        const float scale = norm_scale<NORM>(sum_squares[t], args.cols, args.norm_eps);
         float sum = lane_sum(acc[0][t]);
-        if (threadIdx.x % 32 == 0 && t < args.n) out[(size_t)t * rows_m + row] = sum + bias;
+        if (threadIdx.x % 32 == 0 && t < args.n) out[(size_t)t * rows_m + row] = sum * scale + bias;
     }
 }
 
 /* One warp per row r of gate and up: out[t][r] = silu(g) * u, the same
  * float math as cuda_silu_mul (g / (1 + e^-g) * u). */
-template <typename T, int TOKENS>
+template <typename T, int TOKENS, bool NORM>
 __global__ void __launch_bounds__(MULTI_THREADS) gate_up_matvec_kernel(multi_args args) {
     pdl_trigger();
     const int row = blockIdx.x * MULTI_WARPS + threadIdx.x / 32;
@@ -146,14 +192,25 @@ __global__ void __launch_bounds__(MULTI_THREADS) gate_up_matvec_kernel(multi_arg
     for (int m = 0; m < 2; m++)
         w_rows[m] = reinterpret_cast<const uint4 *>(static_cast<const T *>(args.weights[m]) +
                                                     (size_t)row * args.cols);
-    float acc[2][TOKENS] = {};
-    stream_rows<T, TOKENS, 2, 4>(w_rows, args.x, args.n, args.cols, acc);
+    float acc[2][TOKENS] = {}, sum_squares[TOKENS] = {};
+    stream_rows<T, TOKENS, 2, 4, NORM>(w_rows, args.x, args.norm_weight, args.n, args.cols, acc,
+                                       sum_squares);
 #pragma unroll
     for (int t = 0; t < TOKENS; t++) {
-        float g = lane_sum(acc[0][t]), u = lane_sum(acc[1][t]);
+        const float scale = norm_scale<NORM>(sum_squares[t], args.cols, args.norm_eps);
+        float g = lane_sum(acc[0][t]) * scale, u = lane_sum(acc[1][t]) * scale;
         if (threadIdx.x % 32 == 0 && t < args.n)
             args.outs[0][(size_t)t * args.rows[0] + row] = g / (1.0f + expf(-g)) * u;
     }
+}
+
+template <typename T, int TOKENS, bool NORM>
+static cudaError_t launch_multi_kernel(const cuda_backend *state, const multi_args &args,
+                                       int silu_pair, dim3 grid) {
+    if (silu_pair)
+        return cuda_launch(state, gate_up_matvec_kernel<T, TOKENS, NORM>, grid, MULTI_THREADS,
+                           args);
+    return cuda_launch(state, stacked_matvec_kernel<T, TOKENS, NORM>, grid, MULTI_THREADS, args);
 }
 
 template <typename T>
@@ -163,19 +220,37 @@ static cudaError_t launch_multi(const cuda_backend *state, const multi_args &arg
     for (int m = 0; m < args.n_matrices; m++) total_rows += args.rows[m];
     if (silu_pair) total_rows = args.rows[0];
     dim3 grid((unsigned)((total_rows + MULTI_WARPS - 1) / MULTI_WARPS));
-    if (silu_pair)
-        return cuda_launch(state, args.n <= 1 ? gate_up_matvec_kernel<T, 1> : gate_up_matvec_kernel<T, 2>,
-                           grid, MULTI_THREADS, args);
-    return cuda_launch(state, args.n <= 1 ? stacked_matvec_kernel<T, 1> : stacked_matvec_kernel<T, 2>,
-                       grid, MULTI_THREADS, args);
+    if (args.norm_weight)
+        return args.n <= 1 ? launch_multi_kernel<T, 1, true>(state, args, silu_pair, grid)
+                           : launch_multi_kernel<T, 2, true>(state, args, silu_pair, grid);
+    return args.n <= 1 ? launch_multi_kernel<T, 1, false>(state, args, silu_pair, grid)
+                       : launch_multi_kernel<T, 2, false>(state, args, silu_pair, grid);
 }
 
 static int aligned16(const void *p) { return ((uintptr_t)p % 16) == 0; }
 
+/* 3..16 tokens on the tensor cores: x (normalised when norm) rounded once
+ * for every matrix, then one tensor-core matvec per matrix. */
+static ferry_status multi_on_tensor_cores(cuda_backend *state, int n_matrices,
+                                          float *const *outs, const float *x,
+                                          const ferry_fused_norm *norm,
+                                          const void *const *weights,
+                                          const float *const *biases, const int *rows,
+                                          ferry_dtype dtype, int n, int cols) {
+    const void *x16 = NULL;
+    FERRY_TRY(cuda_x16_prepare(state, x, norm ? norm->weight : NULL, norm ? norm->eps : 0.0f,
+                               dtype, n, cols, &x16));
+    for (int m = 0; m < n_matrices; m++)
+        FERRY_TRY(cuda_mma_matvec(state, outs[m], x16, weights[m], dtype,
+                                  biases ? biases[m] : NULL, n, rows[m], cols, 0));
+    return FERRY_OK;
+}
+
 ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *const *outs,
-                               const float *x, const void *const *weights,
-                               const float *const *biases, const int *rows, ferry_dtype dtype,
-                               int n, int cols, int silu_pair) {
+                               const float *x, const ferry_fused_norm *norm,
+                               const void *const *weights, const float *const *biases,
+                               const int *rows, ferry_dtype dtype, int n, int cols,
+                               int silu_pair) {
     cuda_backend *state = cuda_state(backend);
     if (n_matrices < 1 || n_matrices > MULTI_MAX_MATRICES || (silu_pair && n_matrices != 2) ||
         (silu_pair && rows[0] != rows[1]))
@@ -183,30 +258,50 @@ ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *co
                           "matmul_multi: %d matrices%s (1..3; silu_pair needs 2 of equal rows)",
                           n_matrices, silu_pair ? " with silu_pair" : "");
     if (n <= 0) return FERRY_OK;
+    if (norm && !state->fuse_small_ops) { /* measuring: the norm as its own kernel */
+        FERRY_TRY(cuda_rmsnorm(backend, norm->scratch, x, norm->weight, n, cols, norm->eps));
+        x = norm->scratch;
+        norm = NULL;
+    }
     int fused = n <= MULTI_MAX_TOKENS && n <= state->matvec_max_tokens &&
                 (dtype == FERRY_DTYPE_F16 || dtype == FERRY_DTYPE_BF16) &&
-                cols % LANE_COLS == 0 && aligned16(x);
-    for (int m = 0; m < n_matrices && fused; m++)
-        fused = aligned16(weights[m]) && rows[m] > 0 && !(silu_pair && biases && biases[m]);
-    if (!fused) {
+                cols % LANE_COLS == 0 && aligned16(x) && (!norm || aligned16(norm->weight));
+    int tensor_cores = 1;
+    for (int m = 0; m < n_matrices; m++) {
+        fused = fused && aligned16(weights[m]) && rows[m] > 0 &&
+                !(silu_pair && biases && biases[m]);
+        tensor_cores = tensor_cores && cuda_mma_matvec_fits(state, weights[m], dtype, n, cols);
+    }
+    if (fused) {
+        multi_args args = {};
+        for (int m = 0; m < n_matrices; m++) {
+            args.outs[m] = outs[m];
+            args.weights[m] = weights[m];
+            args.biases[m] = biases ? biases[m] : NULL;
+            args.rows[m] = rows[m];
+        }
+        args.n_matrices = n_matrices;
+        args.x = x;
+        args.norm_weight = norm ? norm->weight : NULL;
+        args.norm_eps = norm ? norm->eps : 0.0f;
+        args.n = n;
+        args.cols = cols;
+        if (dtype == FERRY_DTYPE_F16) CUDA_TRY(launch_multi<__half>(state, args, silu_pair));
+        else CUDA_TRY(launch_multi<__nv_bfloat16>(state, args, silu_pair));
+        return FERRY_OK;
+    }
+    if (tensor_cores) {
+        FERRY_TRY(multi_on_tensor_cores(state, n_matrices, outs, x, norm, weights, biases, rows,
+                                        dtype, n, cols));
+    } else {
+        if (norm) { /* the plain ops: normalise into the caller's scratch first */
+            FERRY_TRY(cuda_rmsnorm(backend, norm->scratch, x, norm->weight, n, cols, norm->eps));
+            x = norm->scratch;
+        }
         for (int m = 0; m < n_matrices; m++)
             FERRY_TRY(cuda_matmul(backend, outs[m], x, weights[m], dtype,
                                   biases ? biases[m] : NULL, n, rows[m], cols, 0));
-        if (silu_pair) FERRY_TRY(cuda_silu_mul(backend, outs[0], outs[0], outs[1], n, rows[0]));
-        return FERRY_OK;
     }
-    multi_args args = {};
-    for (int m = 0; m < n_matrices; m++) {
-        args.outs[m] = outs[m];
-        args.weights[m] = weights[m];
-        args.biases[m] = biases ? biases[m] : NULL;
-        args.rows[m] = rows[m];
-    }
-    args.n_matrices = n_matrices;
-    args.x = x;
-    args.n = n;
-    args.cols = cols;
-    if (dtype == FERRY_DTYPE_F16) CUDA_TRY(launch_multi<__half>(state, args, silu_pair));
-    else CUDA_TRY(launch_multi<__nv_bfloat16>(state, args, silu_pair));
+    if (silu_pair) FERRY_TRY(cuda_silu_mul(backend, outs[0], outs[0], outs[1], n, rows[0]));
     return FERRY_OK;
 }

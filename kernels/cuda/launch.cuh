@@ -39,6 +39,12 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
+/* Fetch the line holding *address into L2 (no register holds it): a
+ * kernel's first weights, requested before pdl_wait. */
+__device__ __forceinline__ void prefetch_l2(const void *address) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
+}
+
 /* kernel<<<grid, block, 0, state->stream>>>(args...), with the programmatic
  * stream serialization attribute when state->pdl; returns the launch's
  * error (a recorded launch also works: graphs keep PDL edges, CUDA 12.3+). */

@@ -271,30 +271,31 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
 
     const int n_chunks = cols / MMA_CHUNK_COLS;
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    /* 16-byte index of columns 32 * chunk + 8q .. +8 */
-#define MMA_AT(chunk, u) (((chunk) + (u) * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q)
-    /* The first MMA_UNROLL chunks of weights are in flight before the wait
-     * for the kernel that wrote x16; each iteration then uses its weights
-     * and x and loads the next ones. */
+    /* The first MMA_UNROLL chunks of weights are fetched into L2 before
+     * the wait for the kernel that wrote x16 (into L2, not registers:
+     * holding them across the wait costs registers and a block per SM). */
     int chunk = warp;
-    uint4 lo[MMA_UNROLL], hi[MMA_UNROLL], xv[MMA_UNROLL][N_TILES];
-    bool full_step = chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks;
-    if (full_step) {
+    if (chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks) {
 #pragma unroll
         for (int u = 0; u < MMA_UNROLL; u++) {
-            lo[u] = __ldg(w_lo + MMA_AT(chunk, u));
-            hi[u] = __ldg(w_hi + MMA_AT(chunk, u));
+            const int at = (chunk + u * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q;
+            prefetch_l2(w_lo + at);
+            prefetch_l2(w_hi + at);
         }
     }
     pdl_wait();
-    if (full_step) {
+    for (; chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks; chunk += MMA_UNROLL * MMA_WARPS) {
+        uint4 lo[MMA_UNROLL], hi[MMA_UNROLL], xv[MMA_UNROLL][N_TILES];
 #pragma unroll
-        for (int u = 0; u < MMA_UNROLL; u++)
+        for (int u = 0; u < MMA_UNROLL; u++) {
+            /* 16-byte index of columns 32 * chunk + 8q .. +8 */
+            const int at = (chunk + u * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q;
+            lo[u] = __ldg(w_lo + at);
+            hi[u] = __ldg(w_hi + at);
 #pragma unroll
             for (int tile = 0; tile < N_TILES; tile++)
-                xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + MMA_AT(chunk, u)) : zero;
-    }
-    while (full_step) {
+                xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + at) : zero;
+        }
 #pragma unroll
         for (int u = 0; u < MMA_UNROLL; u++) {
             const uint32_t a0[4] = {lo[u].x, hi[u].x, lo[u].y, hi[u].y};
@@ -305,20 +306,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
                 mma_op<T>::run(c[tile], a1, xv[u][tile].z, xv[u][tile].w);
             }
         }
-        chunk += MMA_UNROLL * MMA_WARPS;
-        full_step = chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks;
-        if (full_step) {
-#pragma unroll
-            for (int u = 0; u < MMA_UNROLL; u++) {
-                lo[u] = __ldg(w_lo + MMA_AT(chunk, u));
-                hi[u] = __ldg(w_hi + MMA_AT(chunk, u));
-#pragma unroll
-                for (int tile = 0; tile < N_TILES; tile++)
-                    xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + MMA_AT(chunk, u)) : zero;
-            }
-        }
     }
-#undef MMA_AT
     for (; chunk < n_chunks; chunk += MMA_WARPS) {
         const int at = chunk * (MMA_CHUNK_COLS / 8) + q;
         const uint4 lo = __ldg(w_lo + at), hi = __ldg(w_hi + at);
@@ -386,35 +374,84 @@ static unsigned grid_for(size_t total) {
     return (unsigned)(blocks > 65535 ? 65535 : blocks);
 }
 
-/* x to the weight dtype in the scratch, then the tensor-core kernel. */
+/* One block of NORM_THREADS per token: dst[t] = weight * (x[t] * inv_rms)
+ * rounded to T, with the sum of squares, inv_rms and the product formed
+ * exactly as rmsnorm_kernel (elementwise.cu) forms them, so rmsnorm then
+ * convert and this kernel give the same bits. */
+enum { NORM_THREADS = 1024 };
 template <typename T>
-static cudaError_t launch_mma_typed(const cuda_backend *state, float *out, const float *x,
-                                    const void *w, const float *bias, int n, int rows, int cols,
-                                    int accumulate) {
-    const size_t x_elements = (size_t)n * cols;
-    T *x16 = (T *)state->activations;
-    cudaError_t error = cuda_launch(state, convert_kernel<T>, grid_for(x_elements), 256, x16, x,
-                                    x_elements);
-    if (error != cudaSuccess) return error;
-    dim3 grid((rows + MMA_ROWS - 1) / MMA_ROWS);
-    const T *weights = (const T *)w;
-    if (n <= 8)
-        return cuda_launch(state, mma_matvec_kernel<T, 1>, grid, MMA_WARPS * 32, out,
-                           (const T *)x16, weights, bias, n, rows, cols, accumulate);
-    return cuda_launch(state, mma_matvec_kernel<T, 2>, grid, MMA_WARPS * 32, out, (const T *)x16,
-                       weights, bias, n, rows, cols, accumulate);
+__global__ void __launch_bounds__(NORM_THREADS)
+    norm_convert_kernel(T *dst, const float *x, const float *weight, int dim, float eps) {
+    __shared__ float warp_sums[NORM_THREADS / 32];
+    pdl_trigger();
+    pdl_wait();
+    const float *row = x + (size_t)blockIdx.x * dim;
+    T *result = dst + (size_t)blockIdx.x * dim;
+    float sum_squares = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) sum_squares += row[i] * row[i];
+    for (int offset = 16; offset > 0; offset >>= 1)
+        sum_squares += __shfl_xor_sync(0xffffffffu, sum_squares, offset);
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum_squares;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < NORM_THREADS / 32; w++) total += warp_sums[w];
+    const float inv_rms = 1.0f / sqrtf(total / (float)dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        result[i] = from_float<T>(weight[i] * (row[i] * inv_rms));
 }
 
-static ferry_status launch_mma_matvec(cuda_backend *state, float *out, const float *x,
-                                      const void *w, ferry_dtype dtype, const float *bias, int n,
-                                      int rows, int cols, int accumulate) {
+int cuda_mma_matvec_fits(const cuda_backend *state, const void *w, ferry_dtype dtype, int n,
+                         int cols) {
+    return (dtype == FERRY_DTYPE_F16 || dtype == FERRY_DTYPE_BF16) &&
+           n > MATVEC_F32_MAX_TOKENS && n <= MATVEC_MAX_TILE && n <= state->matvec_max_tokens &&
+           cols % MMA_CHUNK_COLS == 0 && ((uintptr_t)w % 16) == 0;
+}
+
+template <typename T>
+static cudaError_t launch_x16(const cuda_backend *state, T *x16, const float *x,
+                              const float *norm_weight, float eps, int n, int cols) {
+    if (norm_weight)
+        return cuda_launch(state, norm_convert_kernel<T>, n, NORM_THREADS, x16, x, norm_weight,
+                           cols, eps);
+    const size_t x_elements = (size_t)n * cols;
+    return cuda_launch(state, convert_kernel<T>, grid_for(x_elements), 256, x16, x, x_elements);
+}
+
+ferry_status cuda_x16_prepare(cuda_backend *state, const float *x, const float *norm_weight,
+                              float eps, ferry_dtype dtype, int n, int cols, const void **out_x16) {
     FERRY_TRY(cuda_scratch_reserve(state, &state->activations, &state->activations_bytes,
                                    (size_t)n * cols * 2));
     if (dtype == FERRY_DTYPE_F16)
-        CUDA_TRY(launch_mma_typed<__half>(state, out, x, w, bias, n, rows, cols, accumulate));
+        CUDA_TRY(launch_x16(state, (__half *)state->activations, x, norm_weight, eps, n, cols));
     else
-        CUDA_TRY(launch_mma_typed<__nv_bfloat16>(state, out, x, w, bias, n, rows, cols,
-                                                 accumulate));
+        CUDA_TRY(launch_x16(state, (__nv_bfloat16 *)state->activations, x, norm_weight, eps, n,
+                            cols));
+    *out_x16 = state->activations;
+    return FERRY_OK;
+}
+
+template <typename T>
+static cudaError_t launch_mma_typed(const cuda_backend *state, float *out, const T *x16,
+                                    const T *w, const float *bias, int n, int rows, int cols,
+                                    int accumulate) {
+    dim3 grid((rows + MMA_ROWS - 1) / MMA_ROWS);
+    if (n <= 8)
+        return cuda_launch(state, mma_matvec_kernel<T, 1>, grid, MMA_WARPS * 32, out, x16, w,
+                           bias, n, rows, cols, accumulate);
+    return cuda_launch(state, mma_matvec_kernel<T, 2>, grid, MMA_WARPS * 32, out, x16, w, bias, n,
+                       rows, cols, accumulate);
+}
+
+ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, const void *w,
+                             ferry_dtype dtype, const float *bias, int n, int rows, int cols,
+                             int accumulate) {
+    if (n <= 0 || rows <= 0) return FERRY_OK;
+    if (dtype == FERRY_DTYPE_F16)
+        CUDA_TRY(launch_mma_typed(state, out, (const __half *)x16, (const __half *)w, bias, n,
+                                  rows, cols, accumulate));
+    else
+        CUDA_TRY(launch_mma_typed(state, out, (const __nv_bfloat16 *)x16,
+                                  (const __nv_bfloat16 *)w, bias, n, rows, cols, accumulate));
     return FERRY_OK;
 }
 
@@ -461,12 +498,15 @@ ferry_status cuda_matmul(ferry_backend *backend, float *out, const float *x, con
         return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "matmul: %d columns", cols);
     if (n > state->matvec_max_tokens)
         return gemm(state, out, x, w, dtype, bias, n, rows, cols, accumulate);
+    /* 3..16 tokens: tensor cores (x rounded to the weight dtype, as cuBLAS) */
+    if (cuda_mma_matvec_fits(state, w, dtype, n, cols)) {
+        const void *x16 = NULL;
+        FERRY_TRY(cuda_x16_prepare(state, x, NULL, 0.0f, dtype, n, cols, &x16));
+        return cuda_mma_matvec(state, out, x16, w, dtype, bias, n, rows, cols, accumulate);
+    }
     int vector_ok = dtype != FERRY_DTYPE_F32 && n <= MATVEC_MAX_TILE &&
                     cols % COLS_PER_LANE_STEP == 0 && ((uintptr_t)w % 16) == 0 &&
                     ((uintptr_t)x % 16) == 0;
-    /* 3..16 tokens: tensor cores (x rounded to the weight dtype, as cuBLAS) */
-    if (vector_ok && n > MATVEC_F32_MAX_TOKENS && cols % MMA_CHUNK_COLS == 0)
-        return launch_mma_matvec(state, out, x, w, dtype, bias, n, rows, cols, accumulate);
     if (vector_ok && dtype == FERRY_DTYPE_F16)
         CUDA_TRY(launch_matvec<__half>(state, out, x, w, bias, n, rows, cols, accumulate));
     else if (vector_ok)
