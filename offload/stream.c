@@ -319,6 +319,8 @@ size_t ferry_model_stream_report(const ferry_model *model, char *buf, size_t siz
     if (!out) return 0;
     offload_plan_print(&stream->plan, out);
     char sizes[6][32];
+    uint64_t gpu_room = kv_room(&stream->plan, OFFLOAD_TIER_GPU);
+    uint64_t host_room = kv_room(&stream->plan, OFFLOAD_TIER_HOST);
     fprintf(out,
             "kv caches    held now: gpu %s, pinned dram %s; at most: gpu %s, pinned dram %s; "
             "budgets leave gpu %s, dram %s for them\n",
@@ -326,12 +328,13 @@ size_t ferry_model_stream_report(const ferry_model *model, char *buf, size_t siz
             offload_format_bytes(stream->kv_bytes[OFFLOAD_TIER_HOST], sizes[1], sizeof sizes[1]),
             offload_format_bytes(stream->kv_peak_bytes[OFFLOAD_TIER_GPU], sizes[2], sizeof sizes[2]),
             offload_format_bytes(stream->kv_peak_bytes[OFFLOAD_TIER_HOST], sizes[3], sizeof sizes[3]),
-            stream->plan.kv_tier == OFFLOAD_TIER_GPU
-                ? offload_format_bytes(kv_room(&stream->plan, OFFLOAD_TIER_GPU), sizes[4],
-                                       sizeof sizes[4])
-                : "none",
-            offload_format_bytes(kv_room(&stream->plan, OFFLOAD_TIER_HOST), sizes[5],
-                                 sizeof sizes[5]));
+            stream->plan.kv_tier != OFFLOAD_TIER_GPU ? "none"
+            : stream->plan.gpu_budget_bytes == UINT64_MAX
+                ? "no limit"
+                : offload_format_bytes(gpu_room, sizes[4], sizeof sizes[4]),
+            stream->plan.host_budget_bytes == UINT64_MAX
+                ? "no limit"
+                : offload_format_bytes(host_room, sizes[5], sizeof sizes[5]));
     size_t used_bytes = 0, total_bytes = 0;
     if (stream->backend && stream->backend->ops->memory_info &&
         stream->backend->ops->memory_info(stream->backend, &used_bytes, &total_bytes) == FERRY_OK)
