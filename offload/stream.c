@@ -319,32 +319,28 @@ size_t ferry_model_stream_report(const ferry_model *model, char *buf, size_t siz
     if (!out) return 0;
     offload_plan_print(&stream->plan, out);
     char sizes[6][32];
-    uint64_t gpu_room = kv_room(&stream->plan, OFFLOAD_TIER_GPU);
-    uint64_t host_room = kv_room(&stream->plan, OFFLOAD_TIER_HOST);
+#define REPORT_SIZE(bytes, i) offload_format_bytes((bytes), sizes[i], sizeof sizes[i])
+    const offload_plan *plan = &stream->plan;
     fprintf(out,
             "kv caches    held now: gpu %s, pinned dram %s; at most: gpu %s, pinned dram %s; "
             "budgets leave gpu %s, dram %s for them\n",
-            offload_format_bytes(stream->kv_bytes[OFFLOAD_TIER_GPU], sizes[0], sizeof sizes[0]),
-            offload_format_bytes(stream->kv_bytes[OFFLOAD_TIER_HOST], sizes[1], sizeof sizes[1]),
-            offload_format_bytes(stream->kv_peak_bytes[OFFLOAD_TIER_GPU], sizes[2], sizeof sizes[2]),
-            offload_format_bytes(stream->kv_peak_bytes[OFFLOAD_TIER_HOST], sizes[3], sizeof sizes[3]),
-            stream->plan.kv_tier != OFFLOAD_TIER_GPU ? "none"
-            : stream->plan.gpu_budget_bytes == UINT64_MAX
-                ? "no limit"
-                : offload_format_bytes(gpu_room, sizes[4], sizeof sizes[4]),
-            stream->plan.host_budget_bytes == UINT64_MAX
-                ? "no limit"
-                : offload_format_bytes(host_room, sizes[5], sizeof sizes[5]));
+            REPORT_SIZE(stream->kv_bytes[OFFLOAD_TIER_GPU], 0),
+            REPORT_SIZE(stream->kv_bytes[OFFLOAD_TIER_HOST], 1),
+            REPORT_SIZE(stream->kv_peak_bytes[OFFLOAD_TIER_GPU], 2),
+            REPORT_SIZE(stream->kv_peak_bytes[OFFLOAD_TIER_HOST], 3),
+            plan->kv_tier != OFFLOAD_TIER_GPU     ? "none"
+            : plan->gpu_budget_bytes == UINT64_MAX ? "no limit"
+                                                   : REPORT_SIZE(kv_room(plan, OFFLOAD_TIER_GPU), 4),
+            plan->host_budget_bytes == UINT64_MAX ? "no limit"
+                                                  : REPORT_SIZE(kv_room(plan, OFFLOAD_TIER_HOST), 5));
     size_t used_bytes = 0, total_bytes = 0;
     if (stream->backend && stream->backend->ops->memory_info &&
         stream->backend->ops->memory_info(stream->backend, &used_bytes, &total_bytes) == FERRY_OK)
         fprintf(out, "device       %s in use now of %s (every process; the budget is %s)\n",
-                offload_format_bytes(used_bytes, sizes[0], sizeof sizes[0]),
-                offload_format_bytes(total_bytes, sizes[1], sizeof sizes[1]),
-                stream->plan.gpu_budget_bytes == UINT64_MAX
-                    ? "unlimited"
-                    : offload_format_bytes(stream->plan.gpu_budget_bytes, sizes[2],
-                                           sizeof sizes[2]));
+                REPORT_SIZE(used_bytes, 0), REPORT_SIZE(total_bytes, 1),
+                plan->gpu_budget_bytes == UINT64_MAX ? "no limit"
+                                                     : REPORT_SIZE(plan->gpu_budget_bytes, 2));
+#undef REPORT_SIZE
     offload_ring_stats stats = offload_ring_get_stats(stream->ring);
     if (stats.steps) {
         double pass_s = (double)stats.step_ns * 1e-9 / (double)stats.steps;
