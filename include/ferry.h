@@ -79,12 +79,18 @@ typedef struct ferry_model_options {
      * the device, in DRAM, or read from the file each forward pass. */
     int streaming;
     uint64_t gpu_mem_bytes;     /* backend memory for layers; 0: no limit */
-    uint64_t host_mem_bytes;    /* DRAM for streamed layers and file staging; 0: no limit */
+    uint64_t host_mem_bytes;    /* pinned DRAM for streamed layers, file staging and KV
+                                 * caches the GPU budget cannot hold; 0: no limit */
     int resident_layers;        /* -1: as many as gpu_mem_bytes holds; else exactly so many */
     int slots;                  /* depth of the slot ring that streamed layers pass through; 0: 2 */
     /* The sessions gpu_mem_bytes must leave room for (their KV cache and
      * activations): up to stream_batch sequences of stream_context tokens.
-     * 0: batch 1, and the model's context up to 2048 tokens. */
+     * 0: batch 1, and the model's context up to 2048 tokens.  When that KV
+     * cache does not fit beside the streamed layers' slots, the plan keeps
+     * KV caches in pinned host memory, which the GPU reads in place.  A
+     * session whose KV cache the GPU budget has no room left for (larger
+     * than planned, or beside other sessions) takes host memory within
+     * host_mem_bytes; ferry_session_new fails when neither has room. */
     int stream_batch;
     int stream_context;
 } ferry_model_options;

@@ -124,6 +124,17 @@ typedef struct ferry_backend_ops {
     /* Device memory in use (by every process) and the device's total. */
     ferry_status (*memory_info)(ferry_backend *backend, size_t *used_bytes, size_t *total_bytes);
 
+    /* ---- optional: host memory the device reads and writes in place ---- */
+
+    /* Pinned host memory mapped into the device's address space: every op
+     * takes the pointer like backend memory, and each access a kernel makes
+     * crosses the host-device link (only the bytes touched move).  For a KV
+     * cache the device budget cannot hold.  Fails with FERRY_ERR_NO_MEMORY
+     * naming `bytes` when the host cannot pin them.  NULL where all backend
+     * memory is host memory already (the CPU): alloc serves. */
+    ferry_status (*host_mapped_alloc)(ferry_backend *backend, size_t bytes, void **out);
+    void (*host_mapped_free)(ferry_backend *backend, void *ptr);
+
     /* ---- optional: record a sequence of ops once, replay it (NULL: none) ---- */
 
     /* Ops issued after graph_begin are recorded, not run, until graph_end,

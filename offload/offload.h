@@ -69,8 +69,12 @@ typedef struct offload_request {
 typedef struct offload_plan {
     int n_layers;
     offload_tier *layer_tier;   /* [n_layers], owned (offload_plan_free) */
-    offload_tier kv_tier;       /* GPU, or HOST (streamed per layer beside the weights) */
+    /* GPU, or HOST: pinned DRAM mapped into the device, read and written
+     * in place by the attention kernels (streamed per layer over the link
+     * beside the weights; no device memory) */
+    offload_tier kv_tier;
     int batch, context, n_slots;
+    uint64_t gpu_budget_bytes, host_budget_bytes; /* the request's budgets */
     int n_resident, n_host, n_disk;
     uint64_t slot_bytes;        /* largest streamed layer (0 when nothing streams) */
     /* device memory */
@@ -278,6 +282,16 @@ ferry_status offload_stream_open(const struct ferry_file *file,
 /* Is the layer kept resident (loaded into backend memory by the model)? */
 int offload_stream_layer_resident(const offload_stream *stream, int layer);
 const offload_plan *offload_stream_plan(const offload_stream *stream);
+/* Where a session's KV cache of `bytes` lives: on the GPU when the plan
+ * puts KV caches there and the GPU budget still has room for it (the room
+ * is the budget less the plan's layers, slots and activations, less the
+ * caches of live sessions), else in pinned host memory within the host
+ * budget's room likewise; else FERRY_ERR_NO_MEMORY naming the bytes and
+ * the rooms.  The bytes stay held until offload_stream_kv_release.  Safe
+ * from several threads. */
+ferry_status offload_stream_kv_reserve(offload_stream *stream, uint64_t bytes,
+                                       offload_tier *out_tier);
+void offload_stream_kv_release(offload_stream *stream, offload_tier tier, uint64_t bytes);
 /* Build the slot ring once the model holds its resident layers. */
 ferry_status offload_stream_attach(offload_stream *stream, struct ferry_model *model);
 

@@ -140,6 +140,8 @@ static ferry_status place(const offload_model_shape *shape, const offload_reques
     plan->layer_tier = tiers;
     plan->bandwidths = bandwidths;
     plan->n_layers = n_layers;
+    plan->gpu_budget_bytes = gpu_budget;
+    plan->host_budget_bytes = host_budget;
     plan->batch = batch;
     plan->context = request->context;
     plan->gpu_globals_bytes = shape->globals_bytes;
@@ -165,29 +167,29 @@ static ferry_status place(const offload_model_shape *shape, const offload_reques
                               SIZE_TEXT(gpu_budget, 3));
     }
 
-    /* Streaming: the slot ring, then the KV cache (on the GPU if it fits
-     * beside the ring, else in DRAM with a slot of it per ring slot). */
+    /* Streaming: the slot ring, then the KV cache: on the GPU if it fits
+     * beside the ring, else in pinned DRAM mapped into the device, where
+     * attention reads (and kv_store writes) it in place over the link:
+     * no device memory at all, and only the rows a step touches move. */
     plan->n_slots = n_slots;
     plan->slot_bytes = largest_layer;
     plan->gpu_slot_bytes = mul_sat((uint64_t)n_slots, largest_layer);
     uint64_t ring = add_sat(base, plan->gpu_slot_bytes);
-    uint64_t kv_staging = mul_sat((uint64_t)n_slots, kv_layer);
     if (add_sat(ring, kv_total) <= gpu_budget) {
         plan->kv_tier = OFFLOAD_TIER_GPU;
         plan->gpu_kv_bytes = kv_total;
     } else {
         plan->kv_tier = OFFLOAD_TIER_HOST;
-        plan->gpu_kv_bytes = kv_staging;
         plan->host_kv_bytes = kv_total;
     }
     uint64_t fixed = add_sat(ring, plan->gpu_kv_bytes);
     if (fixed > gpu_budget)
         return ferry_fail(FERRY_ERR_NO_MEMORY,
-                          "plan: batch %d needs at least %s of GPU memory for %d slots of %s + "
-                          "KV %s (+ globals and activations %s); the budget is %s",
+                          "plan: batch %d needs at least %s of GPU memory for %d slots of %s "
+                          "(+ globals and activations %s), with the KV cache (%s) in DRAM; the "
+                          "budget is %s",
                           batch, SIZE_TEXT(fixed, 0), n_slots, SIZE_TEXT(largest_layer, 1),
-                          SIZE_TEXT(plan->gpu_kv_bytes, 2), SIZE_TEXT(base, 3),
-                          SIZE_TEXT(gpu_budget, 4));
+                          SIZE_TEXT(base, 2), SIZE_TEXT(kv_total, 3), SIZE_TEXT(gpu_budget, 4));
 
     /* Whole layers into what is left, first layers first. */
     uint64_t room = gpu_budget - fixed, resident_bytes = 0;
@@ -248,8 +250,11 @@ static ferry_status place(const offload_model_shape *shape, const offload_reques
         }
     }
     if (plan->n_disk == 0) plan->host_staging_bytes = 0;
-    /* A DRAM-resident KV cache crosses the link once per step (read at full
-     * context; the new tokens' entries going back are negligible). */
+    /* A DRAM KV cache crosses the link once per step, as the attention
+     * kernels read it: batch x context rows per layer, the rows of a step
+     * whose sequences hold `context` tokens (the run's last, slowest step;
+     * kernels never touch rows past a sequence's length).  The new tokens'
+     * rows going the other way are negligible. */
     if (plan->kv_tier == OFFLOAD_TIER_HOST)
         plan->step_link_bytes = add_sat(plan->step_link_bytes, kv_total);
 
@@ -259,9 +264,10 @@ totals:
                                     plan->gpu_kv_bytes);
     plan->host_total_bytes = add_sat(add_sat(plan->host_layer_bytes, plan->host_staging_bytes),
                                      plan->host_kv_bytes);
-    /* Every weight and the whole KV cache are read from device memory once
-     * per decode step. */
-    plan->step_gpu_read_bytes = add_sat(add_sat(layers_bytes, shape->globals_bytes), kv_total);
+    /* Every weight and a GPU-resident KV cache are read from device memory
+     * once per decode step (a DRAM KV cache is read over the link). */
+    plan->step_gpu_read_bytes = add_sat(add_sat(layers_bytes, shape->globals_bytes),
+                                        plan->kv_tier == OFFLOAD_TIER_GPU ? kv_total : 0);
     predict(plan, shape);
     return FERRY_OK;
 }
@@ -332,7 +338,10 @@ void offload_plan_print(const offload_plan *plan, FILE *out) {
         fprintf(out, "  %-14s %-5s\n", range, offload_tier_name(plan->layer_tier[first]));
         first = last + 1;
     }
-    fprintf(out, "  %-14s %-5s\n", "kv cache", offload_tier_name(plan->kv_tier));
+    fprintf(out, "  %-14s %-5s %s\n", "kv cache", offload_tier_name(plan->kv_tier),
+            plan->kv_tier == OFFLOAD_TIER_GPU
+                ? "(device memory)"
+                : "(pinned host memory the GPU reads in place, per layer over the link)");
     fprintf(out, "  (%d resident, %d in DRAM, %d on NVMe)\n", plan->n_resident, plan->n_host,
             plan->n_disk);
     fprintf(out, "gpu memory   %s: globals %s, resident layers %s, slots %s, ",

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -28,6 +29,11 @@ struct offload_stream {
     int device_is_cuda;
     offload_ring *ring;
     pthread_mutex_t lock;
+    ferry_backend *backend;         /* the model's, for the report's memory figure */
+    /* Sessions' KV caches by tier (GPU, HOST): held now and the most held
+     * at once (offload_stream_kv_reserve / _release; sessions may be made
+     * on several threads). */
+    _Atomic uint64_t kv_bytes[2], kv_peak_bytes[2];
 };
 
 /* What a layer pass carries through the ring to stream_compute. */
@@ -150,6 +156,65 @@ int offload_stream_layer_resident(const offload_stream *stream, int layer) {
 
 const offload_plan *offload_stream_plan(const offload_stream *stream) { return &stream->plan; }
 
+/* ------------------------------------------------------ session KV caches */
+
+/* What a tier's budget leaves for KV caches: the budget less everything
+ * else the plan put there (the plan's own KV reservation is part of it). */
+static uint64_t kv_room(const offload_plan *plan, offload_tier tier) {
+    uint64_t budget = tier == OFFLOAD_TIER_GPU ? plan->gpu_budget_bytes : plan->host_budget_bytes;
+    uint64_t others = tier == OFFLOAD_TIER_GPU ? plan->gpu_total_bytes - plan->gpu_kv_bytes
+                                               : plan->host_total_bytes - plan->host_kv_bytes;
+    return budget > others ? budget - others : 0;
+}
+
+/* Add bytes to the tier's held KV if that stays within room. */
+static int kv_take(offload_stream *stream, offload_tier tier, uint64_t bytes, uint64_t room) {
+    uint64_t held = atomic_load(&stream->kv_bytes[tier]);
+    do {
+        if (bytes > room || held > room - bytes) return 0;
+    } while (!atomic_compare_exchange_weak(&stream->kv_bytes[tier], &held, held + bytes));
+    uint64_t peak = atomic_load(&stream->kv_peak_bytes[tier]);
+    while (held + bytes > peak &&
+           !atomic_compare_exchange_weak(&stream->kv_peak_bytes[tier], &peak, held + bytes)) {
+    }
+    return 1;
+}
+
+ferry_status offload_stream_kv_reserve(offload_stream *stream, uint64_t bytes,
+                                       offload_tier *out_tier) {
+    char text[6][32];
+    const offload_plan *plan = &stream->plan;
+    uint64_t gpu_room = kv_room(plan, OFFLOAD_TIER_GPU);
+    uint64_t host_room = kv_room(plan, OFFLOAD_TIER_HOST);
+    if (plan->kv_tier == OFFLOAD_TIER_GPU && kv_take(stream, OFFLOAD_TIER_GPU, bytes, gpu_room)) {
+        *out_tier = OFFLOAD_TIER_GPU;
+        return FERRY_OK;
+    }
+    if (kv_take(stream, OFFLOAD_TIER_HOST, bytes, host_room)) {
+        *out_tier = OFFLOAD_TIER_HOST;
+        return FERRY_OK;
+    }
+#define KV_SIZE(bytes, i) offload_format_bytes((bytes), text[i], sizeof text[i])
+    uint64_t gpu_held = atomic_load(&stream->kv_bytes[OFFLOAD_TIER_GPU]);
+    uint64_t host_held = atomic_load(&stream->kv_bytes[OFFLOAD_TIER_HOST]);
+    if (plan->kv_tier != OFFLOAD_TIER_GPU)
+        return ferry_fail(FERRY_ERR_NO_MEMORY,
+                          "a KV cache of %s needs pinned host memory (the plan keeps KV caches "
+                          "there) and the host budget leaves %s for KV caches, %s of it held by "
+                          "other sessions",
+                          KV_SIZE(bytes, 0), KV_SIZE(host_room, 1), KV_SIZE(host_held, 2));
+    return ferry_fail(FERRY_ERR_NO_MEMORY,
+                      "a KV cache of %s fits neither the GPU budget (%s left for KV caches, %s "
+                      "of it held by other sessions) nor the host budget (%s left, %s held)",
+                      KV_SIZE(bytes, 0), KV_SIZE(gpu_room, 1), KV_SIZE(gpu_held, 2),
+                      KV_SIZE(host_room, 3), KV_SIZE(host_held, 4));
+#undef KV_SIZE
+}
+
+void offload_stream_kv_release(offload_stream *stream, offload_tier tier, uint64_t bytes) {
+    atomic_fetch_sub(&stream->kv_bytes[tier], bytes);
+}
+
 /* ------------------------------------------------------------ running */
 
 /* The device's compute: per-tensor pointers for the layer, then the
@@ -205,6 +270,7 @@ ferry_status offload_stream_attach(offload_stream *stream, ferry_model *model) {
         if (stream->sources[layer].tier == OFFLOAD_TIER_GPU)
             stream->sources[layer].resident =
                 (const void *)&model->tensors[ferry_model_tensor_slot(layer, 0)];
+    stream->backend = model->backend;
     FERRY_TRY(make_device(stream, model->backend));
     /* DRAM-tier layers are copied asynchronously: the device may want them
      * pinned (CUDA).  Pinning fails on a short RLIMIT_MEMLOCK: say so. */
@@ -256,9 +322,29 @@ size_t ferry_model_stream_report(const ferry_model *model, char *buf, size_t siz
     FILE *out = open_memstream(&text, &length);
     if (!out) return 0;
     offload_plan_print(&stream->plan, out);
-    if (stream->plan.kv_tier != OFFLOAD_TIER_GPU)
-        fprintf(out, "note         sessions keep their KV cache in device memory (a DRAM KV "
-                     "cache is not built yet): device memory use exceeds the plan's\n");
+    char sizes[6][32];
+#define REPORT_SIZE(bytes, i) offload_format_bytes((bytes), sizes[i], sizeof sizes[i])
+    const offload_plan *plan = &stream->plan;
+    fprintf(out,
+            "kv caches    held now: gpu %s, pinned dram %s; at most: gpu %s, pinned dram %s; "
+            "budgets leave gpu %s, dram %s for them\n",
+            REPORT_SIZE(stream->kv_bytes[OFFLOAD_TIER_GPU], 0),
+            REPORT_SIZE(stream->kv_bytes[OFFLOAD_TIER_HOST], 1),
+            REPORT_SIZE(stream->kv_peak_bytes[OFFLOAD_TIER_GPU], 2),
+            REPORT_SIZE(stream->kv_peak_bytes[OFFLOAD_TIER_HOST], 3),
+            plan->kv_tier != OFFLOAD_TIER_GPU     ? "none"
+            : plan->gpu_budget_bytes == UINT64_MAX ? "no limit"
+                                                   : REPORT_SIZE(kv_room(plan, OFFLOAD_TIER_GPU), 4),
+            plan->host_budget_bytes == UINT64_MAX ? "no limit"
+                                                  : REPORT_SIZE(kv_room(plan, OFFLOAD_TIER_HOST), 5));
+    size_t used_bytes = 0, total_bytes = 0;
+    if (stream->backend && stream->backend->ops->memory_info &&
+        stream->backend->ops->memory_info(stream->backend, &used_bytes, &total_bytes) == FERRY_OK)
+        fprintf(out, "device       %s in use now of %s (every process; the budget is %s)\n",
+                REPORT_SIZE(used_bytes, 0), REPORT_SIZE(total_bytes, 1),
+                plan->gpu_budget_bytes == UINT64_MAX ? "no limit"
+                                                     : REPORT_SIZE(plan->gpu_budget_bytes, 2));
+#undef REPORT_SIZE
     offload_ring_stats stats = offload_ring_get_stats(stream->ring);
     if (stats.steps) {
         double pass_s = (double)stats.step_ns * 1e-9 / (double)stats.steps;

@@ -93,7 +93,9 @@ struct ferry_session {
     int max_context;
     int *lengths;               /* host, [max_batch]: tokens cached per slot */
     int *slot_owner;            /* host, [max_batch]: duplicate-slot check scratch */
-    ferry_kv_layer *kv;         /* [n_layers], caches in backend memory */
+    ferry_kv_layer *kv;         /* [n_layers]: K and V in backend memory, or mapped host memory */
+    int kv_in_host_memory;      /* the caches are pinned host memory the device maps */
+    uint64_t kv_held_bytes;     /* K + V of every layer, held in the stream's KV budget (0: none) */
     int chunk_tokens;           /* capacity of the per-chunk scratch, in tokens */
     /* Tokens one pass through the layers carries, in whole chunks:
      * chunk_tokens for a resident model, up to ferry_zigzag_tokens() for a

@@ -1,14 +1,17 @@
 /*
  * session.c — sessions: the per-layer KV cache for max_batch slots of
- * max_context tokens, the slot lengths, and the activation scratch: the
- * residual stream of every token a pass through the layers carries (one
- * chunk of at most FERRY_CHUNK_TOKENS tokens, or up to the zig-zag limit
- * when the model streams) and the rest for one chunk.  Everything a
- * forward pass touches is allocated here, once.
+ * max_context tokens (in device memory, or for a streamed model whose
+ * budget says so in pinned host memory the device reads in place), the
+ * slot lengths, and the activation scratch: the residual stream of every
+ * token a pass through the layers carries (one chunk of at most
+ * FERRY_CHUNK_TOKENS tokens, or up to the zig-zag limit when the model
+ * streams) and the rest for one chunk.  Everything a forward pass touches
+ * is allocated here, once.
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "offload/offload.h"
 #include "runtime/engine.h"
 
 int ferry_zigzag_tokens(void) {
@@ -91,6 +94,87 @@ static void free_scratch(ferry_backend *backend, ferry_scratch *scratch) {
     memset(scratch, 0, sizeof *scratch);
 }
 
+/* ------------------------------------------------------------ KV cache */
+
+/* One K or V array where the session's caches live: backend memory, or
+ * host memory the device maps (a backend without that hook, the CPU, has
+ * only host memory: alloc). */
+static ferry_status kv_alloc(ferry_session *session, size_t bytes, const char *what, void **out) {
+    ferry_backend *backend = session->model->backend;
+    ferry_status status = session->kv_in_host_memory && backend->ops->host_mapped_alloc
+                              ? backend->ops->host_mapped_alloc(backend, bytes, out)
+                              : backend->ops->alloc(backend, bytes, out);
+    if (status != FERRY_OK)
+        return ferry_fail_prefix(status, "session: %s (%zu bytes%s): ", what, bytes,
+                                 session->kv_in_host_memory ? ", pinned host memory" : "");
+    return FERRY_OK;
+}
+
+static void kv_free(ferry_session *session, void *ptr) {
+    ferry_backend *backend = session->model->backend;
+    if (!ptr) return;
+    if (session->kv_in_host_memory && backend->ops->host_mapped_free)
+        backend->ops->host_mapped_free(backend, ptr);
+    else backend->ops->free(backend, ptr);
+}
+
+/* K and V per layer: [max_batch, max_context, n_kv_heads, head_dim] each.
+ * A streamed model's plan decides where (offload_stream_kv_reserve: the
+ * GPU while its budget has room, else pinned host memory, which attention
+ * and kv_store read and write in place over the link, so the cache streams
+ * per layer beside the weights and only the rows a step uses move).
+ * Without streaming there is no budget: device memory, as before. */
+static ferry_status alloc_kv(ferry_session *session) {
+    ferry_model *model = session->model;
+    const ferry_config *config = &model->config;
+    uint64_t layer_bytes, all_bytes;
+    if (ferry_mul_overflow((uint64_t)session->max_batch * (uint64_t)session->max_context,
+                           (uint64_t)config->n_kv_heads * (uint64_t)config->head_dim *
+                               ferry_dtype_bytes(model->backend->ops->kv_dtype),
+                           &layer_bytes) ||
+        ferry_mul_overflow(layer_bytes, 2 * (uint64_t)config->n_layers, &all_bytes) ||
+        layer_bytes > (uint64_t)SIZE_MAX)
+        return ferry_fail(FERRY_ERR_NO_MEMORY,
+                          "session: a KV cache of %d x %d tokens would need more than 2^64 bytes",
+                          session->max_batch, session->max_context);
+    FERRY_TRY(ferry_calloc((size_t)config->n_layers, sizeof *session->kv, "kv cache table",
+                           (void **)&session->kv));
+    if (model->stream) {
+        offload_tier tier;
+        ferry_status status = offload_stream_kv_reserve(model->stream, all_bytes, &tier);
+        if (status != FERRY_OK)
+            return ferry_fail_prefix(status, "session of batch %d, context %d: ",
+                                     session->max_batch, session->max_context);
+        session->kv_held_bytes = all_bytes;
+        session->kv_in_host_memory = tier == OFFLOAD_TIER_HOST;
+    }
+    for (int layer = 0; layer < config->n_layers; layer++) {
+        ferry_kv_layer *kv = &session->kv[layer];
+        kv->n_slots = session->max_batch;
+        kv->max_context = session->max_context;
+        FERRY_TRY(kv_alloc(session, (size_t)layer_bytes, "kv cache keys", &kv->k));
+        FERRY_TRY(kv_alloc(session, (size_t)layer_bytes, "kv cache values", &kv->v));
+    }
+    return FERRY_OK;
+}
+
+static void free_kv(ferry_session *session) {
+    if (session->kv)
+        for (int layer = 0; layer < session->model->config.n_layers; layer++) {
+            kv_free(session, session->kv[layer].k);
+            kv_free(session, session->kv[layer].v);
+        }
+    free(session->kv);
+    session->kv = NULL;
+    if (session->kv_held_bytes)
+        offload_stream_kv_release(session->model->stream,
+                                  session->kv_in_host_memory ? OFFLOAD_TIER_HOST : OFFLOAD_TIER_GPU,
+                                  session->kv_held_bytes);
+    session->kv_held_bytes = 0;
+}
+
+/* ------------------------------------------------------------ sessions */
+
 ferry_status ferry_session_new(ferry_model *model, int max_batch, int max_context,
                                ferry_session **out_session) {
     if (!out_session)
@@ -103,8 +187,6 @@ ferry_status ferry_session_new(ferry_model *model, int max_batch, int max_contex
     if (max_context < 1 || max_context > (1 << 24))
         return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
                           "ferry_session_new: max_context %d is not in 1..16777216", max_context);
-    const ferry_config *config = &model->config;
-    ferry_backend *backend = model->backend;
     ferry_session *session = NULL;
     ferry_status status;
     FERRY_TRY_GOTO(ferry_calloc(1, sizeof *session, "session", (void **)&session));
@@ -119,19 +201,7 @@ ferry_status ferry_session_new(ferry_model *model, int max_batch, int max_contex
                                 (void **)&session->lengths));
     FERRY_TRY_GOTO(ferry_calloc((size_t)max_batch, sizeof *session->slot_owner, "slot owners",
                                 (void **)&session->slot_owner));
-    FERRY_TRY_GOTO(ferry_calloc((size_t)config->n_layers, sizeof *session->kv, "kv cache table",
-                                (void **)&session->kv));
-    /* K and V per layer: [max_batch, max_context, n_kv_heads, head_dim]. */
-    uint64_t kv_count = total_tokens * (uint64_t)config->n_kv_heads * (uint64_t)config->head_dim;
-    size_t kv_element_bytes = ferry_dtype_bytes(backend->ops->kv_dtype);
-    for (int layer = 0; layer < config->n_layers; layer++) {
-        ferry_kv_layer *kv = &session->kv[layer];
-        kv->n_slots = max_batch;
-        kv->max_context = max_context;
-        FERRY_TRY_GOTO(backend_array(backend, kv_count, kv_element_bytes, "kv cache keys", &kv->k));
-        FERRY_TRY_GOTO(
-            backend_array(backend, kv_count, kv_element_bytes, "kv cache values", &kv->v));
-    }
+    FERRY_TRY_GOTO(alloc_kv(session));
     FERRY_TRY_GOTO(alloc_scratch(session));
     size_t carried = (size_t)session->carried_tokens;
     FERRY_TRY_GOTO(ferry_malloc(carried * sizeof(int32_t), "chunk tokens",
@@ -154,16 +224,11 @@ fail:
 void ferry_session_free(ferry_session *session) {
     if (!session) return;
     ferry_backend *backend = session->model->backend;
-    if (session->kv)
-        for (int layer = 0; layer < session->model->config.n_layers; layer++) {
-            if (session->kv[layer].k) backend->ops->free(backend, session->kv[layer].k);
-            if (session->kv[layer].v) backend->ops->free(backend, session->kv[layer].v);
-        }
+    free_kv(session);
     if (backend->ops->graph_free)
         for (int n = 0; n <= FERRY_LOGITS_ROWS_PER_PASS; n++)
             if (session->graphs[n]) backend->ops->graph_free(backend, session->graphs[n]);
     free_scratch(backend, &session->scratch);
-    free(session->kv);
     free(session->lengths);
     free(session->slot_owner);
     free(session->host_tokens);

@@ -11,7 +11,10 @@
  * counted as batch x 7 / decode time) for FERRY_OFFLOAD_BENCH_BATCHES
  * (default 1,64,256) with FERRY_OFFLOAD_BENCH_RESIDENT layers resident
  * (default 0) or under FERRY_OFFLOAD_BENCH_GPU_MEM (e.g. 4G, auto plan),
- * with FERRY_OFFLOAD_BENCH_HOST_MEM of DRAM (default: no limit).
+ * with FERRY_OFFLOAD_BENCH_HOST_MEM of DRAM (default: no limit); it prints
+ * where each batch's KV cache lived and the GPU memory in use.  A KV cache
+ * the GPU budget cannot hold lives in pinned host memory and gives logits
+ * bit-identical to the resident run, without taking device memory.
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
@@ -263,6 +266,134 @@ Test(offload_cuda, streamed_logits_on_the_gpu_are_bit_identical_to_all_resident,
     free(dir);
 }
 
+/* Device memory in use on this GPU (every process), in bytes. */
+static uint64_t gpu_used_bytes(void) {
+    size_t free_bytes = 0, total_bytes = 0;
+    cr_assert_eq(cudaMemGetInfo(&free_bytes, &total_bytes), cudaSuccess);
+    return (uint64_t)(total_bytes - free_bytes);
+}
+
+enum { HOST_KV_BATCH = 4, HOST_KV_CONTEXT = 2048, HOST_KV_STEPS = 3 };
+
+/* A ragged prompt batch of HOST_KV_BATCH sequences (every position's
+ * logits), then HOST_KV_STEPS decode steps (each sequence's last), into
+ * logits; the session is made first, and *kv_device_bytes gets the device
+ * memory its creation took and *kv_in_host_memory where its KV lived. */
+static size_t run_batch4(ferry_model *model, float *logits, size_t capacity,
+                         uint64_t *session_device_bytes, int *kv_in_host_memory) {
+    static const int n_tokens[HOST_KV_BATCH] = {5, 3, 7, 2};
+    static const int32_t prompt[17] = {1, 5, 9, 33, 7, 1, 40, 41, 1, 2, 3, 4, 5, 6, 7, 1, 80};
+    static const int one[HOST_KV_BATCH] = {1, 1, 1, 1};
+    ferry_model_info info;
+    ferry_model_get_info(model, &info);
+    const size_t vocab = (size_t)info.vocab_size;
+    size_t rows = 17 + (size_t)HOST_KV_STEPS * HOST_KV_BATCH;
+    cr_assert_leq(rows * vocab, capacity);
+    for (size_t i = 0; i < rows * vocab; i++) logits[i] = NAN;
+    cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
+    uint64_t before = gpu_used_bytes();
+    ferry_session *session = NULL;
+    cr_assert_eq(ferry_session_new(model, HOST_KV_BATCH, HOST_KV_CONTEXT, &session), FERRY_OK,
+                 "%s", ferry_last_error());
+    cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
+    uint64_t after = gpu_used_bytes();
+    *session_device_bytes = after > before ? after - before : 0;
+    *kv_in_host_memory = session->kv_in_host_memory;
+    /* Where the driver says each cache is: pinned host memory, or device. */
+    for (int layer = 0; layer < info.n_layers; layer++) {
+        void *arrays[2] = {session->kv[layer].k, session->kv[layer].v};
+        for (int i = 0; i < 2; i++) {
+            struct cudaPointerAttributes attributes;
+            cr_assert_eq(cudaPointerGetAttributes(&attributes, arrays[i]), cudaSuccess);
+            cr_assert_eq(attributes.type,
+                         session->kv_in_host_memory ? cudaMemoryTypeHost : cudaMemoryTypeDevice,
+                         "layer %d %s: memory type %d", layer, i ? "V" : "K",
+                         (int)attributes.type);
+        }
+    }
+    ferry_batch batch = {HOST_KV_BATCH, NULL, n_tokens, prompt};
+    cr_assert_eq(ferry_forward(session, &batch, FERRY_LOGITS_ALL, logits, 17 * vocab), FERRY_OK,
+                 "%s", ferry_last_error());
+    for (int step = 0; step < HOST_KV_STEPS; step++) {
+        int32_t next[HOST_KV_BATCH];
+        for (int i = 0; i < HOST_KV_BATCH; i++) next[i] = (int32_t)(10 + 7 * step + i);
+        ferry_batch decode = {HOST_KV_BATCH, NULL, one, next};
+        float *out = logits + (17 + (size_t)step * HOST_KV_BATCH) * vocab;
+        cr_assert_eq(ferry_forward(session, &decode, FERRY_LOGITS_LAST, out,
+                                   HOST_KV_BATCH * vocab),
+                     FERRY_OK, "%s", ferry_last_error());
+    }
+    ferry_session_free(session);
+    return rows * vocab;
+}
+
+Test(offload_cuda, a_kv_cache_in_pinned_host_memory_gives_logits_bit_identical_to_resident,
+     .timeout = 300) {
+    if (!gpu_present()) cr_skip("no GPU");
+    char *dir = test_tempdir();
+    char *path = test_path(dir, "tiny64.ferry");
+    char command[1024];
+    /* 64 layers of the tiny shape: K+V is 128 B per token and layer in f16,
+     * so 4 x 2048 tokens hold 64 MiB of KV cache, well above the device
+     * allocator's granularity. */
+    snprintf(command, sizeof command, "%s synth --preset tiny --layers 64 %s", test_cli(), path);
+    cr_assert_eq(test_run(command, NULL, NULL), 0, "ferry synth failed");
+    const size_t capacity = 64 * (size_t)TINY_VOCAB_MAX;
+    float *resident = malloc(capacity * sizeof(float)), *streamed = malloc(capacity * sizeof(float));
+
+    ferry_model_options options = {0};
+    options.backend = "cuda";
+    ferry_model *model = NULL;
+    cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_OK, "%s", ferry_last_error());
+    uint64_t resident_session_bytes = 0;
+    int kv_in_host = -1;
+    size_t n = run_batch4(model, resident, capacity, &resident_session_bytes, &kv_in_host);
+    cr_assert_eq(kv_in_host, 0);
+    ferry_model_close(model);
+
+    /* Every layer streamed; the GPU budget half a KV cache short of the
+     * plan without a budget, so the plan puts the KV cache in DRAM. */
+    options.streaming = 1;
+    options.resident_layers = 0;
+    options.stream_batch = HOST_KV_BATCH;
+    options.stream_context = HOST_KV_CONTEXT;
+    cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_OK, "%s", ferry_last_error());
+    const offload_plan *plan = offload_stream_plan(model->stream);
+    cr_assert_eq(plan->kv_tier, OFFLOAD_TIER_GPU);
+    uint64_t kv_bytes = plan->gpu_kv_bytes;
+    uint64_t unlimited_gpu_bytes = plan->gpu_total_bytes;
+    cr_assert_eq(kv_bytes, (uint64_t)HOST_KV_BATCH * HOST_KV_CONTEXT * 64 * 128);
+    ferry_model_close(model);
+    options.gpu_mem_bytes = unlimited_gpu_bytes - kv_bytes / 2;
+    cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_OK, "%s", ferry_last_error());
+    plan = offload_stream_plan(model->stream);
+    cr_assert_eq(plan->kv_tier, OFFLOAD_TIER_HOST);
+    cr_assert_eq(plan->host_kv_bytes, kv_bytes);
+    uint64_t streamed_session_bytes = 0;
+    kv_in_host = -1;
+    cr_assert_eq(run_batch4(model, streamed, capacity, &streamed_session_bytes, &kv_in_host), n);
+    cr_assert_eq(kv_in_host, 1, "the plan put the KV cache in host memory");
+    printf("host kv: session creation took %.1f MiB of device memory with the KV cache on the "
+           "GPU, %.1f MiB with it in pinned host memory (KV cache %.1f MiB)\n",
+           resident_session_bytes / 1048576.0, streamed_session_bytes / 1048576.0,
+           kv_bytes / 1048576.0);
+    fflush(stdout);
+    cr_assert_geq(resident_session_bytes, kv_bytes, "the GPU-resident KV cache took device memory");
+    cr_assert_lt(streamed_session_bytes, kv_bytes / 4,
+                 "a host KV cache took %llu bytes of device memory",
+                 (unsigned long long)streamed_session_bytes);
+    for (size_t i = 0; i < n; i++)
+        cr_assert(memcmp(&resident[i], &streamed[i], sizeof(float)) == 0,
+                  "logit %zu is %.9g with the KV cache in host memory, %.9g resident", i,
+                  streamed[i], resident[i]);
+    ferry_model_close(model);
+    free(resident);
+    free(streamed);
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
 /* FlexGen's count: batch x (new tokens - 1) / decode time. */
 Test(offload_cuda, streamed_decode_benchmark, .timeout = 1800) {
     const char *path = getenv("FERRY_OFFLOAD_BENCH_MODEL");
@@ -329,10 +460,13 @@ Test(offload_cuda, streamed_decode_benchmark, .timeout = 1800) {
         offload_ring_stats after = offload_stream_stats(model->stream);
         double copied_gb = (double)(after.bytes_copied - mid.bytes_copied) * 1e-9;
         printf("bench: batch %d: prefill %.2f s (%llu layer passes), decode %.3f s for %d steps: "
-               "%.2f tokens/s, %.2f GB/s host->gpu during decode\n",
+               "%.2f tokens/s, %.2f GB/s host->gpu during decode (weight copies; KV cache in %s"
+               "), GPU memory in use %.2f GiB\n",
                batch, (double)prefill_ns * 1e-9,
                (unsigned long long)(mid.steps - before.steps), decode_s, NEW_TOKENS - 1,
-               (double)batch * (NEW_TOKENS - 1) / decode_s, copied_gb / decode_s);
+               (double)batch * (NEW_TOKENS - 1) / decode_s, copied_gb / decode_s,
+               session->kv_in_host_memory ? "pinned host memory, read over the link" : "GPU memory",
+               (double)gpu_used_bytes() / (double)(1ull << 30));
         fflush(stdout);
         ferry_session_free(session);
     }

@@ -129,28 +129,66 @@ Test(offload_plan, reads_from_nvme_through_staging_when_dram_is_short) {
 }
 
 Test(offload_plan, moves_the_kv_cache_to_dram_when_it_does_not_fit_beside_the_slots) {
-    /* 260 + 80 = 340 > 300: KV in DRAM, a 20 B KV slot per ring slot on
-     * the GPU (300 B in all); it crosses the link every step. */
+    /* 260 + 80 = 340 > 300: KV in pinned DRAM, which the kernels read in
+     * place (no device memory for it: 260 B on the GPU, 40 B unused since
+     * no layer fits); its 80 B cross the link every step and are not read
+     * from device memory (400 weights + 50 globals). */
     offload_plan plan = make_ok(small_shape(), request(300, 1000, 1));
     assert_tiers(&plan, "HHHH");
     cr_assert_eq(plan.kv_tier, OFFLOAD_TIER_HOST);
-    cr_assert_eq(plan.gpu_kv_bytes, 40);
-    cr_assert_eq(plan.gpu_total_bytes, 300);
+    cr_assert_eq(plan.gpu_kv_bytes, 0);
+    cr_assert_eq(plan.gpu_total_bytes, 260);
     cr_assert_eq(plan.host_kv_bytes, 80);
     cr_assert_eq(plan.host_total_bytes, 480);
     cr_assert_eq(plan.step_link_bytes, 480);
+    cr_assert_eq(plan.step_gpu_read_bytes, 450);
+    cr_assert_eq(plan.gpu_budget_bytes, 300);
+    cr_assert_eq(plan.host_budget_bytes, 1000);
+    char *text = NULL;
+    size_t size = 0;
+    FILE *out = open_memstream(&text, &size);
+    offload_plan_print(&plan, out);
+    fclose(out);
+    cr_assert(strstr(text, "kv cache       dram  (pinned host memory"), "plan:\n%s", text);
+    free(text);
     offload_plan_free(&plan);
+}
+
+Test(offload_plan, the_kv_cache_stays_on_the_gpu_while_it_fits_beside_the_slots) {
+    /* 260 + 80 = 340 <= 340: the KV cache fits exactly. */
+    offload_plan plan = make_ok(small_shape(), request(340, 1000, 1));
+    cr_assert_eq(plan.kv_tier, OFFLOAD_TIER_GPU);
+    cr_assert_eq(plan.gpu_kv_bytes, 80);
+    cr_assert_eq(plan.host_kv_bytes, 0);
+    offload_plan_free(&plan);
+    /* one byte less: DRAM */
+    plan = make_ok(small_shape(), request(339, 1000, 1));
+    cr_assert_eq(plan.kv_tier, OFFLOAD_TIER_HOST);
+    offload_plan_free(&plan);
+}
+
+Test(offload_plan, a_kv_cache_too_big_for_the_gpu_and_for_dram_is_refused_naming_its_size) {
+    offload_model_shape shape = small_shape();
+    offload_request r = request(300, 79, 1);
+    offload_plan plan;
+    cr_assert_eq(offload_plan_make(&shape, &r, &slow_links, &plan), FERRY_ERR_NO_MEMORY);
+    const char *message = ferry_last_error();
+    cr_assert(strstr(message, "needs at least 80 B of host memory for the KV cache"), "message: %s",
+              message);
+    cr_assert(strstr(message, "the budget is 79 B"), "message: %s", message);
+    cr_assert_null(plan.layer_tier);
 }
 
 Test(offload_plan, an_impossible_gpu_budget_names_the_memory_it_needs) {
     offload_model_shape shape = small_shape();
-    offload_request r = request(299, 1000, 1);
+    offload_request r = request(259, 1000, 1);
     offload_plan plan;
     cr_assert_eq(offload_plan_make(&shape, &r, &slow_links, &plan), FERRY_ERR_NO_MEMORY);
     const char *message = ferry_last_error();
-    cr_assert(strstr(message, "needs at least 300 B of GPU memory for 2 slots of 100 B + KV 40 B"),
+    cr_assert(strstr(message, "needs at least 260 B of GPU memory for 2 slots of 100 B (+ globals "
+                              "and activations 60 B), with the KV cache (80 B) in DRAM"),
               "message: %s", message);
-    cr_assert(strstr(message, "the budget is 299 B"), "message: %s", message);
+    cr_assert(strstr(message, "the budget is 259 B"), "message: %s", message);
     cr_assert_null(plan.layer_tier);
 }
 
@@ -275,9 +313,8 @@ Test(offload_plan, random_plans_never_exceed_either_budget_and_add_up) {
             carried = (uint64_t)c.shape.max_tokens_carried;
         while (carried % in_flight) carried++;
         uint64_t kv_layer = tokens * c.shape.kv_bytes_per_token_layer;
-        uint64_t kv_on_gpu = plan.kv_tier == OFFLOAD_TIER_GPU
-                                 ? kv_layer * (uint64_t)c.shape.n_layers
-                                 : kv_layer * (uint64_t)plan.n_slots;
+        uint64_t kv_on_gpu =
+            plan.kv_tier == OFFLOAD_TIER_GPU ? kv_layer * (uint64_t)c.shape.n_layers : 0;
         uint64_t slots = streamed ? (uint64_t)plan.n_slots * largest : 0;
         uint64_t gpu = c.shape.globals_bytes + c.shape.activation_fixed_bytes +
                        in_flight * c.shape.activation_bytes_per_token +

@@ -9,7 +9,9 @@
  * per group of chunks the session carries, bit-identical to resident,
  * and the plan counts the carried tokens.  A file truncated under a
  * streaming model makes ferry_forward fail naming the layer and offset; an
- * impossible budget is refused at open.
+ * impossible budget is refused at open.  A KV cache the GPU budget cannot
+ * hold lives in host memory with the same logits, and sessions take the
+ * GPU budget's room for KV caches, then the host budget's, then are refused.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -112,7 +114,9 @@ static ferry_model *open_model(const char *path, ferry_model_options options) {
     return model;
 }
 
-static ferry_status run_model(ferry_model *model, run_logits *out) {
+/* As run_model; *kv_in_host_memory (unless NULL) says where the session's
+ * KV cache lived. */
+static ferry_status run_model_kv(ferry_model *model, run_logits *out, int *kv_in_host_memory) {
     static const int32_t prompt[] = {1, 5, 9, 33, 1, 40, 41, 42, 43, 44, 96, 1, 70};
     static const int n_tokens[N_SEQS] = {4, 7, 2};
     static const int32_t next[N_SEQS] = {11, 12, 13};
@@ -121,6 +125,7 @@ static ferry_status run_model(ferry_model *model, run_logits *out) {
     for (size_t i = 0; i < sizeof out->decode / sizeof(float); i++) out->decode[i] = NAN;
     ferry_session *session = NULL;
     cr_assert_eq(ferry_session_new(model, N_SEQS, SESSION_CONTEXT, &session), FERRY_OK, "%s", ferry_last_error());
+    if (kv_in_host_memory) *kv_in_host_memory = session->kv_in_host_memory;
     ferry_batch batch = {N_SEQS, NULL, n_tokens, prompt};
     ferry_status status = ferry_forward(session, &batch, FERRY_LOGITS_ALL, out->prompt,
                                         sizeof out->prompt / sizeof(float));
@@ -131,6 +136,10 @@ static ferry_status run_model(ferry_model *model, run_logits *out) {
     }
     ferry_session_free(session);
     return status;
+}
+
+static ferry_status run_model(ferry_model *model, run_logits *out) {
+    return run_model_kv(model, out, NULL);
 }
 
 static void assert_tiers(const ferry_model *model, const char *expected) {
@@ -521,6 +530,136 @@ Test(offload_stream, the_zigzag_limit_bounds_carried_tokens_and_the_plan_counts_
     ferry_session_free(session);
     ferry_model_close(model);
     unsetenv("FERRY_ZIGZAG_TOKENS");
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+/* ------------------------------------------------ where KV caches live */
+
+/* The plan for every layer streamed from DRAM with sessions of N_SEQS x
+ * SESSION_CONTEXT and no budgets: its GPU total (globals, activations,
+ * slots and the KV cache), the KV cache's bytes and the DRAM layers'. */
+typedef struct unlimited_plan {
+    uint64_t gpu_total_bytes, kv_bytes, host_layer_bytes;
+} unlimited_plan;
+
+static ferry_model_options streamed_options(void) {
+    ferry_model_options options = {0};
+    options.streaming = 1;
+    options.resident_layers = 0;
+    options.stream_batch = N_SEQS;
+    options.stream_context = SESSION_CONTEXT;
+    return options;
+}
+
+static unlimited_plan plan_without_budgets(const char *path) {
+    ferry_model *model = open_model(path, streamed_options());
+    const offload_plan *plan = offload_stream_plan(model->stream);
+    cr_assert_eq(plan->kv_tier, OFFLOAD_TIER_GPU);
+    unlimited_plan out = {plan->gpu_total_bytes, plan->gpu_kv_bytes, plan->host_layer_bytes};
+    /* K + V, f32, of every layer for every token the sessions hold */
+    cr_assert_eq(out.kv_bytes, (uint64_t)N_SEQS * SESSION_CONTEXT * 5 * 2 * 2 * 16 * sizeof(float));
+    ferry_model_close(model);
+    return out;
+}
+
+Test(offload_stream, a_kv_cache_the_gpu_budget_cannot_hold_lives_in_host_memory_same_logits) {
+    char *dir = test_tempdir();
+    char *path = write_model(dir, test_seed());
+    static run_logits resident, streamed;
+    ferry_model_options plain = {0};
+    ferry_model *model = open_model(path, plain);
+    cr_assert_eq(run_model(model, &resident), FERRY_OK, "%s", ferry_last_error());
+    ferry_model_close(model);
+    unlimited_plan unlimited = plan_without_budgets(path);
+
+    /* The GPU tier, every layer streamed: the same logits. */
+    model = open_model(path, streamed_options());
+    int kv_in_host = -1;
+    cr_assert_eq(run_model_kv(model, &streamed, &kv_in_host), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(kv_in_host, 0, "no budget: the KV cache belongs in device memory");
+    assert_identical(&streamed, &resident, "KV cache on the GPU");
+    ferry_model_close(model);
+
+    /* Half the KV cache short of GPU memory: the plan puts it in DRAM. */
+    ferry_model_options options = streamed_options();
+    options.gpu_mem_bytes = unlimited.gpu_total_bytes - unlimited.kv_bytes / 2;
+    model = open_model(path, options);
+    const offload_plan *plan = offload_stream_plan(model->stream);
+    cr_assert_eq(plan->kv_tier, OFFLOAD_TIER_HOST);
+    cr_assert_eq(plan->host_kv_bytes, unlimited.kv_bytes);
+    cr_assert_eq(plan->gpu_kv_bytes, 0);
+    cr_assert_leq(plan->gpu_total_bytes, options.gpu_mem_bytes);
+    kv_in_host = -1;
+    cr_assert_eq(run_model_kv(model, &streamed, &kv_in_host), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(kv_in_host, 1, "the plan put the KV cache in host memory");
+    assert_identical(&streamed, &resident, "KV cache in host memory");
+    char report[4096];
+    ferry_model_stream_report(model, report, sizeof report);
+    char expected[160], size[32];
+    snprintf(expected, sizeof expected,
+             "kv caches    held now: gpu 0 B, pinned dram 0 B; at most: gpu 0 B, pinned dram %s",
+             offload_format_bytes(unlimited.kv_bytes, size, sizeof size));
+    cr_assert(strstr(report, expected), "want '%s' in:\n%s", expected, report);
+    cr_assert(strstr(report, "kv cache       dram  (pinned host memory"), "report:\n%s", report);
+    ferry_model_close(model);
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+Test(offload_stream, sessions_take_the_gpu_room_for_kv_then_host_memory_then_are_refused) {
+    char *dir = test_tempdir();
+    char *path = write_model(dir, test_seed());
+    unlimited_plan unlimited = plan_without_budgets(path);
+    /* GPU: room for exactly one session's KV cache; DRAM: the layers and
+     * one more. */
+    ferry_model_options options = streamed_options();
+    options.gpu_mem_bytes = unlimited.gpu_total_bytes;
+    options.host_mem_bytes = unlimited.host_layer_bytes + unlimited.kv_bytes;
+    ferry_model *model = open_model(path, options);
+    cr_assert_eq(offload_stream_plan(model->stream)->kv_tier, OFFLOAD_TIER_GPU);
+    ferry_session *first = NULL, *second = NULL, *third = NULL;
+    cr_assert_eq(ferry_session_new(model, N_SEQS, SESSION_CONTEXT, &first), FERRY_OK, "%s",
+                 ferry_last_error());
+    cr_assert_eq(first->kv_in_host_memory, 0, "the first fits the GPU");
+    cr_assert_eq(ferry_session_new(model, N_SEQS, SESSION_CONTEXT, &second), FERRY_OK, "%s",
+                 ferry_last_error());
+    cr_assert_eq(second->kv_in_host_memory, 1, "the second finds the GPU's room taken");
+    cr_assert_eq(ferry_session_new(model, 1, 1, &third), FERRY_ERR_NO_MEMORY);
+    cr_assert_null(third);
+    cr_assert(strstr(ferry_last_error(), "session of batch 1, context 1: a KV cache of "),
+              "message: %s", ferry_last_error());
+    cr_assert(strstr(ferry_last_error(), "fits neither the GPU budget"), "message: %s",
+              ferry_last_error());
+    /* Freed caches give their room back. */
+    ferry_session_free(first);
+    cr_assert_eq(ferry_session_new(model, 1, 1, &third), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(third->kv_in_host_memory, 0);
+    ferry_session_free(third);
+    ferry_session_free(second);
+    ferry_model_close(model);
+
+    /* The plan keeps KV caches in DRAM: one of the planned size fits the
+     * host budget, a larger one is refused naming the bytes. */
+    options.gpu_mem_bytes = unlimited.gpu_total_bytes - 1;
+    model = open_model(path, options);
+    cr_assert_eq(offload_stream_plan(model->stream)->kv_tier, OFFLOAD_TIER_HOST);
+    cr_assert_eq(ferry_session_new(model, N_SEQS, SESSION_CONTEXT, &first), FERRY_OK, "%s",
+                 ferry_last_error());
+    cr_assert_eq(first->kv_in_host_memory, 1);
+    ferry_session_free(first);
+    first = NULL;
+    cr_assert_eq(ferry_session_new(model, N_SEQS, SESSION_CONTEXT + 1, &first),
+                 FERRY_ERR_NO_MEMORY);
+    char size[32], expected[96];
+    uint64_t bigger = unlimited.kv_bytes / SESSION_CONTEXT * (SESSION_CONTEXT + 1);
+    snprintf(expected, sizeof expected, "a KV cache of %s needs pinned host memory",
+             offload_format_bytes(bigger, size, sizeof size));
+    cr_assert(strstr(ferry_last_error(), expected), "want '%s' in: %s", expected,
+              ferry_last_error());
+    ferry_model_close(model);
     test_rmtree(dir);
     free(path);
     free(dir);

@@ -125,6 +125,7 @@ static ferry_status bench_batch(ferry_model *model, int batch, int prompt_len, i
     double *step_ms = NULL;
     memset(result, 0, sizeof *result);
     result->batch = batch;
+    /* the context the model's plan (stream_context) left room for */
     FERRY_TRY_GOTO(ferry_session_new(model, batch, prompt_len + gen_len + 1, &session));
     FERRY_TRY_GOTO(ferry_malloc((size_t)batch * prompt_len * sizeof *tokens, "bench tokens",
                                 (void **)&tokens));
@@ -492,7 +493,7 @@ int cmd_bench(int argc, char **argv) {
     ferry_model_options model_options = {.backend = backend_spec, .n_threads = n_threads,
                                          .streaming = gpu_mem || host_mem,
                                          .resident_layers = -1,
-                                         .stream_context = prompt_len + gen_len};
+                                         .stream_context = prompt_len + gen_len + 1};
     for (int i = 0; i < n_batches; i++)
         if (batches[i] > model_options.stream_batch) model_options.stream_batch = batches[i];
     ferry_status status = FERRY_OK;
@@ -547,6 +548,11 @@ int cmd_bench(int argc, char **argv) {
         print_batch(&result, copy_gbps, json);
         fflush(stdout);
     }
+    /* A streamed model: the plan (where layers and KV caches lived) and
+     * what the passes measured. */
+    char stream_report[8192];
+    if (!json && ferry_model_stream_report(model, stream_report, sizeof stream_report) > 0)
+        printf("\n%s", stream_report);
     if (kernels) {
         status = bench_matmul_shapes(model, copy_gbps, json);
         if (status != FERRY_OK) {

@@ -78,6 +78,48 @@ static void cuda_free(ferry_backend *backend, void *ptr) {
     if (ptr) cudaFree(ptr);
 }
 
+/* Pinned host memory the kernels read and write in place over PCIe (a KV
+ * cache larger than the GPU budget).  Portable: pinned for every context;
+ * mapped: it has a device address, which on 64-bit unified addressing is
+ * the host address itself; that is checked, since the ops and
+ * cuda_host_mapped_free take the one pointer. */
+static ferry_status cuda_host_mapped_alloc(ferry_backend *backend, size_t bytes, void **out) {
+    cuda_backend *state = cuda_state(backend);
+    *out = NULL;
+    CUDA_TRY(cudaSetDevice(state->device));
+    void *host = NULL, *device = NULL;
+    cudaError_t error =
+        cudaHostAlloc(&host, bytes ? bytes : 256, cudaHostAllocMapped | cudaHostAllocPortable);
+    if (error != cudaSuccess) {
+        cudaGetLastError();
+        return ferry_fail(FERRY_ERR_NO_MEMORY,
+                          "cuda:%d: cannot pin %zu bytes of host memory for the GPU to map (free "
+                          "RAM, or the locked-memory limit, ulimit -l): %s",
+                          state->device, bytes, cudaGetErrorString(error));
+    }
+    error = cudaHostGetDevicePointer(&device, host, 0);
+    if (error != cudaSuccess || device != host) {
+        cudaGetLastError();
+        cudaFreeHost(host);
+        return ferry_fail(FERRY_ERR_UNSUPPORTED,
+                          "cuda:%d: %zu bytes of pinned host memory got no usable device address "
+                          "(%s)",
+                          state->device, bytes,
+                          error != cudaSuccess ? cudaGetErrorString(error)
+                                               : "it differs from the host address: no unified "
+                                                 "addressing");
+    }
+    *out = host;
+    return FERRY_OK;
+}
+
+/* Queued kernels may still read or write it: wait for them first. */
+static void cuda_host_mapped_free(ferry_backend *backend, void *ptr) {
+    if (!ptr) return;
+    cudaStreamSynchronize(cuda_state(backend)->stream);
+    cudaFreeHost(ptr);
+}
+
 /* Copies are ordered on the compute stream and waited for, so the host
  * buffer may be reused as soon as the call returns. */
 static ferry_status cuda_upload(ferry_backend *backend, void *dst, const void *host_src,
@@ -215,6 +257,8 @@ static const ferry_backend_ops cuda_ops = {
     .kv_dtype = FERRY_DTYPE_F16,
     .copy_bandwidth = cuda_copy_bandwidth,
     .memory_info = cuda_memory_info,
+    .host_mapped_alloc = cuda_host_mapped_alloc,
+    .host_mapped_free = cuda_host_mapped_free,
     .compute_stream = cuda_compute_stream,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
