@@ -23,6 +23,8 @@ struct offload_stream {
     void **host_layers;             /* [n_layers]: DRAM-tier copies */
     offload_source *sources;        /* [n_layers] */
     char path[200];                 /* model file, read by the NVMe tier */
+    offload_model_shape shape;      /* what the plan was made from (layer_bytes above) */
+    char bandwidth_note[1200];       /* where the plan's figures came from, for the report */
     offload_reader reader;
     offload_device device;
     int device_is_cuda;
@@ -76,6 +78,15 @@ static ferry_status read_extent(int fd, const char *path, int layer, uint64_t of
     return status == FERRY_OK ? FERRY_OK : ferry_fail_prefix(status, "layer %d: ", layer);
 }
 
+/* The report's line on the profile: used, absent, or why it was not. */
+static void describe_profile(int used, char *note, size_t size) {
+    char path[1024];
+    offload_profile_path(path, sizeof path);
+    if (note[0]) return; /* the loader's warning says it */
+    if (used) snprintf(note, size, "profile %s", path);
+    else snprintf(note, size, "no profile at %s (`ferry iobench --save` makes one)", path);
+}
+
 ferry_status offload_stream_open(const ferry_file *file, const offload_stream_options *options,
                                  offload_stream **out) {
     *out = NULL;
@@ -104,9 +115,9 @@ ferry_status offload_stream_open(const ferry_file *file, const offload_stream_op
             entry->offset - layout->extents[1 + entry->layer].offset;
     }
 
-    offload_model_shape shape;
+    offload_model_shape *shape = &stream->shape;
     FERRY_TRY_GOTO(offload_shape_from_layout(layout, options->kv_element_bytes,
-                                             stream->layer_bytes, &shape));
+                                             stream->layer_bytes, shape));
     offload_request request = {0};
     request.gpu_mem_bytes = options->gpu_mem_bytes ? options->gpu_mem_bytes : UINT64_MAX;
     request.host_mem_bytes = options->host_mem_bytes ? options->host_mem_bytes : UINT64_MAX;
@@ -116,8 +127,13 @@ ferry_status offload_stream_open(const ferry_file *file, const offload_stream_op
                                                            : 2048;
     request.n_slots = options->n_slots;
     request.resident_layers = options->resident_layers;
-    offload_bandwidths bandwidths = offload_bandwidths_default();
-    FERRY_TRY_GOTO(offload_plan_make(&shape, &request, &bandwidths, &stream->plan));
+    offload_bandwidths bandwidths;
+    offload_bandwidth_origins origins;
+    describe_profile(offload_bandwidths_from_profile(&bandwidths, &origins, stream->bandwidth_note,
+                                                     sizeof stream->bandwidth_note),
+                     stream->bandwidth_note, sizeof stream->bandwidth_note);
+    FERRY_TRY_GOTO(offload_plan_make(shape, &request, &bandwidths, &stream->plan));
+    stream->plan.bandwidths_from = origins;
 
     for (int layer = 0; layer < n_layers; layer++) {
         const ferry_extent *extent = &layout->extents[1 + layer];
@@ -195,6 +211,50 @@ static void free_device(offload_stream *stream) {
     else offload_device_cpu_free(&stream->device);
 }
 
+static void note_failed_probe(offload_stream *stream, const char *what) {
+    size_t length = strlen(stream->bandwidth_note);
+    snprintf(stream->bandwidth_note + length, sizeof stream->bandwidth_note - length,
+             "; %s probe failed (%s)", what, ferry_last_error());
+    ferry_clear_error();
+}
+
+/* What neither the profile nor the defaults' caller gave is measured on
+ * the GPU now, in milliseconds: pinned host->device copies from the first
+ * DRAM-tier layer (already registered) and the backend's device-to-device
+ * copy (read + written bytes: the device memory's bandwidth).  A failed
+ * probe keeps the figure it had and says so in the report. */
+static void probe_bandwidths(offload_stream *stream, ferry_backend *backend) {
+    enum { PROBE_BYTES = 256 << 20 };
+    if (!stream->device_is_cuda || stream->plan.n_resident == stream->n_layers) return;
+    offload_bandwidths bandwidths = stream->plan.bandwidths;
+    offload_bandwidth_origins *from = &stream->plan.bandwidths_from;
+    double gbps = 0;
+    if (from->host_to_gpu == OFFLOAD_FROM_DEFAULT) {
+        int layer = 0;
+        while (layer < stream->n_layers && !stream->host_layers[layer]) layer++;
+        if (layer < stream->n_layers) {
+            uint64_t bytes = stream->layer_bytes[layer] < PROBE_BYTES ? stream->layer_bytes[layer]
+                                                                      : PROBE_BYTES;
+            if (offload_device_probe_copy(stream->device, stream->host_layers[layer], bytes,
+                                          &gbps) == FERRY_OK && gbps > 0) {
+                bandwidths.host_to_gpu_gbps = gbps;
+                from->host_to_gpu = OFFLOAD_FROM_PROBE;
+            } else {
+                note_failed_probe(stream, "host->gpu");
+            }
+        }
+    }
+    if (from->gpu_memory == OFFLOAD_FROM_DEFAULT && backend->ops->copy_bandwidth) {
+        if (backend->ops->copy_bandwidth(backend, PROBE_BYTES, &gbps) == FERRY_OK && gbps > 0) {
+            bandwidths.gpu_memory_gbps = gbps;
+            from->gpu_memory = OFFLOAD_FROM_PROBE;
+        } else {
+            note_failed_probe(stream, "gpu memory");
+        }
+    }
+    offload_plan_predict(&stream->plan, &stream->shape, &bandwidths);
+}
+
 ferry_status offload_stream_attach(offload_stream *stream, ferry_model *model) {
     ferry_status status;
     for (int layer = 0; layer < stream->n_layers; layer++)
@@ -221,6 +281,7 @@ ferry_status offload_stream_attach(offload_stream *stream, ferry_model *model) {
                 goto fail;
             }
         }
+    probe_bandwidths(stream, model->backend);
     const int n_slots = stream->plan.n_slots ? stream->plan.n_slots : 1;
     if (stream->plan.n_disk)
         FERRY_TRY_GOTO(offload_reader_nvme_new(stream->path, n_slots, &stream->reader));
@@ -252,6 +313,7 @@ size_t ferry_model_stream_report(const ferry_model *model, char *buf, size_t siz
     FILE *out = open_memstream(&text, &length);
     if (!out) return 0;
     offload_plan_print(&stream->plan, out);
+    fprintf(out, "sources      %s\n", stream->bandwidth_note);
     if (stream->plan.kv_tier != OFFLOAD_TIER_GPU)
         fprintf(out, "note         sessions keep their KV cache in device memory (a DRAM KV "
                      "cache is not built yet): device memory use exceeds the plan's\n");
