@@ -286,7 +286,6 @@ offload_ring_stats offload_ring_get_stats(const offload_ring *ring);
 /* stream.c: the glue between a .ferry file, the plan, the ring and the
  * runtime's model (it alone in offload/ knows tensors and layouts). */
 struct ferry_layout;
-struct ferry_file;
 struct ferry_model;
 
 /* The plan's view of a file: layer_bytes must hold layout->config.n_layers
@@ -305,15 +304,24 @@ typedef struct offload_stream_options {
     int batch, context;         /* sessions to leave room for; 0: 1 and min(model, 2048) */
 } offload_stream_options;
 
-/* Plan the placement of file's layers leaving room for sessions of
- * batch x context tokens (their KV cache and activations), read the
- * DRAM-tier layers into host memory and keep a reader on the file for the
- * NVMe tier. */
-ferry_status offload_stream_open(const struct ferry_file *file,
+/* Plan the placement of the source's layers leaving room for sessions of
+ * batch x context tokens (their KV cache and activations), set
+ * source->total_bytes to what the model's load will produce (globals,
+ * resident and DRAM layers), read or generate the DRAM-tier layers into
+ * host memory, and keep the file's path for the NVMe tier.  A synthetic
+ * source (no file) whose plan needs the NVMe tier is refused with
+ * FERRY_ERR_UNSUPPORTED. */
+struct ferry_weight_source;
+ferry_status offload_stream_open(struct ferry_weight_source *source,
                                  const offload_stream_options *options, offload_stream **out);
 /* Is the layer kept resident (loaded into backend memory by the model)? */
 int offload_stream_layer_resident(const offload_stream *stream, int layer);
 const offload_plan *offload_stream_plan(const offload_stream *stream);
+/* The plan's prediction for another session shape: the same budgets,
+ * resident layers and bandwidths, `batch` sequences of `context` tokens.
+ * Free *out with offload_plan_free. */
+ferry_status offload_stream_predict(const offload_stream *stream, int batch, int context,
+                                    offload_plan *out);
 /* Build the slot ring once the model holds its resident layers. */
 ferry_status offload_stream_attach(offload_stream *stream, struct ferry_model *model);
 

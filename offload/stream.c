@@ -24,6 +24,7 @@ struct offload_stream {
     offload_source *sources;        /* [n_layers] */
     char path[200];                 /* model file, read by the NVMe tier */
     offload_model_shape shape;      /* what the plan was made from (layer_bytes above) */
+    offload_request request;
     char bandwidth_note[1200];       /* where the plan's figures came from, for the report */
     offload_reader reader;
     offload_device device;
@@ -72,12 +73,6 @@ ferry_status offload_shape_from_layout(const ferry_layout *layout, size_t kv_ele
 
 /* --------------------------------------------------------------- open */
 
-static ferry_status read_extent(int fd, const char *path, int layer, uint64_t offset,
-                                uint64_t bytes, void *dst) {
-    ferry_status status = ferry_pread_all(fd, dst, bytes, offset, path, FERRY_ERR_IO);
-    return status == FERRY_OK ? FERRY_OK : ferry_fail_prefix(status, "layer %d: ", layer);
-}
-
 /* The report's line on the profile: used, absent, or why it was not. */
 static void describe_profile(int used, char *note, size_t size) {
     char path[1024];
@@ -87,17 +82,17 @@ static void describe_profile(int used, char *note, size_t size) {
     else snprintf(note, size, "no profile at %s (`ferry iobench --save` makes one)", path);
 }
 
-ferry_status offload_stream_open(const ferry_file *file, const offload_stream_options *options,
-                                 offload_stream **out) {
+ferry_status offload_stream_open(ferry_weight_source *source,
+                                 const offload_stream_options *options, offload_stream **out) {
     *out = NULL;
-    const ferry_layout *layout = &file->layout;
+    const ferry_layout *layout = source->layout;
     const int n_layers = layout->config.n_layers;
     offload_stream *stream = NULL;
     ferry_status status;
     FERRY_TRY_GOTO(ferry_calloc(1, sizeof *stream, "layer stream", (void **)&stream));
     pthread_mutex_init(&stream->lock, NULL);
     stream->n_layers = n_layers;
-    snprintf(stream->path, sizeof stream->path, "%s", file->path ? file->path : "model file");
+    snprintf(stream->path, sizeof stream->path, "%s", source->name ? source->name : "model file");
     FERRY_TRY_GOTO(ferry_calloc((size_t)n_layers, sizeof(uint64_t), "layer sizes",
                                 (void **)&stream->layer_bytes));
     FERRY_TRY_GOTO(ferry_calloc((size_t)n_layers, sizeof(void *), "DRAM layers",
@@ -127,6 +122,7 @@ ferry_status offload_stream_open(const ferry_file *file, const offload_stream_op
                                                            : 2048;
     request.n_slots = options->n_slots;
     request.resident_layers = options->resident_layers;
+    stream->request = request;
     offload_bandwidths bandwidths;
     offload_bandwidth_origins origins;
     describe_profile(offload_bandwidths_from_profile(&bandwidths, &origins, stream->bandwidth_note,
@@ -134,20 +130,37 @@ ferry_status offload_stream_open(const ferry_file *file, const offload_stream_op
                      stream->bandwidth_note, sizeof stream->bandwidth_note);
     FERRY_TRY_GOTO(offload_plan_make(shape, &request, &bandwidths, &stream->plan));
     stream->plan.bandwidths_from = origins;
+    if (stream->plan.n_disk && !source->file) {
+        char needed[32];
+        status = ferry_fail(FERRY_ERR_UNSUPPORTED,
+                            "a synthetic model has no file to stream from, but the plan reads %d "
+                            "layers from NVMe: give --host-mem room for every streamed layer "
+                            "(%s) or write the model with ferry synth",
+                            stream->plan.n_disk,
+                            offload_format_bytes(stream->plan.host_layer_bytes +
+                                                     stream->plan.step_disk_bytes,
+                                                 needed, sizeof needed));
+        goto fail;
+    }
 
+    /* What this open and the model's load will produce: the globals, the
+     * resident layers and the DRAM layers (NVMe layers are read later). */
+    source->total_bytes = ferry_layout_tensor_bytes(layout, -1);
+    for (int layer = 0; layer < n_layers; layer++)
+        if (stream->plan.layer_tier[layer] != OFFLOAD_TIER_DISK)
+            source->total_bytes += ferry_layout_tensor_bytes(layout, layer);
     for (int layer = 0; layer < n_layers; layer++) {
         const ferry_extent *extent = &layout->extents[1 + layer];
-        offload_source *source = &stream->sources[layer];
-        source->tier = stream->plan.layer_tier[layer];
-        source->bytes = extent->bytes;
-        source->file_offset = extent->offset;
-        if (source->tier != OFFLOAD_TIER_HOST) continue;
+        offload_source *layer_source = &stream->sources[layer];
+        layer_source->tier = stream->plan.layer_tier[layer];
+        layer_source->bytes = extent->bytes;
+        layer_source->file_offset = extent->offset;
+        if (layer_source->tier != OFFLOAD_TIER_HOST) continue;
         uint64_t rounded = (extent->bytes + 4095) / 4096 * 4096;
         FERRY_TRY_GOTO(ferry_aligned_alloc(4096, rounded, "DRAM layer",
                                            &stream->host_layers[layer]));
-        FERRY_TRY_GOTO(read_extent(file->fd, stream->path, layer, extent->offset, extent->bytes,
-                                   stream->host_layers[layer]));
-        source->host = stream->host_layers[layer];
+        FERRY_TRY_GOTO(ferry_source_read_layer(source, layer, stream->host_layers[layer]));
+        layer_source->host = stream->host_layers[layer];
     }
     *out = stream;
     return FERRY_OK;
@@ -161,6 +174,17 @@ int offload_stream_layer_resident(const offload_stream *stream, int layer) {
 }
 
 const offload_plan *offload_stream_plan(const offload_stream *stream) { return &stream->plan; }
+
+ferry_status offload_stream_predict(const offload_stream *stream, int batch, int context,
+                                    offload_plan *out) {
+    offload_request request = stream->request;
+    request.batch = batch;
+    request.context = context;
+    request.resident_layers = stream->plan.n_resident;
+    FERRY_TRY(offload_plan_make(&stream->shape, &request, &stream->plan.bandwidths, out));
+    out->bandwidths_from = stream->plan.bandwidths_from;
+    return FERRY_OK;
+}
 
 /* ------------------------------------------------------------ running */
 

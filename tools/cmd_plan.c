@@ -14,7 +14,8 @@
 #include "tools/cli.h"
 
 static const char plan_usage[] =
-    "usage: ferry plan (--model FILE | --preset NAME [--dtype f16]) [options]\n"
+    "usage: ferry plan (--model FILE | --model synth:PRESET[:DTYPE] | --preset NAME [--dtype f16])\n"
+    "                  [options]\n"
     "\n"
     "Print the placement plan: tier of each layer (gpu, dram, nvme), where the\n"
     "KV cache lives, memory per tier, bytes per decode step over each link,\n"
@@ -164,7 +165,15 @@ int cmd_plan(int argc, char **argv) {
     offload_plan plan;
     memset(&plan, 0, sizeof plan);
     int result = CLI_FAILED;
-    if (model_path) {
+    ferry_synth_spec synth;
+    if (model_path && ferry_synth_is_name(model_path)) {
+        /* synth:PRESET[:DTYPE]: the preset's layout, as --preset gives. */
+        status = ferry_synth_parse(model_path, &synth);
+        if (status == FERRY_OK)
+            status = ferry_layout_build(&synth.preset->config, synth.dtype, &preset_layout);
+        if (status != FERRY_OK) return cli_fail("plan", status, "%s", model_path);
+        layout = &preset_layout;
+    } else if (model_path) {
         status = ferry_file_open(model_path, &file);
         if (status != FERRY_OK) return cli_fail("plan", status, "%s", model_path);
         layout = &file->layout;
