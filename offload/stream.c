@@ -25,7 +25,7 @@ struct offload_stream {
     char path[200];                 /* model file, read by the NVMe tier */
     offload_model_shape shape;      /* what the plan was made from (layer_bytes above) */
     offload_request request;
-    char bandwidth_note[1200];       /* where the plan's figures came from, for the report */
+    char bandwidth_note[1200];      /* where the plan's figures came from, for the report */
     offload_reader reader;
     offload_device device;
     int device_is_cuda;
@@ -242,11 +242,12 @@ static void note_failed_probe(offload_stream *stream, const char *what) {
     ferry_clear_error();
 }
 
-/* What neither the profile nor the defaults' caller gave is measured on
- * the GPU now, in milliseconds: pinned host->device copies from the first
- * DRAM-tier layer (already registered) and the backend's device-to-device
- * copy (read + written bytes: the device memory's bandwidth).  A failed
- * probe keeps the figure it had and says so in the report. */
+/* The figures no profile gave are measured on the GPU now, in
+ * milliseconds, and the predictions redone: pinned host->device copies
+ * from the first DRAM-tier layer (already registered) and the backend's
+ * device-to-device copy (read + written bytes: the device memory's
+ * bandwidth).  A failed probe keeps the figure it had and says so in the
+ * report. */
 static void probe_bandwidths(offload_stream *stream, ferry_backend *backend) {
     enum { PROBE_BYTES = 256 << 20 };
     if (!stream->device_is_cuda || stream->plan.n_resident == stream->n_layers) return;

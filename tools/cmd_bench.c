@@ -177,12 +177,15 @@ static ferry_status bench_batch(ferry_model *model, int batch, int prompt_len, i
         result->achieved_gbps = (result->weight_bytes + result->kv_bytes) /
                                 (result->step_ms_median * 1e-3) / 1e9;
     }
+    offload_plan plan;
     if (model->stream) {
-        offload_plan plan;
-        FERRY_TRY_GOTO(offload_stream_predict(model->stream, batch, prompt_len + gen_len, &plan));
-        result->predicted_step_ms = plan.step_s * 1e3;
-        result->predicted_tok_s = plan.tokens_per_s;
-        offload_plan_free(&plan);
+        /* No prediction (the plan cannot place this batch) leaves the columns out. */
+        if (offload_stream_predict(model->stream, batch, prompt_len + gen_len, &plan) == FERRY_OK) {
+            result->predicted_step_ms = plan.step_s * 1e3;
+            result->predicted_tok_s = plan.tokens_per_s;
+            offload_plan_free(&plan);
+        }
+        ferry_clear_error();
     }
     result->used_gib = -1;
     ferry_backend *backend = model->backend;
