@@ -93,11 +93,26 @@ typedef struct ferry_model_options {
      * host_mem_bytes; ferry_session_new fails when neither has room. */
     int stream_batch;
     int stream_context;
+    /* Called on the opening thread now and then while the weights are read
+     * or generated (a large synth: model takes a while): bytes produced so
+     * far of about total_bytes.  NULL: no calls. */
+    void (*on_progress)(void *user, uint64_t done_bytes, uint64_t total_bytes);
+    void *progress_user;
 } ferry_model_options;
 
 /* Open a .ferry file.  opts may be NULL for defaults.  Checks the preamble,
  * manifest, tensor table and file size; fails with FERRY_ERR_FORMAT and a
- * message naming the problem on anything inconsistent. */
+ * message naming the problem on anything inconsistent.
+ *
+ * A path "synth:PRESET[:DTYPE[:SEED]]" (e.g. "synth:codellama-34b:f16",
+ * dtype f16 and seed 0 by default; presets as in `ferry synth --list`)
+ * opens a synthetic model with no file: the weights `ferry synth --preset
+ * PRESET --dtype DTYPE --seed SEED` would write are generated (on every
+ * core) straight into backend memory and, when streaming, into the DRAM
+ * tier.  It needs no disk, so it can be larger than the free disk space;
+ * what needs the file is refused with FERRY_ERR_UNSUPPORTED: streaming
+ * layers from NVMe (give host_mem_bytes room for every streamed layer)
+ * and verify_checksums. */
 FERRY_API ferry_status ferry_model_open(const char *path, const ferry_model_options *opts,
                                         ferry_model **out_model);
 /* Release a model.  All sessions made from it must be freed first.  NULL is

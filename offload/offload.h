@@ -45,6 +45,17 @@ typedef struct offload_model_shape {
     uint64_t flops_per_token;           /* ~2 x parameters: one token through every layer */
 } offload_model_shape;
 
+/* Where a figure of offload_bandwidths came from (printed with the plan). */
+typedef enum offload_figure_origin {
+    OFFLOAD_FROM_DEFAULT = 0,   /* offload_bandwidths_default: nothing measured */
+    OFFLOAD_FROM_PROFILE,       /* this machine's `ferry iobench --save` profile */
+    OFFLOAD_FROM_PROBE,         /* measured on the device when the stream opened */
+    OFFLOAD_FROM_GIVEN,         /* set by the caller (ferry plan --link-gbps ...) */
+} offload_figure_origin;
+
+/* "default", "profile", "probe", "given". */
+const char *offload_figure_origin_name(offload_figure_origin origin);
+
 /* Measured speeds (GB/s are 1e9 bytes per second). */
 typedef struct offload_bandwidths {
     double host_to_gpu_gbps;    /* pinned host -> device copies */
@@ -53,8 +64,29 @@ typedef struct offload_bandwidths {
     double gpu_tflops;          /* sustained matmul throughput; 0: ignore compute */
 } offload_bandwidths;
 
+/* Where each figure of an offload_bandwidths came from (all zero: defaults). */
+typedef struct offload_bandwidth_origins {
+    offload_figure_origin host_to_gpu, disk_read, gpu_memory, gpu_tflops;
+} offload_bandwidth_origins;
+
 /* The H100 test machine's figures, used when nothing was measured. */
 offload_bandwidths offload_bandwidths_default(void);
+
+/* bandwidth.c: the folder `ferry iobench --save` writes this machine's
+ * profile to ($XDG_CACHE_HOME/ferry, else $HOME/.cache/ferry), and the
+ * profile's path in it (profile-<hostname>.json), into buf. */
+const char *offload_profile_directory(char *buf, size_t size);
+const char *offload_profile_path(char *buf, size_t size);
+
+/* The defaults overlaid with the profile's figures (h2d_gbps: host->gpu,
+ * nvme_read_gbps: disk read), and where each came from (origins may be
+ * NULL).  Never fails: without a profile *out is the defaults; an
+ * unreadable or corrupt profile, or a figure in it that is not a positive
+ * number, leaves the defaults for what it cannot give and says why in
+ * warning (else warning is ""; NULL: not wanted).  Returns 1 when at least
+ * one figure came from the profile. */
+int offload_bandwidths_from_profile(offload_bandwidths *out, offload_bandwidth_origins *origins,
+                                    char *warning, size_t warning_size);
 
 typedef struct offload_request {
     uint64_t gpu_mem_bytes;
@@ -90,6 +122,7 @@ typedef struct offload_plan {
     double link_s, disk_s, gpu_memory_s, compute_s, step_s;
     double tokens_per_s;        /* batch / step_s */
     offload_bandwidths bandwidths;
+    offload_bandwidth_origins bandwidths_from; /* set by the caller; printed */
 } offload_plan;
 
 /* Place the model for the request.  Never exceeds either budget; when the
@@ -101,6 +134,10 @@ typedef struct offload_plan {
 ferry_status offload_plan_make(const offload_model_shape *shape, const offload_request *request,
                                const offload_bandwidths *bandwidths, offload_plan *out);
 void offload_plan_free(offload_plan *plan);
+/* The plan's predictions again with other bandwidths (e.g. probed once the
+ * device exists); the placement stays as it is. */
+void offload_plan_predict(offload_plan *plan, const offload_model_shape *shape,
+                          const offload_bandwidths *bandwidths);
 
 /* A table: tiers of layer ranges, memory per tier, bytes per step per link,
  * predicted step time and tokens/s. */
@@ -171,6 +208,12 @@ typedef struct offload_reader {
     const offload_reader_ops *ops;
     void *impl;
 } offload_reader;
+
+/* Pinned host -> device GB/s through device.ops->copy_async: `bytes` of
+ * host memory (registered with the device, for CUDA) copied into one
+ * temporary slot, best of a few after a warm-up.  Takes milliseconds. */
+ferry_status offload_device_probe_copy(offload_device device, const void *host, uint64_t bytes,
+                                       double *out_gbps);
 
 /* The CPU backend's device (device_cpu.c): slots are aligned host memory,
  * copies are memcpy, compute calls run_layer(user, layer, weights,
@@ -254,7 +297,6 @@ offload_ring_stats offload_ring_get_stats(const offload_ring *ring);
 /* stream.c: the glue between a .ferry file, the plan, the ring and the
  * runtime's model (it alone in offload/ knows tensors and layouts). */
 struct ferry_layout;
-struct ferry_file;
 struct ferry_model;
 
 /* The plan's view of a file: layer_bytes must hold layout->config.n_layers
@@ -273,11 +315,15 @@ typedef struct offload_stream_options {
     int batch, context;         /* sessions to leave room for; 0: 1 and min(model, 2048) */
 } offload_stream_options;
 
-/* Plan the placement of file's layers leaving room for sessions of
- * batch x context tokens (their KV cache and activations), read the
- * DRAM-tier layers into host memory and keep a reader on the file for the
- * NVMe tier. */
-ferry_status offload_stream_open(const struct ferry_file *file,
+/* Plan the placement of the source's layers leaving room for sessions of
+ * batch x context tokens (their KV cache and activations), set
+ * source->total_bytes to what the model's load will produce (globals,
+ * resident and DRAM layers), read or generate the DRAM-tier layers into
+ * host memory, and keep the file's path for the NVMe tier.  A synthetic
+ * source (no file) whose plan needs the NVMe tier is refused with
+ * FERRY_ERR_UNSUPPORTED. */
+struct ferry_weight_source;
+ferry_status offload_stream_open(struct ferry_weight_source *source,
                                  const offload_stream_options *options, offload_stream **out);
 /* Is the layer kept resident (loaded into backend memory by the model)? */
 int offload_stream_layer_resident(const offload_stream *stream, int layer);
@@ -292,6 +338,11 @@ const offload_plan *offload_stream_plan(const offload_stream *stream);
 ferry_status offload_stream_kv_reserve(offload_stream *stream, uint64_t bytes,
                                        offload_tier *out_tier);
 void offload_stream_kv_release(offload_stream *stream, offload_tier tier, uint64_t bytes);
+/* The plan's prediction for another session shape: the same budgets,
+ * resident layers and bandwidths, `batch` sequences of `context` tokens.
+ * Free *out with offload_plan_free. */
+ferry_status offload_stream_predict(const offload_stream *stream, int batch, int context,
+                                    offload_plan *out);
 /* Build the slot ring once the model holds its resident layers. */
 ferry_status offload_stream_attach(offload_stream *stream, struct ferry_model *model);
 

@@ -272,6 +272,12 @@ totals:
     return FERRY_OK;
 }
 
+void offload_plan_predict(offload_plan *plan, const offload_model_shape *shape,
+                          const offload_bandwidths *bandwidths) {
+    plan->bandwidths = *bandwidths;
+    predict(plan, shape);
+}
+
 ferry_status offload_plan_make(const offload_model_shape *shape, const offload_request *request,
                                const offload_bandwidths *bandwidths, offload_plan *out) {
     if (!out) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "plan: out is NULL");
@@ -356,10 +362,14 @@ void offload_plan_print(const offload_plan *plan, FILE *out) {
             SIZE_TEXT(plan->step_link_bytes, 0), SIZE_TEXT(plan->step_disk_bytes, 1),
             SIZE_TEXT(plan->step_gpu_read_bytes, 2));
     const offload_bandwidths *bw = &plan->bandwidths;
+    const offload_bandwidth_origins *from = &plan->bandwidths_from;
     fprintf(out,
-            "bandwidths   host->gpu %.1f GB/s, nvme %.1f GB/s, gpu memory %.0f GB/s, "
-            "%.0f TFLOP/s\n",
-            bw->host_to_gpu_gbps, bw->disk_read_gbps, bw->gpu_memory_gbps, bw->gpu_tflops);
+            "bandwidths   host->gpu %.1f GB/s (%s), nvme %.1f GB/s (%s), gpu memory %.0f GB/s "
+            "(%s), %.0f TFLOP/s (%s)\n",
+            bw->host_to_gpu_gbps, offload_figure_origin_name(from->host_to_gpu),
+            bw->disk_read_gbps, offload_figure_origin_name(from->disk_read), bw->gpu_memory_gbps,
+            offload_figure_origin_name(from->gpu_memory), bw->gpu_tflops,
+            offload_figure_origin_name(from->gpu_tflops));
     fprintf(out,
             "predicted    link %.3f ms, nvme %.3f ms, gpu memory %.3f ms, compute %.3f ms -> "
             "step %.3f ms, %.1f tokens/s\n",

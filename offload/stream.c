@@ -24,6 +24,9 @@ struct offload_stream {
     void **host_layers;             /* [n_layers]: DRAM-tier copies */
     offload_source *sources;        /* [n_layers] */
     char path[200];                 /* model file, read by the NVMe tier */
+    offload_model_shape shape;      /* what the plan was made from (layer_bytes above) */
+    offload_request request;
+    char bandwidth_note[1200];      /* where the plan's figures came from, for the report */
     offload_reader reader;
     offload_device device;
     int device_is_cuda;
@@ -80,23 +83,26 @@ ferry_status offload_shape_from_layout(const ferry_layout *layout, size_t kv_ele
 
 /* --------------------------------------------------------------- open */
 
-static ferry_status read_extent(int fd, const char *path, int layer, uint64_t offset,
-                                uint64_t bytes, void *dst) {
-    ferry_status status = ferry_pread_all(fd, dst, bytes, offset, path, FERRY_ERR_IO);
-    return status == FERRY_OK ? FERRY_OK : ferry_fail_prefix(status, "layer %d: ", layer);
+/* The report's line on the profile: used, absent, or why it was not. */
+static void describe_profile(int used, char *note, size_t size) {
+    char path[1024];
+    offload_profile_path(path, sizeof path);
+    if (note[0]) return; /* the loader's warning says it */
+    if (used) snprintf(note, size, "profile %s", path);
+    else snprintf(note, size, "no profile at %s (`ferry iobench --save` makes one)", path);
 }
 
-ferry_status offload_stream_open(const ferry_file *file, const offload_stream_options *options,
-                                 offload_stream **out) {
+ferry_status offload_stream_open(ferry_weight_source *source,
+                                 const offload_stream_options *options, offload_stream **out) {
     *out = NULL;
-    const ferry_layout *layout = &file->layout;
+    const ferry_layout *layout = source->layout;
     const int n_layers = layout->config.n_layers;
     offload_stream *stream = NULL;
     ferry_status status;
     FERRY_TRY_GOTO(ferry_calloc(1, sizeof *stream, "layer stream", (void **)&stream));
     pthread_mutex_init(&stream->lock, NULL);
     stream->n_layers = n_layers;
-    snprintf(stream->path, sizeof stream->path, "%s", file->path ? file->path : "model file");
+    snprintf(stream->path, sizeof stream->path, "%s", source->name ? source->name : "model file");
     FERRY_TRY_GOTO(ferry_calloc((size_t)n_layers, sizeof(uint64_t), "layer sizes",
                                 (void **)&stream->layer_bytes));
     FERRY_TRY_GOTO(ferry_calloc((size_t)n_layers, sizeof(void *), "DRAM layers",
@@ -114,9 +120,9 @@ ferry_status offload_stream_open(const ferry_file *file, const offload_stream_op
             entry->offset - layout->extents[1 + entry->layer].offset;
     }
 
-    offload_model_shape shape;
+    offload_model_shape *shape = &stream->shape;
     FERRY_TRY_GOTO(offload_shape_from_layout(layout, options->kv_element_bytes,
-                                             stream->layer_bytes, &shape));
+                                             stream->layer_bytes, shape));
     offload_request request = {0};
     request.gpu_mem_bytes = options->gpu_mem_bytes ? options->gpu_mem_bytes : UINT64_MAX;
     request.host_mem_bytes = options->host_mem_bytes ? options->host_mem_bytes : UINT64_MAX;
@@ -126,22 +132,45 @@ ferry_status offload_stream_open(const ferry_file *file, const offload_stream_op
                                                            : 2048;
     request.n_slots = options->n_slots;
     request.resident_layers = options->resident_layers;
-    offload_bandwidths bandwidths = offload_bandwidths_default();
-    FERRY_TRY_GOTO(offload_plan_make(&shape, &request, &bandwidths, &stream->plan));
+    stream->request = request;
+    offload_bandwidths bandwidths;
+    offload_bandwidth_origins origins;
+    describe_profile(offload_bandwidths_from_profile(&bandwidths, &origins, stream->bandwidth_note,
+                                                     sizeof stream->bandwidth_note),
+                     stream->bandwidth_note, sizeof stream->bandwidth_note);
+    FERRY_TRY_GOTO(offload_plan_make(shape, &request, &bandwidths, &stream->plan));
+    stream->plan.bandwidths_from = origins;
+    if (stream->plan.n_disk && !source->file) {
+        char needed[32];
+        status = ferry_fail(FERRY_ERR_UNSUPPORTED,
+                            "a synthetic model has no file to stream from, but the plan reads %d "
+                            "layers from NVMe: give --host-mem room for every streamed layer "
+                            "(%s) or write the model with ferry synth",
+                            stream->plan.n_disk,
+                            offload_format_bytes(stream->plan.host_layer_bytes +
+                                                     stream->plan.step_disk_bytes,
+                                                 needed, sizeof needed));
+        goto fail;
+    }
 
+    /* What this open and the model's load will produce: the globals, the
+     * resident layers and the DRAM layers (NVMe layers are read later). */
+    source->total_bytes = ferry_layout_tensor_bytes(layout, -1);
+    for (int layer = 0; layer < n_layers; layer++)
+        if (stream->plan.layer_tier[layer] != OFFLOAD_TIER_DISK)
+            source->total_bytes += ferry_layout_tensor_bytes(layout, layer);
     for (int layer = 0; layer < n_layers; layer++) {
         const ferry_extent *extent = &layout->extents[1 + layer];
-        offload_source *source = &stream->sources[layer];
-        source->tier = stream->plan.layer_tier[layer];
-        source->bytes = extent->bytes;
-        source->file_offset = extent->offset;
-        if (source->tier != OFFLOAD_TIER_HOST) continue;
+        offload_source *layer_source = &stream->sources[layer];
+        layer_source->tier = stream->plan.layer_tier[layer];
+        layer_source->bytes = extent->bytes;
+        layer_source->file_offset = extent->offset;
+        if (layer_source->tier != OFFLOAD_TIER_HOST) continue;
         uint64_t rounded = (extent->bytes + 4095) / 4096 * 4096;
         FERRY_TRY_GOTO(ferry_aligned_alloc(4096, rounded, "DRAM layer",
                                            &stream->host_layers[layer]));
-        FERRY_TRY_GOTO(read_extent(file->fd, stream->path, layer, extent->offset, extent->bytes,
-                                   stream->host_layers[layer]));
-        source->host = stream->host_layers[layer];
+        FERRY_TRY_GOTO(ferry_source_read_layer(source, layer, stream->host_layers[layer]));
+        layer_source->host = stream->host_layers[layer];
     }
     *out = stream;
     return FERRY_OK;
@@ -215,6 +244,17 @@ void offload_stream_kv_release(offload_stream *stream, offload_tier tier, uint64
     atomic_fetch_sub(&stream->kv_bytes[tier], bytes);
 }
 
+ferry_status offload_stream_predict(const offload_stream *stream, int batch, int context,
+                                    offload_plan *out) {
+    offload_request request = stream->request;
+    request.batch = batch;
+    request.context = context;
+    request.resident_layers = stream->plan.n_resident;
+    FERRY_TRY(offload_plan_make(&stream->shape, &request, &stream->plan.bandwidths, out));
+    out->bandwidths_from = stream->plan.bandwidths_from;
+    return FERRY_OK;
+}
+
 /* ------------------------------------------------------------ running */
 
 /* The device's compute: per-tensor pointers for the layer, then the
@@ -264,6 +304,51 @@ static void free_device(offload_stream *stream) {
     else offload_device_cpu_free(&stream->device);
 }
 
+static void note_failed_probe(offload_stream *stream, const char *what) {
+    size_t length = strlen(stream->bandwidth_note);
+    snprintf(stream->bandwidth_note + length, sizeof stream->bandwidth_note - length,
+             "; %s probe failed (%s)", what, ferry_last_error());
+    ferry_clear_error();
+}
+
+/* The figures no profile gave are measured on the GPU now, in
+ * milliseconds, and the predictions redone: pinned host->device copies
+ * from the first DRAM-tier layer (already registered) and the backend's
+ * device-to-device copy (read + written bytes: the device memory's
+ * bandwidth).  A failed probe keeps the figure it had and says so in the
+ * report. */
+static void probe_bandwidths(offload_stream *stream, ferry_backend *backend) {
+    enum { PROBE_BYTES = 256 << 20 };
+    if (!stream->device_is_cuda || stream->plan.n_resident == stream->n_layers) return;
+    offload_bandwidths bandwidths = stream->plan.bandwidths;
+    offload_bandwidth_origins *from = &stream->plan.bandwidths_from;
+    double gbps = 0;
+    if (from->host_to_gpu == OFFLOAD_FROM_DEFAULT) {
+        int layer = 0;
+        while (layer < stream->n_layers && !stream->host_layers[layer]) layer++;
+        if (layer < stream->n_layers) {
+            uint64_t bytes = stream->layer_bytes[layer] < PROBE_BYTES ? stream->layer_bytes[layer]
+                                                                      : PROBE_BYTES;
+            if (offload_device_probe_copy(stream->device, stream->host_layers[layer], bytes,
+                                          &gbps) == FERRY_OK && gbps > 0) {
+                bandwidths.host_to_gpu_gbps = gbps;
+                from->host_to_gpu = OFFLOAD_FROM_PROBE;
+            } else {
+                note_failed_probe(stream, "host->gpu");
+            }
+        }
+    }
+    if (from->gpu_memory == OFFLOAD_FROM_DEFAULT && backend->ops->copy_bandwidth) {
+        if (backend->ops->copy_bandwidth(backend, PROBE_BYTES, &gbps) == FERRY_OK && gbps > 0) {
+            bandwidths.gpu_memory_gbps = gbps;
+            from->gpu_memory = OFFLOAD_FROM_PROBE;
+        } else {
+            note_failed_probe(stream, "gpu memory");
+        }
+    }
+    offload_plan_predict(&stream->plan, &stream->shape, &bandwidths);
+}
+
 ferry_status offload_stream_attach(offload_stream *stream, ferry_model *model) {
     ferry_status status;
     for (int layer = 0; layer < stream->n_layers; layer++)
@@ -291,6 +376,7 @@ ferry_status offload_stream_attach(offload_stream *stream, ferry_model *model) {
                 goto fail;
             }
         }
+    probe_bandwidths(stream, model->backend);
     const int n_slots = stream->plan.n_slots ? stream->plan.n_slots : 1;
     if (stream->plan.n_disk)
         FERRY_TRY_GOTO(offload_reader_nvme_new(stream->path, n_slots, &stream->reader));
@@ -345,6 +431,7 @@ size_t ferry_model_stream_report(const ferry_model *model, char *buf, size_t siz
                 plan->gpu_budget_bytes == UINT64_MAX ? "no limit"
                                                      : REPORT_SIZE(plan->gpu_budget_bytes, 2));
 #undef REPORT_SIZE
+    fprintf(out, "sources      %s\n", stream->bandwidth_note);
     offload_ring_stats stats = offload_ring_get_stats(stream->ring);
     if (stats.steps) {
         double pass_s = (double)stats.step_ns * 1e-9 / (double)stats.steps;

@@ -130,4 +130,54 @@ void ferry_tensor_entry_name(const ferry_tensor_entry *entry, char *buf, size_t 
 /* A named text stored with ferry_writer_put_text, or NULL. Owned by file. */
 const char *ferry_file_text(const ferry_file *file, const char *key);
 
+/* --------------------------------------------------- synthetic weights */
+
+/* Models named "synth:PRESET[:DTYPE[:SEED]]" (dtype f16 and seed 0 by
+ * default) have no file: ferry_model_open generates the weights `ferry
+ * synth --preset PRESET --dtype DTYPE --seed SEED` would write, straight
+ * into memory (runtime/synth.c). */
+#define FERRY_SYNTH_PREFIX "synth:"
+
+typedef struct ferry_synth_spec {
+    const ferry_preset *preset;
+    ferry_dtype dtype;
+    uint64_t seed;
+} ferry_synth_spec;
+
+/* Does path start with "synth:"? */
+int ferry_synth_is_name(const char *path);
+/* Parse a synth: name; FERRY_ERR_INVALID_ARGUMENT naming what is wrong. */
+ferry_status ferry_synth_parse(const char *name, ferry_synth_spec *out);
+
+/* The values of tensor `entry` for `seed`, in its stored dtype, into dst
+ * (entry->bytes).  n_threads (1..64) share the work; the bytes do not
+ * depend on it. */
+void ferry_synth_fill_tensor(void *dst, const ferry_tensor_entry *entry, uint64_t seed,
+                             int n_threads);
+/* One per online core, at most 64. */
+int ferry_synth_default_threads(void);
+
+/* Where a model's weights come from while it loads: a .ferry file, or the
+ * generator.  Counts the bytes it produced and reports them. */
+typedef struct ferry_weight_source {
+    const char *name;               /* the path or the synth: name, for messages */
+    const ferry_layout *layout;
+    const ferry_file *file;         /* NULL: synthetic */
+    uint64_t synth_seed;
+    int n_threads;                  /* generator threads */
+    void (*on_progress)(void *user, uint64_t done_bytes, uint64_t total_bytes);
+    void *progress_user;
+    uint64_t done_bytes, total_bytes; /* total: set by whoever knows what will be read */
+} ferry_weight_source;
+
+/* Bytes of the tensors of one layer (-1: the globals), padding excluded:
+ * what a source counts as produced when it reads them. */
+uint64_t ferry_layout_tensor_bytes(const ferry_layout *layout, int layer);
+/* One tensor into dst (entry->bytes); verify: check the file's checksum. */
+ferry_status ferry_source_read_tensor(ferry_weight_source *source,
+                                      const ferry_tensor_entry *entry, void *dst, int verify);
+/* One layer's extent into dst (extents[1 + layer].bytes), laid out as in
+ * the file; errors name the layer. */
+ferry_status ferry_source_read_layer(ferry_weight_source *source, int layer, void *dst);
+
 #endif /* FERRY_RUNTIME_FORMAT_H */

@@ -254,6 +254,11 @@ fail:
 
 ferry_status ferry_file_open(const char *path, ferry_file **out) {
     *out = NULL;
+    if (ferry_synth_is_name(path))
+        return ferry_fail(FERRY_ERR_UNSUPPORTED,
+                          "%s is a synthetic model generated in memory: it has no file for this "
+                          "(write one with ferry synth --preset NAME OUT.ferry)",
+                          path);
     ferry_status status;
     ferry_file *file = NULL;
     FERRY_TRY(ferry_calloc(1, sizeof *file, "model file", (void **)&file));

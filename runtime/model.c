@@ -1,7 +1,8 @@
 /*
- * model.c — a model in memory: opening a .ferry file, choosing the backend,
- * reading every tensor (checksums on request) into backend memory, the
- * RoPE table, and ferry_model_get_info.  Loading is not a hot path; the
+ * model.c — a model in memory: opening a .ferry file (or generating a
+ * synth: model's weights), choosing the backend, reading every tensor
+ * (checksums on request) into backend memory, the RoPE table, and
+ * ferry_model_get_info.  Loading is not a hot path; the
  * forward pass only reads what is built here.
  */
 #include <stdio.h>
@@ -113,9 +114,10 @@ ferry_status ferry_model_check_complete(const ferry_model *model) {
     return FERRY_OK;
 }
 
-/* Read every tensor of the file through one host buffer into the model. */
-static ferry_status load_file_tensors(ferry_model *model, const ferry_file *file, int verify) {
-    const ferry_layout *layout = &file->layout;
+/* Read (or generate) every tensor of the model's resident part through
+ * one host buffer into backend memory. */
+static ferry_status load_tensors(ferry_model *model, ferry_weight_source *source, int verify) {
+    const ferry_layout *layout = source->layout;
     uint64_t largest = 0;
     for (int i = 0; i < layout->n_tensors; i++)
         if (layout->tensors[i].bytes > largest) largest = layout->tensors[i].bytes;
@@ -127,7 +129,7 @@ static ferry_status load_file_tensors(ferry_model *model, const ferry_file *file
         /* Streamed layers stay in DRAM or in the file (offload/). */
         if (entry->layer >= 0 && !offload_stream_layer_resident(model->stream, entry->layer))
             continue;
-        status = ferry_file_read_tensor(file, entry, staging, verify);
+        status = ferry_source_read_tensor(source, entry, staging, verify);
         if (status == FERRY_OK)
             status = ferry_model_load_tensor(model, entry->layer, entry->kind, staging,
                                              entry->bytes);
@@ -135,6 +137,44 @@ static ferry_status load_file_tensors(ferry_model *model, const ferry_file *file
     free(staging);
     if (status == FERRY_OK) status = ferry_model_check_complete(model);
     return status;
+}
+
+/* Bytes of every tensor: what loading the whole model resident produces. */
+static uint64_t tensors_bytes(const ferry_layout *layout) {
+    uint64_t bytes = 0;
+    for (int i = 0; i < layout->n_tensors; i++) bytes += layout->tensors[i].bytes;
+    return bytes;
+}
+
+/* The weight source for path: the .ferry file it names (opened into
+ * *file), or for a synth: name the layout of its preset (into *layout)
+ * and the generator. */
+static ferry_status open_source(const char *path, const ferry_model_options *opts,
+                                ferry_file **file, ferry_layout *layout,
+                                ferry_weight_source *source) {
+    memset(source, 0, sizeof *source);
+    source->name = path;
+    source->on_progress = opts->on_progress;
+    source->progress_user = opts->progress_user;
+    if (!ferry_synth_is_name(path)) {
+        FERRY_TRY(ferry_file_open(path, file));
+        source->file = *file;
+        source->layout = &(*file)->layout;
+        source->total_bytes = tensors_bytes(source->layout);
+        return FERRY_OK;
+    }
+    ferry_synth_spec spec;
+    FERRY_TRY(ferry_synth_parse(path, &spec));
+    if (opts->verify_checksums)
+        return ferry_fail(FERRY_ERR_UNSUPPORTED,
+                          "%s: a synthetic model has no file whose checksums could be verified",
+                          path);
+    FERRY_TRY(ferry_layout_build(&spec.preset->config, spec.dtype, layout));
+    source->layout = layout;
+    source->synth_seed = spec.seed;
+    source->n_threads = ferry_synth_default_threads();
+    source->total_bytes = tensors_bytes(layout);
+    return FERRY_OK;
 }
 
 ferry_status ferry_model_open(const char *path, const ferry_model_options *opts,
@@ -145,13 +185,16 @@ ferry_status ferry_model_open(const char *path, const ferry_model_options *opts,
     ferry_model_options defaults = {0};
     if (!opts) opts = &defaults;
     ferry_file *file = NULL;
+    ferry_layout synth_layout;
+    memset(&synth_layout, 0, sizeof synth_layout);
+    ferry_weight_source source;
     ferry_backend *backend = NULL;
     ferry_model *model = NULL;
     ferry_status status;
     /* The backend first: a build without CUDA says so before any I/O. */
     FERRY_TRY_GOTO(ferry_backend_new(opts->backend, opts->n_threads, &backend));
-    FERRY_TRY_GOTO(ferry_file_open(path, &file));
-    status = ferry_model_create(&file->layout.config, file->layout.dtype, backend, &model);
+    FERRY_TRY_GOTO(open_source(path, opts, &file, &synth_layout, &source));
+    status = ferry_model_create(&source.layout->config, source.layout->dtype, backend, &model);
     backend = NULL; /* the model owns it, or freed it on failure */
     if (status != FERRY_OK) goto fail;
     if (opts->streaming) {
@@ -159,24 +202,26 @@ ferry_status ferry_model_open(const char *path, const ferry_model_options *opts,
             opts->gpu_mem_bytes, opts->host_mem_bytes, opts->resident_layers, opts->slots,
             ferry_dtype_bytes(model->backend->ops->kv_dtype), opts->stream_batch,
             opts->stream_context};
-        status = offload_stream_open(file, &stream_options, &model->stream);
+        status = offload_stream_open(&source, &stream_options, &model->stream);
         if (status != FERRY_OK) {
             ferry_fail_prefix(status, "%s: ", path);
             goto fail;
         }
     }
-    status = load_file_tensors(model, file, opts->verify_checksums);
+    status = load_tensors(model, &source, opts->verify_checksums);
     if (status == FERRY_OK && model->stream) status = offload_stream_attach(model->stream, model);
     if (status != FERRY_OK) {
         ferry_fail_prefix(status, "%s: ", path);
         goto fail;
     }
+    ferry_layout_free(&synth_layout);
     ferry_file_close(file);
     *out_model = model;
     return FERRY_OK;
 fail:
     ferry_model_close(model);
     ferry_backend_free(backend);
+    ferry_layout_free(&synth_layout);
     ferry_file_close(file);
     return status;
 }

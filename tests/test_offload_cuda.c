@@ -259,6 +259,29 @@ Test(offload_cuda, streamed_logits_on_the_gpu_are_bit_identical_to_all_resident,
                       resident[i]);
         ferry_model_close(model);
     }
+    /* The same weights generated in memory (synth:tiny is what ferry synth
+     * --preset tiny wrote), every layer in DRAM; with no profile (an empty
+     * XDG_CACHE_HOME) the link and device memory figures are probed. */
+    setenv("XDG_CACHE_HOME", dir, 1);
+    options.host_mem_bytes = 0;
+    options.slots = 0;
+    cr_assert_eq(ferry_model_open("synth:tiny", &options, &model), FERRY_OK, "%s",
+                 ferry_last_error());
+    unsetenv("XDG_CACHE_HOME");
+    const offload_plan *plan = offload_stream_plan(model->stream);
+    cr_assert_eq(plan->n_host, info.n_layers);
+    cr_assert_eq(plan->bandwidths_from.host_to_gpu, OFFLOAD_FROM_PROBE);
+    cr_assert_eq(plan->bandwidths_from.gpu_memory, OFFLOAD_FROM_PROBE);
+    cr_assert_gt(plan->bandwidths.host_to_gpu_gbps, 0.5);
+    cr_assert_gt(plan->bandwidths.gpu_memory_gbps, 10);
+    printf("probed: host->gpu %.1f GB/s, gpu memory %.0f GB/s\n", plan->bandwidths.host_to_gpu_gbps,
+           plan->bandwidths.gpu_memory_gbps);
+    run_tiny(model, streamed, capacity);
+    for (size_t i = 0; i < 10 * (size_t)info.vocab_size; i++)
+        cr_assert(memcmp(&resident[i], &streamed[i], sizeof(float)) == 0,
+                  "synth:tiny: logit %zu is %.9g, the file's %.9g resident", i, streamed[i],
+                  resident[i]);
+    ferry_model_close(model);
     free(resident);
     free(streamed);
     test_rmtree(dir);

@@ -48,4 +48,8 @@ ferry_status cli_open_tokenizer(const char *tokenizer_path, const char *model_pa
 /* Is stderr a terminal (for progress lines)? */
 int cli_stderr_is_tty(void);
 
+/* A ferry_model_options.on_progress that prints a line to stderr every few
+ * seconds while a model takes long to load; user: the command's name. */
+void cli_load_progress(void *command, uint64_t done_bytes, uint64_t total_bytes);
+
 #endif /* FERRY_TOOLS_CLI_H */

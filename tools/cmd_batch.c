@@ -190,7 +190,8 @@ static int auto_batch(const ferry_file *file, const ferry_model_options *model_o
                                .host_mem_bytes = model_options->host_mem_bytes,
                                .batch = 0, .max_auto_batch = n_pending < 1024 ? (int)n_pending : 1024,
                                .context = max_context, .resident_layers = -1};
-    offload_bandwidths bandwidths = offload_bandwidths_default();
+    offload_bandwidths bandwidths;
+    offload_bandwidths_from_profile(&bandwidths, NULL, NULL, 0);
     if (layer_bytes &&
         offload_shape_from_layout(&file->layout, sizeof(float), layer_bytes, &shape) == FERRY_OK &&
         offload_plan_make(&shape, &request, &bandwidths, &plan) == FERRY_OK) {

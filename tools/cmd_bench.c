@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "offload/offload.h"
 #include "runtime/engine.h"
 #include "tools/cli.h"
 #include "tools/options.h"
@@ -30,7 +31,9 @@ static void print_help(FILE *out) {
             "step time, the bytes a decode step reads (weights, and the KV cache at the mean\n"
             "context), the bandwidth that is, its ratio to a device-to-device copy measured\n"
             "in the same run, and the device memory in use.\n\n"
-            "  --model M        the .ferry file\n"
+            "  --model M        the .ferry file, or synth:PRESET[:DTYPE[:SEED]] for the\n"
+            "                   weights ferry synth would write, generated in memory (no\n"
+            "                   file: with --gpu-mem, --host-mem must hold every streamed layer)\n"
             "  --batch LIST     batch sizes, comma-separated (default 1,16,64)\n"
             "  --prompt-len N   prompt tokens per sequence (default 128)\n"
             "  --gen-len N      decode steps (default 32)\n"
@@ -41,7 +44,9 @@ static void print_help(FILE *out) {
             "                   op on prefill chunks of 512 and 2,048 tokens (TFLOP/s)\n"
             "  --json           one JSON object per line instead of the table\n"
             "  --gpu-mem SIZE / --host-mem SIZE\n"
-            "                   stream layers within these budgets (as ferry batch does)\n");
+            "                   stream layers within these budgets (as ferry batch does); the\n"
+            "                   plan is printed first, and each batch's row adds the plan's\n"
+            "                   predicted step time and tokens/s, and measured / predicted\n");
 }
 
 /* ------------------------------------------------------------- counting */
@@ -105,6 +110,7 @@ typedef struct batch_result {
     double weight_bytes, kv_bytes;         /* per decode step */
     double achieved_gbps;                  /* (weights + KV) / median step */
     double used_gib;                       /* device memory in use after the run; <0: unknown */
+    double predicted_step_ms, predicted_tok_s; /* the streaming plan's; 0: not streaming */
 } batch_result;
 
 static int argmax(const float *row, int n) {
@@ -174,6 +180,16 @@ static ferry_status bench_batch(ferry_model *model, int batch, int prompt_len, i
         result->achieved_gbps = (result->weight_bytes + result->kv_bytes) /
                                 (result->step_ms_median * 1e-3) / 1e9;
     }
+    offload_plan plan;
+    if (model->stream) {
+        /* No prediction (the plan cannot place this batch) leaves the columns out. */
+        if (offload_stream_predict(model->stream, batch, prompt_len + gen_len, &plan) == FERRY_OK) {
+            result->predicted_step_ms = plan.step_s * 1e3;
+            result->predicted_tok_s = plan.tokens_per_s;
+            offload_plan_free(&plan);
+        }
+        ferry_clear_error();
+    }
     result->used_gib = -1;
     ferry_backend *backend = model->backend;
     if (backend->ops->memory_info) {
@@ -207,18 +223,26 @@ static void print_batch(const batch_result *r, double copy_gbps, int json) {
         printf("{\"kind\":\"batch\",\"batch\":%d,\"prefill_ms\":%.3f,\"prefill_tok_s\":%.1f,"
                "\"prefill_tflops\":%.2f,\"decode_tok_s\":%.1f,\"step_ms\":%.4f,"
                "\"weight_bytes_per_step\":%.0f,\"kv_bytes_per_step\":%.0f,"
-               "\"achieved_gbps\":%.1f,\"of_copy\":%.3f,\"gpu_used_gib\":%.2f}\n",
+               "\"achieved_gbps\":%.1f,\"of_copy\":%.3f,\"gpu_used_gib\":%.2f",
                r->batch, r->prefill_ms, r->prefill_tok_s, r->prefill_tflops, r->decode_tok_s,
                r->step_ms_median, r->weight_bytes, r->kv_bytes, r->achieved_gbps,
                isnan(ratio) ? -1.0 : ratio, r->used_gib);
+        if (r->predicted_tok_s > 0)
+            printf(",\"predicted_step_ms\":%.4f,\"predicted_tok_s\":%.2f,\"of_predicted\":%.3f",
+                   r->predicted_step_ms, r->predicted_tok_s, r->decode_tok_s / r->predicted_tok_s);
+        printf("}\n");
         return;
     }
     char ratio_text[16] = "-", used_text[16] = "-";
     if (!isnan(ratio)) snprintf(ratio_text, sizeof ratio_text, "%.0f%%", 100 * ratio);
     if (r->used_gib >= 0) snprintf(used_text, sizeof used_text, "%.1f", r->used_gib);
-    printf("%5d %12.0f %8.1f %12.1f %9.3f %9.2f %8.2f %8.0f %7s %8s\n", r->batch,
+    printf("%5d %12.0f %8.1f %12.1f %9.3f %9.2f %8.2f %8.0f %7s %8s", r->batch,
            r->prefill_tok_s, r->prefill_tflops, r->decode_tok_s, r->step_ms_median,
            r->weight_bytes / 1e9, r->kv_bytes / 1e9, r->achieved_gbps, ratio_text, used_text);
+    if (r->predicted_tok_s > 0)
+        printf(" %9.3f %10.2f %7.0f%%", r->predicted_step_ms, r->predicted_tok_s,
+               100 * r->decode_tok_s / r->predicted_tok_s);
+    printf("\n");
 }
 
 /* ------------------------------------------------------ matmul op alone */
@@ -493,7 +517,9 @@ int cmd_bench(int argc, char **argv) {
     ferry_model_options model_options = {.backend = backend_spec, .n_threads = n_threads,
                                          .streaming = gpu_mem || host_mem,
                                          .resident_layers = -1,
-                                         .stream_context = prompt_len + gen_len + 1};
+                                         .stream_context = prompt_len + gen_len + 1,
+                                         .on_progress = cli_load_progress,
+                                         .progress_user = (void *)command};
     for (int i = 0; i < n_batches; i++)
         if (batches[i] > model_options.stream_batch) model_options.stream_batch = batches[i];
     ferry_status status = FERRY_OK;
@@ -533,9 +559,15 @@ int cmd_bench(int argc, char **argv) {
                prompt_len, gen_len);
         if (copy_gbps > 0)
             printf("device-to-device copy: %.0f GB/s (bytes read + written)\n", copy_gbps);
-        printf("%5s %12s %8s %12s %9s %9s %8s %8s %7s %8s\n", "batch", "prefill t/s",
-               "TFLOP/s", "decode t/s", "step ms", "weight GB", "KV GB", "GB/s", "of copy",
-               "GPU GiB");
+        if (model->stream) {
+            char report[16384];
+            ferry_model_stream_report(model, report, sizeof report);
+            fputs(report, stdout);
+        }
+        printf("%5s %12s %8s %12s %9s %9s %8s %8s %7s %8s", "batch", "prefill t/s", "TFLOP/s",
+               "decode t/s", "step ms", "weight GB", "KV GB", "GB/s", "of copy", "GPU GiB");
+        if (model->stream) printf(" %9s %10s %8s", "plan ms", "plan t/s", "of plan");
+        printf("\n");
     }
     fflush(stdout);
     for (int i = 0; i < n_batches; i++) {

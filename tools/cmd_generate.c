@@ -16,7 +16,8 @@ static void print_help(FILE *out) {
             "usage: ferry generate --model M --tokens 1,2,3 --max-new-tokens N [options]\n\n"
             "Feeds the prompt token ids to the model and prints the new token ids,\n"
             "comma-separated, on one line.  Timings go to stderr.\n\n"
-            "  --model M              the .ferry file\n"
+            "  --model M              the .ferry file, or synth:PRESET[:DTYPE[:SEED]] for\n"
+            "                         the weights ferry synth would write, made in memory\n"
             "  --tokens LIST          prompt token ids, e.g. 1,15043,3186\n"
             "  --prompt TEXT          prompt text, tokenized with the model's tokenizer.json\n"
             "                         (BOS added as it says); the new text is printed\n"
@@ -119,7 +120,9 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     ferry_model_options model_options = {.backend = backend, .n_threads = n_threads,
-                                         .verify_checksums = verify};
+                                         .verify_checksums = verify,
+                                         .on_progress = cli_load_progress,
+                                         .progress_user = (void *)command};
     ferry_status status = ferry_model_open(model_path, &model_options, &model);
     if (status == FERRY_OK) status = ferry_session_new(model, 1, max_context, &session);
     if (status != FERRY_OK) {

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "offload/offload.h"
 #include "runtime/format.h"
 #include "tools/cli.h"
 #include "tools/iobench.h"
@@ -227,12 +228,7 @@ static int save_profile(cJSON *best, double best_read_gbps, const iobench_gpu_re
                         const char *target_path) {
     char host[256] = "unknown", directory[4096], path[4400], temporary[4500];
     gethostname(host, sizeof host - 1);
-    const char *cache = getenv("XDG_CACHE_HOME");
-    const char *home = getenv("HOME");
-    if (cache && *cache)
-        snprintf(directory, sizeof directory, "%s/ferry", cache);
-    else
-        snprintf(directory, sizeof directory, "%s/.cache/ferry", home && *home ? home : "/tmp");
+    offload_profile_directory(directory, sizeof directory);
     for (char *slash = strchr(directory + 1, '/');; slash = strchr(slash + 1, '/')) {
         if (slash) *slash = '\0';
         if (mkdir(directory, 0755) != 0 && errno != EEXIST)
@@ -240,7 +236,7 @@ static int save_profile(cJSON *best, double best_read_gbps, const iobench_gpu_re
         if (!slash) break;
         *slash = '/';
     }
-    snprintf(path, sizeof path, "%s/profile-%s.json", directory, host);
+    offload_profile_path(path, sizeof path);
     snprintf(temporary, sizeof temporary, "%s.partial", path);
     cJSON *profile = cJSON_CreateObject();
     cJSON_AddStringToObject(profile, "host", host);

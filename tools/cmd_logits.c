@@ -17,7 +17,8 @@ static void print_help(FILE *out) {
             "usage: ferry logits --model M --tokens 1,2,3 --out FILE [options]\n\n"
             "Runs the token ids through the model and writes the logits of every position\n"
             "as float32 little-endian, n_tokens rows of vocab_size values, to FILE.\n\n"
-            "  --model M        the .ferry file\n"
+            "  --model M        the .ferry file, or synth:PRESET[:DTYPE[:SEED]] for\n"
+            "                   the weights ferry synth would write, made in memory\n"
             "  --tokens LIST    comma-separated token ids, e.g. 1,15043,3186\n"
             "  --out FILE       where to write the logits\n"
             "  --backend B      cpu, cuda, cuda:N or auto (default auto)\n"
@@ -67,7 +68,9 @@ int cmd_logits(int argc, char **argv) {
     ferry_session *session = NULL;
     float *logits = NULL;
     ferry_model_options model_options = {.backend = backend, .n_threads = n_threads,
-                                         .verify_checksums = verify};
+                                         .verify_checksums = verify,
+                                         .on_progress = cli_load_progress,
+                                         .progress_user = (void *)command};
     ferry_status status = ferry_model_open(model_path, &model_options, &model);
     if (status != FERRY_OK) {
         rc = cli_fail(command, status, "cannot load the model");

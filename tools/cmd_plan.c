@@ -14,7 +14,8 @@
 #include "tools/cli.h"
 
 static const char plan_usage[] =
-    "usage: ferry plan (--model FILE | --preset NAME [--dtype f16]) [options]\n"
+    "usage: ferry plan (--model FILE | --model synth:PRESET[:DTYPE] | --preset NAME [--dtype f16])\n"
+    "                  [options]\n"
     "\n"
     "Print the placement plan: tier of each layer (gpu, dram, nvme), where the\n"
     "KV cache lives, memory per tier, bytes per decode step over each link,\n"
@@ -27,7 +28,8 @@ static const char plan_usage[] =
     "  --slots N              GPU slot ring depth (default 2)\n"
     "  --resident-layers N    keep exactly N layers on the GPU (default: as many as fit)\n"
     "  --kv-dtype f16|f32     KV cache element type (default f16)\n"
-    "  --link-gbps X          pinned host->GPU GB/s   (default: the H100 test machine's)\n"
+    "  --link-gbps X          pinned host->GPU GB/s   (default: this machine's profile from\n"
+    "                         `ferry iobench --save`, else the H100 test machine's)\n"
     "  --disk-gbps X          NVMe read GB/s\n"
     "  --gpu-gbps X           GPU memory read GB/s\n"
     "  --tflops X             sustained matmul TFLOP/s (0: leave compute out)\n";
@@ -91,7 +93,12 @@ int cmd_plan(int argc, char **argv) {
     request.host_mem_bytes =
         pages > 0 && page_bytes > 0 ? (uint64_t)pages * (uint64_t)page_bytes / 10 * 8 : 0;
     int context_given = 0;
-    offload_bandwidths bandwidths = offload_bandwidths_default();
+    offload_bandwidths bandwidths;
+    offload_bandwidth_origins origins;
+    char profile_warning[600];
+    offload_bandwidths_from_profile(&bandwidths, &origins, profile_warning,
+                                    sizeof profile_warning);
+    if (profile_warning[0]) fprintf(stderr, "ferry plan: warning: %s\n", profile_warning);
     ferry_status status;
     optind = 1;
     int option;
@@ -127,15 +134,19 @@ int cmd_plan(int argc, char **argv) {
             break;
         case OPT_LINK:
             if (parse_double("link-gbps", optarg, &bandwidths.host_to_gpu_gbps)) return CLI_USAGE;
+            origins.host_to_gpu = OFFLOAD_FROM_GIVEN;
             break;
         case OPT_DISK:
             if (parse_double("disk-gbps", optarg, &bandwidths.disk_read_gbps)) return CLI_USAGE;
+            origins.disk_read = OFFLOAD_FROM_GIVEN;
             break;
         case OPT_GPU:
             if (parse_double("gpu-gbps", optarg, &bandwidths.gpu_memory_gbps)) return CLI_USAGE;
+            origins.gpu_memory = OFFLOAD_FROM_GIVEN;
             break;
         case OPT_TFLOPS:
             if (parse_double("tflops", optarg, &bandwidths.gpu_tflops)) return CLI_USAGE;
+            origins.gpu_tflops = OFFLOAD_FROM_GIVEN;
             break;
         case 'h':
         case OPT_HELP: fputs(plan_usage, stdout); return CLI_OK;
@@ -154,7 +165,15 @@ int cmd_plan(int argc, char **argv) {
     offload_plan plan;
     memset(&plan, 0, sizeof plan);
     int result = CLI_FAILED;
-    if (model_path) {
+    ferry_synth_spec synth;
+    if (model_path && ferry_synth_is_name(model_path)) {
+        /* synth:PRESET[:DTYPE]: the preset's layout, as --preset gives. */
+        status = ferry_synth_parse(model_path, &synth);
+        if (status == FERRY_OK)
+            status = ferry_layout_build(&synth.preset->config, synth.dtype, &preset_layout);
+        if (status != FERRY_OK) return cli_fail("plan", status, "%s", model_path);
+        layout = &preset_layout;
+    } else if (model_path) {
         status = ferry_file_open(model_path, &file);
         if (status != FERRY_OK) return cli_fail("plan", status, "%s", model_path);
         layout = &file->layout;
@@ -175,6 +194,7 @@ int cmd_plan(int argc, char **argv) {
     offload_model_shape shape;
     status = offload_shape_from_layout(layout, ferry_dtype_bytes(kv_dtype), layer_bytes, &shape);
     if (status == FERRY_OK) status = offload_plan_make(&shape, &request, &bandwidths, &plan);
+    plan.bandwidths_from = origins;
     if (status != FERRY_OK) {
         cli_fail("plan", status, "%s", model_path ? model_path : preset_name);
         goto done;

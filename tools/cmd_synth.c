@@ -2,9 +2,9 @@
  * cmd_synth.c — `ferry synth`: write a random-weight model of a standard
  * shape straight into the .ferry format, one tensor at a time, with no
  * checkpoint.  Same preset, dtype, layers and seed give the same file.
+ * The values come from runtime/synth.c, which also fills synth: models.
  */
 #include <getopt.h>
-#include <pthread.h>
 #include <unistd.h>
 #include <stdlib.h>
 
@@ -20,106 +20,10 @@ static const char synth_usage[] =
     "  --dtype D       weight dtype: f16 (default), bf16 or f32\n"
     "  --layers N      override the number of decoder layers\n"
     "  --seed S        random seed (default 0); same seed, same file\n"
-    "  --list          list the presets\n";
-
-/* xorshift64* stream: fast, and seeded per tensor so tensors can be made
- * in any order with the same result. */
-static uint64_t stream_next(uint64_t *state) {
-    uint64_t x = *state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    return x * 0x2545f4914f6cdd1dull;
-}
-
-static uint64_t tensor_seed(uint64_t seed, int layer, int kind) {
-    uint64_t z = seed * 0x9e3779b97f4a7c15ull + (uint64_t)(layer + 2) * 0xbf58476d1ce4e5b9ull +
-                 (uint64_t)kind * 0x94d049bb133111ebull;
-    z = (z ^ (z >> 31)) * 0xd6e8feb86659fd93ull;
-    return (z ^ (z >> 32)) | 1u;
-}
-
-/* Values are made in blocks of FILL_BLOCK elements, each block from its own
- * stream, so worker threads can fill one tensor together and the result
- * does not depend on the thread count. */
-enum { FILL_BLOCK = 1 << 16, FILL_THREADS_MAX = 64 };
-
-typedef struct fill_job {
-    void *data;
-    const ferry_tensor_entry *entry;
-    uint64_t seed;
-    uint64_t first_block, n_blocks, stride;
-} fill_job;
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-__attribute__((target("f16c,avx"))) static void floats_to_f16_f16c(uint16_t *out,
-                                                                     const float *in, size_t n) {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(out + i),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
-    for (; i < n; i++) out[i] = ferry_f32_to_f16(in[i]);
-}
-#endif
-
-static void store_block(void *data, ferry_dtype dtype, uint64_t at, const float *values,
-                        size_t n) {
-#if defined(__x86_64__)
-    if (dtype == FERRY_DTYPE_F16 && __builtin_cpu_supports("f16c")) {
-        floats_to_f16_f16c((uint16_t *)data + at, values, n);
-        return;
-    }
-#endif
-    ferry_convert_dtype((char *)data + at * ferry_dtype_bytes(dtype), dtype, values,
-                        FERRY_DTYPE_F32, n);
-}
-
-/* Matrices: uniform with standard deviation 0.02 (HF's initializer range);
- * norms: 1 +- 0.1; biases: +-0.02. */
-static void *fill_worker(void *arg) {
-    const fill_job *job = arg;
-    const ferry_tensor_entry *entry = job->entry;
-    uint64_t n = entry->rows * entry->cols;
-    const ferry_tensor_spec *spec = &ferry_tensor_specs[entry->kind];
-    int is_norm = !spec->is_matrix && entry->kind != FERRY_TENSOR_BQ &&
-                  entry->kind != FERRY_TENSOR_BK && entry->kind != FERRY_TENSOR_BV;
-    float center = is_norm ? 1.0f : 0.0f;
-    float half_width = is_norm ? 0.1f : 0.02f * 1.7320508f;
-    static _Thread_local float values[FILL_BLOCK];
-    for (uint64_t block = job->first_block; block < job->n_blocks; block += job->stride) {
-        uint64_t state = tensor_seed(job->seed ^ (block * 0x9e3779b97f4a7c15ull), entry->layer,
-                                     (int)entry->kind);
-        uint64_t at = block * FILL_BLOCK;
-        size_t count = (size_t)(n - at < FILL_BLOCK ? n - at : FILL_BLOCK);
-        for (size_t i = 0; i < count; i++) {
-            float unit = (float)(stream_next(&state) >> 40) * 0x1p-24f; /* [0, 1) */
-            values[i] = center + half_width * (2.0f * unit - 1.0f);
-        }
-        store_block(job->data, entry->dtype, at, values, count);
-    }
-    return NULL;
-}
-
-static void fill_tensor(void *data, const ferry_tensor_entry *entry, uint64_t seed,
-                        int n_threads) {
-    uint64_t n = entry->rows * entry->cols;
-    uint64_t n_blocks = (n + FILL_BLOCK - 1) / FILL_BLOCK;
-    if ((uint64_t)n_threads > n_blocks) n_threads = (int)n_blocks;
-    fill_job jobs[FILL_THREADS_MAX];
-    pthread_t threads[FILL_THREADS_MAX];
-    int started[FILL_THREADS_MAX] = {0};
-    for (int t = 1; t < n_threads; t++) {
-        jobs[t] = (fill_job){data, entry, seed, (uint64_t)t, n_blocks, (uint64_t)n_threads};
-        started[t] = pthread_create(&threads[t], NULL, fill_worker, &jobs[t]) == 0;
-        if (!started[t]) fill_worker(&jobs[t]); /* no thread: do its share here */
-    }
-    jobs[0] = (fill_job){data, entry, seed, 0, n_blocks, (uint64_t)n_threads};
-    fill_worker(&jobs[0]);
-    for (int t = 1; t < n_threads; t++)
-        if (started[t]) pthread_join(threads[t], NULL);
-}
+    "  --list          list the presets\n"
+    "\n"
+    "The same weights without a file: --model synth:PRESET[:DTYPE[:SEED]] (bench,\n"
+    "generate, logits, plan) generates them in memory when the model opens.\n";
 
 static void list_presets(FILE *out) {
     for (int i = 0; i < ferry_n_presets; i++) {
@@ -190,12 +94,11 @@ int cmd_synth(int argc, char **argv) {
                         (unsigned long long)largest);
     }
     int progress = cli_stderr_is_tty();
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int n_threads = cores < 1 ? 1 : cores > 16 ? 16 : (int)cores;
+    int n_threads = ferry_synth_default_threads();
     uint64_t start_ns = ferry_now_ns(), written = 0;
     for (int i = 0; i < layout->n_tensors && status == FERRY_OK; i++) {
         const ferry_tensor_entry *entry = &layout->tensors[i];
-        fill_tensor(buffer, entry, seed, n_threads);
+        ferry_synth_fill_tensor(buffer, entry, seed, n_threads);
         status = ferry_writer_put(writer, entry->layer, entry->kind, buffer, entry->bytes);
         written += entry->bytes;
         if (progress) {

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/base.h"
 #include "tools/cli.h"
 
 static const struct {
@@ -121,3 +122,30 @@ int cli_parse_int_list(const char *command, const char *text, int32_t **out, int
 }
 
 int cli_stderr_is_tty(void) { return isatty(STDERR_FILENO); }
+
+/* Loading a large model (above all a synth: one, generated on the spot)
+ * takes a while: a line every few seconds once it has taken more than one,
+ * the last when everything is in. */
+void cli_load_progress(void *command, uint64_t done_bytes, uint64_t total_bytes) {
+    static uint64_t start_ns, last_ns;
+    static int printed;
+    uint64_t now_ns = ferry_now_ns();
+    if (!start_ns) {
+        start_ns = last_ns = now_ns;
+        printed = 0;
+    }
+    int finished = done_bytes >= total_bytes;
+    if (!finished && (now_ns - start_ns < 1000000000ull || now_ns - last_ns < 3000000000ull))
+        return;
+    if (finished && !printed) {
+        start_ns = 0;
+        return;
+    }
+    double seconds = (double)(now_ns - start_ns) / 1e9;
+    fprintf(stderr, "ferry %s: weights %.1f of %.1f GB in %.1f s (%.2f GB/s)%s\n",
+            (const char *)command, (double)done_bytes / 1e9, (double)total_bytes / 1e9, seconds,
+            seconds > 0 ? (double)done_bytes / 1e9 / seconds : 0.0, finished ? ", done" : "");
+    last_ns = now_ns;
+    printed = 1;
+    if (finished) start_ns = 0;
+}
