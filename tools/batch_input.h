@@ -12,7 +12,6 @@
 
 typedef struct batch_options {
     const char *model_path, *input_path, *output_path, *tokenizer_path, *backend;
-    const char *gpu_mem, *host_mem;     /* streaming budgets ("8G"); NULL: all resident */
     int batch, n_threads, max_new_tokens, max_context, prefill_tokens, strict, ignore_eos;
     int admission_window;               /* 0: every request of the input */
     ferry_sampling sampling;

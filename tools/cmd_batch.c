@@ -16,6 +16,7 @@
 #include "runtime/tokenizer.h"
 #include "tools/batch_input.h"
 #include "tools/cli.h"
+#include "tools/model_flags.h"
 #include "tools/options.h"
 
 static const char *const command = "batch";
@@ -45,9 +46,8 @@ static void print_help(FILE *out) {
             "                         the input; 1: input order)\n"
             "  --tokenizer FILE       a tokenizer.json instead of the model's\n"
             "  --strict               a malformed input line is fatal\n"
-            "  --gpu-mem SIZE / --host-mem SIZE   stream layers within these budgets\n"
-            "                         (e.g. 20G); without them every layer is resident\n"
             "  --backend B / --threads N   as in ferry generate\n");
+    cli_memory_flags_help(out, NULL, 22);
 }
 
 typedef struct batch_run {
@@ -189,7 +189,8 @@ static int auto_batch(const ferry_file *file, const ferry_model_options *model_o
     offload_request request = {.gpu_mem_bytes = model_options->gpu_mem_bytes,
                                .host_mem_bytes = model_options->host_mem_bytes,
                                .batch = 0, .max_auto_batch = n_pending < 1024 ? (int)n_pending : 1024,
-                               .context = max_context, .resident_layers = -1};
+                               .context = max_context, .n_slots = model_options->slots,
+                               .resident_layers = model_options->resident_layers};
     offload_bandwidths bandwidths;
     offload_bandwidths_from_profile(&bandwidths, NULL, NULL, 0);
     if (layer_bytes &&
@@ -210,6 +211,7 @@ static int auto_batch(const ferry_file *file, const ferry_model_options *model_o
 int cmd_batch(int argc, char **argv) {
     batch_options opts = {.backend = "auto", .max_new_tokens = 128,
                           .sampling = ferry_sampling_default()};
+    cli_memory_flags memory = CLI_MEMORY_FLAGS_DEFAULT;
     cli_option options[] = {
         {"--model", CLI_OPTION_STRING, &opts.model_path, 0, 0, 0},
         {"--input", CLI_OPTION_STRING, &opts.input_path, 0, 0, 0},
@@ -229,8 +231,7 @@ int cmd_batch(int argc, char **argv) {
         {"--strict", CLI_OPTION_FLAG, &opts.strict, 0, 0, 0},
         {"--backend", CLI_OPTION_STRING, &opts.backend, 0, 0, 0},
         {"--threads", CLI_OPTION_INT, &opts.n_threads, 0, 1024, 0},
-        {"--gpu-mem", CLI_OPTION_STRING, &opts.gpu_mem, 0, 0, 0},
-        {"--host-mem", CLI_OPTION_STRING, &opts.host_mem, 0, 0, 0},
+        CLI_MEMORY_OPTIONS(&memory),
     };
     const int n_options = (int)(sizeof options / sizeof options[0]);
     int parsed = cli_parse_options(command, argc, argv, options, n_options, print_help);
@@ -271,17 +272,12 @@ int cmd_batch(int argc, char **argv) {
         rc = CLI_OK;
         goto done;
     }
-    ferry_model_options model_options = {.backend = opts.backend, .n_threads = opts.n_threads,
-                                         .streaming = opts.gpu_mem || opts.host_mem,
-                                         .resident_layers = -1};
-    status = FERRY_OK;
-    if (opts.gpu_mem) status = ferry_parse_size(opts.gpu_mem, &model_options.gpu_mem_bytes);
-    if (status == FERRY_OK && opts.host_mem)
-        status = ferry_parse_size(opts.host_mem, &model_options.host_mem_bytes);
+    ferry_model_options model_options = {.backend = opts.backend, .n_threads = opts.n_threads};
+    cli_memory_flags_apply(&memory, &model_options);
     /* the session's shape first: a streamed model leaves room for it */
     ferry_file *file = NULL;
     int max_context = opts.max_context, batch = opts.batch;
-    if (status == FERRY_OK) status = ferry_file_open(opts.model_path, &file);
+    status = ferry_file_open(opts.model_path, &file);
     if (status == FERRY_OK) {
         if (max_context == 0) {
             for (size_t i = 0; i < run.n_requests; i++) {
@@ -340,9 +336,7 @@ int cmd_batch(int argc, char **argv) {
                 (unsigned long long)run.stats.n_passes,
                 (double)run.stats.n_passes / (double)run.stats.n_steps);
     fputs(")\n", stderr);
-    char plan_report[8192];
-    if (ferry_model_stream_report(model, plan_report, sizeof plan_report) > 0)
-        fprintf(stderr, "ferry batch: streaming plan and measured passes:\n%s", plan_report);
+    cli_print_stream_report(command, model, "streaming plan and measured passes");
     if (status == FERRY_ERR_CANCELLED) {
         rc = cli_fail(command, FERRY_OK, "stopped by a signal after %zu of %zu requests; rerun "
                       "with the same --output to finish", run.n_done, run.n_requests);

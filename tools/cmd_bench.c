@@ -15,6 +15,7 @@
 #include "offload/offload.h"
 #include "runtime/engine.h"
 #include "tools/cli.h"
+#include "tools/model_flags.h"
 #include "tools/options.h"
 
 static const char *const command = "bench";
@@ -25,7 +26,8 @@ static void print_help(FILE *out) {
     fprintf(out,
             "usage: ferry bench --model M [--batch 1,16,64] [--prompt-len 128] [--gen-len 32]\n"
             "                   [--backend B] [--threads N] [--kernels] [--json]\n"
-            "                   [--gpu-mem SIZE] [--host-mem SIZE]\n\n"
+            "                   [--gpu-mem SIZE] [--host-mem SIZE] [--resident-layers N]\n"
+            "                   [--slots N]\n\n"
             "For each batch size: prefill of B prompts of --prompt-len random tokens, then\n"
             "--gen-len greedy decode steps.  Prints prefill and decode tokens/s, the median\n"
             "step time, the bytes a decode step reads (weights, and the KV cache at the mean\n"
@@ -42,11 +44,10 @@ static void print_help(FILE *out) {
             "  --kernels        also time the matmul op alone on the model's matrix shapes\n"
             "                   for 1..512 tokens (bandwidth and TFLOP/s), and the attention\n"
             "                   op on prefill chunks of 512 and 2,048 tokens (TFLOP/s)\n"
-            "  --json           one JSON object per line instead of the table\n"
-            "  --gpu-mem SIZE / --host-mem SIZE\n"
-            "                   stream layers within these budgets (as ferry batch does); the\n"
-            "                   plan is printed first, and each batch's row adds the plan's\n"
-            "                   predicted step time and tokens/s, and measured / predicted\n");
+            "  --json           one JSON object per line instead of the table\n");
+    cli_memory_flags_help(out, NULL, 16);
+    fprintf(out, "A streamed run prints the plan first, and each batch's row adds the plan's\n"
+                 "predicted step time and tokens/s, and measured / predicted.\n");
 }
 
 /* ------------------------------------------------------------- counting */
@@ -482,11 +483,10 @@ fail:
 
 int cmd_bench(int argc, char **argv) {
     const char *model_path = NULL, *batch_text = "1,16,64", *backend_spec = "auto";
-    const char *gpu_mem = NULL, *host_mem = NULL;
+    cli_memory_flags memory = CLI_MEMORY_FLAGS_DEFAULT;
     int prompt_len = 128, gen_len = 32, n_threads = 0, json = 0, kernels = 0;
     cli_option options[] = {
-        {"--gpu-mem", CLI_OPTION_STRING, &gpu_mem, 0, 0, 0},
-        {"--host-mem", CLI_OPTION_STRING, &host_mem, 0, 0, 0},
+        CLI_MEMORY_OPTIONS(&memory),
         {"--model", CLI_OPTION_STRING, &model_path, 0, 0, 0},
         {"--batch", CLI_OPTION_STRING, &batch_text, 0, 0, 0},
         {"--prompt-len", CLI_OPTION_INT, &prompt_len, 1, 1 << 20, 0},
@@ -515,22 +515,13 @@ int cmd_bench(int argc, char **argv) {
     int rc = CLI_FAILED;
     ferry_model *model = NULL;
     ferry_model_options model_options = {.backend = backend_spec, .n_threads = n_threads,
-                                         .streaming = gpu_mem || host_mem,
-                                         .resident_layers = -1,
                                          .stream_context = prompt_len + gen_len + 1,
                                          .on_progress = cli_load_progress,
                                          .progress_user = (void *)command};
+    cli_memory_flags_apply(&memory, &model_options);
     for (int i = 0; i < n_batches; i++)
         if (batches[i] > model_options.stream_batch) model_options.stream_batch = batches[i];
-    ferry_status status = FERRY_OK;
-    if (gpu_mem) status = ferry_parse_size(gpu_mem, &model_options.gpu_mem_bytes);
-    if (status == FERRY_OK && host_mem)
-        status = ferry_parse_size(host_mem, &model_options.host_mem_bytes);
-    if (status != FERRY_OK) {
-        free(batches);
-        return cli_usage_error(command, "%s", ferry_last_error());
-    }
-    status = ferry_model_open(model_path, &model_options, &model);
+    ferry_status status = ferry_model_open(model_path, &model_options, &model);
     if (status != FERRY_OK) {
         rc = cli_fail(command, status, "cannot load the model");
         goto done;

@@ -1,12 +1,14 @@
 /*
  * cmd_generate.c — `ferry generate`: feed a prompt of token ids, sample
  * up to N new tokens and print them comma-separated on one line of
- * stdout; timings go to stderr.  A thin layer over ferry_generate.
+ * stdout; timings (and, for a streamed model, its plan) go to stderr.  A
+ * thin layer over ferry_generate.
  */
 #include <stdlib.h>
 
 #include "runtime/tokenizer.h"
 #include "tools/cli.h"
+#include "tools/model_flags.h"
 #include "tools/options.h"
 
 static const char *const command = "generate";
@@ -34,6 +36,7 @@ static void print_help(FILE *out) {
             "  --backend B            cpu, cuda, cuda:N or auto (default auto)\n"
             "  --threads N            CPU worker threads (default 0: one per core)\n"
             "  --verify               check every tensor checksum while loading\n");
+    cli_memory_flags_help(out, NULL, 22);
 }
 
 /* When the first token arrived: the end of the prefill. */
@@ -55,6 +58,7 @@ int cmd_generate(int argc, char **argv) {
     ferry_sampling sampling = ferry_sampling_default();
     int ignore_eos = 0;
     const char *prompt_text = NULL, *tokenizer_path = NULL;
+    cli_memory_flags memory = CLI_MEMORY_FLAGS_DEFAULT;
     cli_option options[] = {
         {"--prompt", CLI_OPTION_STRING, &prompt_text, 0, 0, 0},
         {"--tokenizer", CLI_OPTION_STRING, &tokenizer_path, 0, 0, 0},
@@ -71,6 +75,7 @@ int cmd_generate(int argc, char **argv) {
         {"--backend", CLI_OPTION_STRING, &backend, 0, 0, 0},
         {"--threads", CLI_OPTION_INT, &n_threads, 0, 1024, 0},
         {"--verify", CLI_OPTION_FLAG, &verify, 0, 0, 0},
+        CLI_MEMORY_OPTIONS(&memory),
     };
     const int n_options = (int)(sizeof options / sizeof options[0]);
     int parsed = cli_parse_options(command, argc, argv, options, n_options, print_help);
@@ -123,12 +128,16 @@ int cmd_generate(int argc, char **argv) {
                                          .verify_checksums = verify,
                                          .on_progress = cli_load_progress,
                                          .progress_user = (void *)command};
+    cli_memory_flags_apply(&memory, &model_options);
+    model_options.stream_batch = 1;
+    model_options.stream_context = max_context;
     ferry_status status = ferry_model_open(model_path, &model_options, &model);
     if (status == FERRY_OK) status = ferry_session_new(model, 1, max_context, &session);
     if (status != FERRY_OK) {
         rc = cli_fail(command, status, "cannot load the model");
         goto done;
     }
+    cli_print_stream_report(command, model, "streaming plan");
     generate_timing timing = {0, 0};
     ferry_generate_params params = {.sampling = sampling, .max_new_tokens = max_new_tokens,
                                     .ignore_eos = ignore_eos, .on_token = note_token,

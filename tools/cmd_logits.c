@@ -1,13 +1,15 @@
 /*
  * cmd_logits.c — `ferry logits`: run a token list through a model and
  * write the float32 little-endian logits of every position,
- * [n_tokens x vocab], to a file.  A thin layer over ferry_forward.
+ * [n_tokens x vocab], to a file (a streamed model's plan goes to stderr).
+ * A thin layer over ferry_forward.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tools/cli.h"
+#include "tools/model_flags.h"
 #include "tools/options.h"
 
 static const char *const command = "logits";
@@ -17,13 +19,14 @@ static void print_help(FILE *out) {
             "usage: ferry logits --model M --tokens 1,2,3 --out FILE [options]\n\n"
             "Runs the token ids through the model and writes the logits of every position\n"
             "as float32 little-endian, n_tokens rows of vocab_size values, to FILE.\n\n"
-            "  --model M        the .ferry file, or synth:PRESET[:DTYPE[:SEED]] for\n"
-            "                   the weights ferry synth would write, made in memory\n"
-            "  --tokens LIST    comma-separated token ids, e.g. 1,15043,3186\n"
-            "  --out FILE       where to write the logits\n"
-            "  --backend B      cpu, cuda, cuda:N or auto (default auto)\n"
-            "  --threads N      CPU worker threads (default 0: one per core)\n"
-            "  --verify         check every tensor checksum while loading\n");
+            "  --model M              the .ferry file, or synth:PRESET[:DTYPE[:SEED]] for\n"
+            "                         the weights ferry synth would write, made in memory\n"
+            "  --tokens LIST          comma-separated token ids, e.g. 1,15043,3186\n"
+            "  --out FILE             where to write the logits\n"
+            "  --backend B            cpu, cuda, cuda:N or auto (default auto)\n"
+            "  --threads N            CPU worker threads (default 0: one per core)\n"
+            "  --verify               check every tensor checksum while loading\n");
+    cli_memory_flags_help(out, NULL, 22);
 }
 
 /* Write floats as little-endian bytes, whatever the host order. */
@@ -43,6 +46,7 @@ static int write_f32_le(FILE *file, const float *values, size_t n) {
 int cmd_logits(int argc, char **argv) {
     const char *model_path = NULL, *tokens_text = NULL, *out_path = NULL, *backend = "auto";
     int n_threads = 0, verify = 0;
+    cli_memory_flags memory = CLI_MEMORY_FLAGS_DEFAULT;
     cli_option options[] = {
         {"--model", CLI_OPTION_STRING, &model_path, 0, 0, 0},
         {"--tokens", CLI_OPTION_STRING, &tokens_text, 0, 0, 0},
@@ -50,6 +54,7 @@ int cmd_logits(int argc, char **argv) {
         {"--backend", CLI_OPTION_STRING, &backend, 0, 0, 0},
         {"--threads", CLI_OPTION_INT, &n_threads, 0, 1024, 0},
         {"--verify", CLI_OPTION_FLAG, &verify, 0, 0, 0},
+        CLI_MEMORY_OPTIONS(&memory),
     };
     int parsed = cli_parse_options(command, argc, argv, options,
                                    (int)(sizeof options / sizeof options[0]), print_help);
@@ -71,11 +76,15 @@ int cmd_logits(int argc, char **argv) {
                                          .verify_checksums = verify,
                                          .on_progress = cli_load_progress,
                                          .progress_user = (void *)command};
+    cli_memory_flags_apply(&memory, &model_options);
+    model_options.stream_batch = 1;
+    model_options.stream_context = n_tokens;
     ferry_status status = ferry_model_open(model_path, &model_options, &model);
     if (status != FERRY_OK) {
         rc = cli_fail(command, status, "cannot load the model");
         goto done;
     }
+    cli_print_stream_report(command, model, "streaming plan");
     ferry_model_info info;
     ferry_model_get_info(model, &info);
     status = ferry_session_new(model, 1, n_tokens, &session);

@@ -4,7 +4,6 @@
  * step and the predicted tokens/s, without running anything.  The model
  * comes from a .ferry file or from a preset shape (no file needed).
  */
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -12,150 +11,104 @@
 #include "offload/offload.h"
 #include "runtime/format.h"
 #include "tools/cli.h"
+#include "tools/model_flags.h"
+#include "tools/options.h"
 
-static const char plan_usage[] =
-    "usage: ferry plan (--model FILE | --model synth:PRESET[:DTYPE] | --preset NAME [--dtype f16])\n"
-    "                  [options]\n"
-    "\n"
-    "Print the placement plan: tier of each layer (gpu, dram, nvme), where the\n"
-    "KV cache lives, memory per tier, bytes per decode step over each link,\n"
-    "predicted step time and tokens/s.\n"
-    "\n"
-    "  --batch N|auto         sequences per step (default 1; auto: best predicted tokens/s)\n"
-    "  --context N            tokens per sequence (default 2048, at most the model's)\n"
-    "  --gpu-mem SIZE         GPU memory budget (default 80G)\n"
-    "  --host-mem SIZE        pinned DRAM budget (default 80% of physical memory)\n"
-    "  --slots N              GPU slot ring depth (default 2)\n"
-    "  --resident-layers N    keep exactly N layers on the GPU (default: as many as fit)\n"
-    "  --kv-dtype f16|f32     KV cache element type (default f16)\n"
-    "  --link-gbps X          pinned host->GPU GB/s   (default: this machine's profile from\n"
-    "                         `ferry iobench --save`, else the H100 test machine's)\n"
-    "  --disk-gbps X          NVMe read GB/s\n"
-    "  --gpu-gbps X           GPU memory read GB/s\n"
-    "  --tflops X             sustained matmul TFLOP/s (0: leave compute out)\n";
+static const char *const command = "plan";
 
-enum {
-    OPT_MODEL = 256, OPT_PRESET, OPT_DTYPE, OPT_BATCH, OPT_CONTEXT, OPT_GPU_MEM, OPT_HOST_MEM,
-    OPT_SLOTS, OPT_RESIDENT, OPT_KV_DTYPE, OPT_LINK, OPT_DISK, OPT_GPU, OPT_TFLOPS, OPT_HELP
-};
+static void print_help(FILE *out) {
+    fprintf(out,
+            "usage: ferry plan (--model FILE | --model synth:PRESET[:DTYPE] |\n"
+            "                   --preset NAME [--dtype f16]) [options]\n"
+            "\n"
+            "Print the placement plan: tier of each layer (gpu, dram, nvme), where the\n"
+            "KV cache lives, memory per tier, bytes per decode step over each link,\n"
+            "predicted step time and tokens/s.\n"
+            "\n"
+            "  --batch N|auto         sequences per step (default 1; auto: best predicted tokens/s)\n"
+            "  --context N            tokens per sequence (default 2048, at most the model's)\n"
+            "  --kv-dtype f16|f32     KV cache element type (default f16)\n"
+            "  --link-gbps X          pinned host->GPU GB/s   (default: this machine's profile from\n"
+            "                         `ferry iobench --save`, else the H100 test machine's)\n"
+            "  --disk-gbps X          NVMe read GB/s\n"
+            "  --gpu-gbps X           GPU memory read GB/s\n"
+            "  --tflops X             sustained matmul TFLOP/s (0: leave compute out)\n");
+    cli_memory_flags_help(out,
+                          "Budgets, as the commands that run a model take them (here --gpu-mem\n"
+                          "defaults to 80G and --host-mem to 80% of physical memory):",
+                          22);
+}
 
-static const struct option plan_options[] = {
-    {"model", required_argument, NULL, OPT_MODEL},
-    {"preset", required_argument, NULL, OPT_PRESET},
-    {"dtype", required_argument, NULL, OPT_DTYPE},
-    {"batch", required_argument, NULL, OPT_BATCH},
-    {"context", required_argument, NULL, OPT_CONTEXT},
-    {"gpu-mem", required_argument, NULL, OPT_GPU_MEM},
-    {"host-mem", required_argument, NULL, OPT_HOST_MEM},
-    {"slots", required_argument, NULL, OPT_SLOTS},
-    {"resident-layers", required_argument, NULL, OPT_RESIDENT},
-    {"kv-dtype", required_argument, NULL, OPT_KV_DTYPE},
-    {"link-gbps", required_argument, NULL, OPT_LINK},
-    {"disk-gbps", required_argument, NULL, OPT_DISK},
-    {"gpu-gbps", required_argument, NULL, OPT_GPU},
-    {"tflops", required_argument, NULL, OPT_TFLOPS},
-    {"help", no_argument, NULL, OPT_HELP},
-    {NULL, 0, NULL, 0},
-};
-
-/* A whole number in [low, high], or -1 with a usage message. */
-static int parse_int(const char *name, const char *text, int low, int high, int *out) {
+/* "auto" (0) or a whole number of sequences in 1..65536. */
+static int parse_batch(const char *text, int *out) {
+    if (strcmp(text, "auto") == 0) {
+        *out = 0;
+        return 0;
+    }
     char *end = NULL;
     long value = strtol(text, &end, 10);
-    if (end == text || *end || value < low || value > high) {
-        cli_usage_error("plan", "--%s %s: expected a whole number in %d..%d", name, text, low, high);
-        return -1;
-    }
+    if (end == text || *end || value < 1 || value > 65536)
+        return cli_usage_error(command, "--batch %s: expected auto or a whole number in 1..65536",
+                               text);
     *out = (int)value;
     return 0;
 }
 
-static int parse_double(const char *name, const char *text, double *out) {
-    char *end = NULL;
-    double value = strtod(text, &end);
-    if (end == text || *end || !(value >= 0)) {
-        cli_usage_error("plan", "--%s %s: expected a number >= 0", name, text);
-        return -1;
-    }
-    *out = value;
-    return 0;
-}
-
 int cmd_plan(int argc, char **argv) {
-    const char *model_path = NULL, *preset_name = NULL;
+    const char *model_path = NULL, *preset_name = NULL, *batch_text = "1";
+    const char *dtype_name = "f16", *kv_dtype_name = "f16";
     ferry_dtype dtype = FERRY_DTYPE_F16, kv_dtype = FERRY_DTYPE_F16;
     offload_request request = {0};
-    request.batch = 1;
     request.context = 2048;
-    request.resident_layers = -1;
-    request.gpu_mem_bytes = 80ull << 30;
+    cli_memory_flags memory = CLI_MEMORY_FLAGS_DEFAULT;
+    memory.gpu_mem_bytes = 80ull << 30;
     long pages = sysconf(_SC_PHYS_PAGES), page_bytes = sysconf(_SC_PAGESIZE);
-    request.host_mem_bytes =
+    memory.host_mem_bytes =
         pages > 0 && page_bytes > 0 ? (uint64_t)pages * (uint64_t)page_bytes / 10 * 8 : 0;
-    int context_given = 0;
     offload_bandwidths bandwidths;
     offload_bandwidth_origins origins;
     char profile_warning[600];
     offload_bandwidths_from_profile(&bandwidths, &origins, profile_warning,
                                     sizeof profile_warning);
-    if (profile_warning[0]) fprintf(stderr, "ferry plan: warning: %s\n", profile_warning);
     ferry_status status;
-    optind = 1;
-    int option;
-    while ((option = getopt_long(argc, argv, "h", plan_options, NULL)) != -1) {
-        switch (option) {
-        case OPT_MODEL: model_path = optarg; break;
-        case OPT_PRESET: preset_name = optarg; break;
-        case OPT_DTYPE:
-        case OPT_KV_DTYPE:
-            if (ferry_dtype_parse(optarg, option == OPT_DTYPE ? &dtype : &kv_dtype) != FERRY_OK)
-                return cli_usage_error("plan", "unknown dtype '%s' (f32, f16, bf16)", optarg);
-            break;
-        case OPT_BATCH:
-            if (strcmp(optarg, "auto") == 0) request.batch = 0;
-            else if (parse_int("batch", optarg, 1, 65536, &request.batch)) return CLI_USAGE;
-            break;
-        case OPT_CONTEXT:
-            if (parse_int("context", optarg, 1, 1 << 24, &request.context)) return CLI_USAGE;
-            context_given = 1;
-            break;
-        case OPT_GPU_MEM:
-        case OPT_HOST_MEM:
-            if (ferry_parse_size(optarg, option == OPT_GPU_MEM ? &request.gpu_mem_bytes
-                                                               : &request.host_mem_bytes) != FERRY_OK)
-                return cli_usage_error("plan", "%s", ferry_last_error());
-            break;
-        case OPT_SLOTS:
-            if (parse_int("slots", optarg, 1, 64, &request.n_slots)) return CLI_USAGE;
-            break;
-        case OPT_RESIDENT:
-            if (parse_int("resident-layers", optarg, 0, 1 << 20, &request.resident_layers))
-                return CLI_USAGE;
-            break;
-        case OPT_LINK:
-            if (parse_double("link-gbps", optarg, &bandwidths.host_to_gpu_gbps)) return CLI_USAGE;
-            origins.host_to_gpu = OFFLOAD_FROM_GIVEN;
-            break;
-        case OPT_DISK:
-            if (parse_double("disk-gbps", optarg, &bandwidths.disk_read_gbps)) return CLI_USAGE;
-            origins.disk_read = OFFLOAD_FROM_GIVEN;
-            break;
-        case OPT_GPU:
-            if (parse_double("gpu-gbps", optarg, &bandwidths.gpu_memory_gbps)) return CLI_USAGE;
-            origins.gpu_memory = OFFLOAD_FROM_GIVEN;
-            break;
-        case OPT_TFLOPS:
-            if (parse_double("tflops", optarg, &bandwidths.gpu_tflops)) return CLI_USAGE;
-            origins.gpu_tflops = OFFLOAD_FROM_GIVEN;
-            break;
-        case 'h':
-        case OPT_HELP: fputs(plan_usage, stdout); return CLI_OK;
-        default: return cli_usage_error("plan", "unknown option");
-        }
-    }
-    if (optind < argc) return cli_usage_error("plan", "unexpected argument '%s'", argv[optind]);
+    cli_option options[] = {
+        {"--model", CLI_OPTION_STRING, &model_path, 0, 0, 0},
+        {"--preset", CLI_OPTION_STRING, &preset_name, 0, 0, 0},
+        {"--dtype", CLI_OPTION_STRING, &dtype_name, 0, 0, 0},
+        {"--batch", CLI_OPTION_STRING, &batch_text, 0, 0, 0},
+        {"--context", CLI_OPTION_INT, &request.context, 1, 1 << 24, 0},
+        {"--kv-dtype", CLI_OPTION_STRING, &kv_dtype_name, 0, 0, 0},
+        {"--link-gbps", CLI_OPTION_DOUBLE, &bandwidths.host_to_gpu_gbps, 1e-9, 1e9, 0},
+        {"--disk-gbps", CLI_OPTION_DOUBLE, &bandwidths.disk_read_gbps, 1e-9, 1e9, 0},
+        {"--gpu-gbps", CLI_OPTION_DOUBLE, &bandwidths.gpu_memory_gbps, 1e-9, 1e9, 0},
+        {"--tflops", CLI_OPTION_DOUBLE, &bandwidths.gpu_tflops, 0, 1e9, 0},
+        CLI_MEMORY_OPTIONS(&memory),
+    };
+    const int n_options = (int)(sizeof options / sizeof options[0]);
+    int parsed = cli_parse_options(command, argc, argv, options, n_options, print_help);
+    if (parsed == CLI_HELP_SHOWN) return CLI_OK;
+    if (parsed != CLI_PARSED) return CLI_USAGE;
+    if (parse_batch(batch_text, &request.batch) != 0) return CLI_USAGE;
+    if (ferry_dtype_parse(dtype_name, &dtype) != FERRY_OK)
+        return cli_usage_error(command, "--dtype: unknown dtype '%s' (f32, f16, bf16)", dtype_name);
+    if (ferry_dtype_parse(kv_dtype_name, &kv_dtype) != FERRY_OK)
+        return cli_usage_error(command, "--kv-dtype: unknown dtype '%s' (f32, f16, bf16)",
+                               kv_dtype_name);
+    if (profile_warning[0]) fprintf(stderr, "ferry plan: warning: %s\n", profile_warning);
+    /* a figure given on the command line says so in the plan */
+    const struct { const char *name; offload_figure_origin *origin; } given[] = {
+        {"--link-gbps", &origins.host_to_gpu}, {"--disk-gbps", &origins.disk_read},
+        {"--gpu-gbps", &origins.gpu_memory}, {"--tflops", &origins.gpu_tflops}};
+    for (size_t i = 0; i < sizeof given / sizeof given[0]; i++)
+        if (cli_option_find(options, n_options, given[i].name)->seen)
+            *given[i].origin = OFFLOAD_FROM_GIVEN;
+    request.gpu_mem_bytes = memory.gpu_mem_bytes;
+    request.host_mem_bytes = memory.host_mem_bytes;
+    request.resident_layers = memory.resident_layers;
+    request.n_slots = memory.slots;
+    int context_given = cli_option_find(options, n_options, "--context")->seen;
     if (!model_path == !preset_name)
-        return cli_usage_error("plan", "give exactly one of --model FILE and --preset NAME");
+        return cli_usage_error(command, "give exactly one of --model FILE and --preset NAME");
 
     ferry_file *file = NULL;
     ferry_layout preset_layout;
@@ -171,17 +124,17 @@ int cmd_plan(int argc, char **argv) {
         status = ferry_synth_parse(model_path, &synth);
         if (status == FERRY_OK)
             status = ferry_layout_build(&synth.preset->config, synth.dtype, &preset_layout);
-        if (status != FERRY_OK) return cli_fail("plan", status, "%s", model_path);
+        if (status != FERRY_OK) return cli_fail(command, status, "%s", model_path);
         layout = &preset_layout;
     } else if (model_path) {
         status = ferry_file_open(model_path, &file);
-        if (status != FERRY_OK) return cli_fail("plan", status, "%s", model_path);
+        if (status != FERRY_OK) return cli_fail(command, status, "%s", model_path);
         layout = &file->layout;
     } else {
         const ferry_preset *preset = ferry_preset_find(preset_name);
-        if (!preset) return cli_usage_error("plan", "unknown preset '%s'", preset_name);
+        if (!preset) return cli_usage_error(command, "unknown preset '%s'", preset_name);
         status = ferry_layout_build(&preset->config, dtype, &preset_layout);
-        if (status != FERRY_OK) return cli_fail("plan", status, "preset %s", preset_name);
+        if (status != FERRY_OK) return cli_fail(command, status, "preset %s", preset_name);
         layout = &preset_layout;
     }
     if (!context_given && request.context > layout->config.max_position)
@@ -196,7 +149,7 @@ int cmd_plan(int argc, char **argv) {
     if (status == FERRY_OK) status = offload_plan_make(&shape, &request, &bandwidths, &plan);
     plan.bandwidths_from = origins;
     if (status != FERRY_OK) {
-        cli_fail("plan", status, "%s", model_path ? model_path : preset_name);
+        cli_fail(command, status, "%s", model_path ? model_path : preset_name);
         goto done;
     }
     printf("model: %s (%s, %d layers, %s)\n", model_path ? model_path : preset_name,

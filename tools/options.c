@@ -1,6 +1,5 @@
 /*
- * options.c — the option table walker behind `ferry logits` and
- * `ferry generate`: strict number parsing (the whole text must be a
+ * options.c — the option table walker behind the subcommands: strict number parsing (the whole text must be a
  * number, in range), one clear message per mistake.
  */
 #include <errno.h>
@@ -35,13 +34,15 @@ static int set_option(const char *command, cli_option *option, const char *value
         *(int *)option->target = (int)parsed;
         return 0;
     }
-    case CLI_OPTION_FLOAT: {
+    case CLI_OPTION_FLOAT:
+    case CLI_OPTION_DOUBLE: {
         double parsed = strtod(value, &end);
         if (end == value || *end || errno || !isfinite(parsed) || parsed < option->min ||
             parsed > option->max)
             return cli_usage_error(command, "%s '%s' is not a number in %g..%g", option->name,
                                    value, option->min, option->max);
-        *(float *)option->target = (float)parsed;
+        if (option->kind == CLI_OPTION_FLOAT) *(float *)option->target = (float)parsed;
+        else *(double *)option->target = parsed;
         return 0;
     }
     case CLI_OPTION_U64: {
@@ -52,6 +53,16 @@ static int set_option(const char *command, cli_option *option, const char *value
             return cli_usage_error(command, "%s '%s' is not a non-negative integer", option->name,
                                    value);
         *(uint64_t *)option->target = (uint64_t)parsed;
+        return 0;
+    }
+    case CLI_OPTION_SIZE: {
+        uint64_t bytes = 0;
+        if (ferry_parse_size(value, &bytes) != FERRY_OK)
+            return cli_usage_error(command, "%s: %s", option->name, ferry_last_error());
+        if ((double)bytes < option->min)
+            return cli_usage_error(command, "%s '%s' is %llu bytes; the least allowed is %.0f",
+                                   option->name, value, (unsigned long long)bytes, option->min);
+        *(uint64_t *)option->target = bytes;
         return 0;
     }
     case CLI_OPTION_FLAG: *(int *)option->target = 1; return 0;

@@ -1,8 +1,9 @@
 /*
- * options.h — table-driven option parsing for the subcommands that run a
- * model (logits, generate): each option is a row naming its flag, its
- * type, where the value goes and its allowed range, so validation and
- * error messages are the same everywhere.
+ * options.h — table-driven option parsing for the subcommands: each
+ * option is a row naming its flag, its type, where the value goes and its
+ * allowed range, so validation and error messages are the same everywhere.
+ * The streaming budget rows every model-running command shares are in
+ * tools/model_flags.h.
  */
 #ifndef FERRY_TOOLS_OPTIONS_H
 #define FERRY_TOOLS_OPTIONS_H
@@ -14,7 +15,9 @@ typedef enum cli_option_kind {
     CLI_OPTION_STRING,          /* const char * */
     CLI_OPTION_INT,             /* int, within [min, max] */
     CLI_OPTION_FLOAT,           /* float, within [min, max] */
+    CLI_OPTION_DOUBLE,          /* double, within [min, max] */
     CLI_OPTION_U64,             /* uint64_t */
+    CLI_OPTION_SIZE,            /* uint64_t bytes ("512M", "1.5G": ferry_parse_size), >= min */
     CLI_OPTION_FLAG,            /* int set to 1; takes no value */
 } cli_option_kind;
 
@@ -22,7 +25,7 @@ typedef struct cli_option {
     const char *name;           /* "--model" */
     cli_option_kind kind;
     void *target;
-    double min, max;            /* for INT and FLOAT */
+    double min, max;            /* for INT, FLOAT and DOUBLE; min for SIZE */
     int seen;                   /* set when the option was given */
 } cli_option;
 

@@ -1,0 +1,54 @@
+/*
+ * model_flags.h — the layer-streaming flags every command that runs or
+ * plans a model shares (--gpu-mem, --host-mem, --resident-layers, --slots):
+ * their option-table rows, their --help lines, how they fill
+ * ferry_model_options, and the plan printed before a streamed run.  One
+ * place, so the four run commands and `ferry plan` agree on names, ranges
+ * and messages.
+ */
+#ifndef FERRY_TOOLS_MODEL_FLAGS_H
+#define FERRY_TOOLS_MODEL_FLAGS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ferry.h"
+#include "tools/options.h"
+
+typedef struct cli_memory_flags {
+    uint64_t gpu_mem_bytes;     /* 0: not given (no limit) */
+    uint64_t host_mem_bytes;    /* 0: not given (no limit) */
+    int resident_layers;        /* -1: as many as fit */
+    int slots;                  /* 0: the default ring depth (2) */
+} cli_memory_flags;
+
+#define CLI_MEMORY_FLAGS_DEFAULT ((cli_memory_flags){0, 0, -1, 0})
+
+/* The four rows, to list inside a command's cli_option table.  A size of
+ * 0 bytes is refused (leave the flag out for no limit), so a nonzero
+ * field always means the flag was given. */
+#define CLI_MEMORY_OPTIONS(flags)                                                         \
+    {"--gpu-mem", CLI_OPTION_SIZE, &(flags)->gpu_mem_bytes, 1, 0, 0},                     \
+    {"--host-mem", CLI_OPTION_SIZE, &(flags)->host_mem_bytes, 1, 0, 0},                   \
+    {"--resident-layers", CLI_OPTION_INT, &(flags)->resident_layers, 0, 1 << 20, 0},      \
+    {"--slots", CLI_OPTION_INT, &(flags)->slots, 1, 64, 0}
+
+/* Their --help lines after a blank line and `heading` (NULL: the one the
+ * run commands share), the flag names padded to `name_width` columns after
+ * a two-space indent (so they line up with the command's other lines). */
+void cli_memory_flags_help(FILE *out, const char *heading, int name_width);
+
+/* Did the user give any of the four (streaming wanted)? */
+int cli_memory_flags_given(const cli_memory_flags *flags);
+
+/* Turn streaming on in `options` when any flag was given and copy the
+ * budgets, resident layer count and slot count.  The caller sets
+ * stream_batch and stream_context to the sessions it will make. */
+void cli_memory_flags_apply(const cli_memory_flags *flags, ferry_model_options *options);
+
+/* For a streamed model: "ferry <command>: <title>:" and the placement
+ * plan (with what was measured, if any passes ran) on stderr.  Nothing for
+ * a model whose layers are all resident. */
+void cli_print_stream_report(const char *command, const ferry_model *model, const char *title);
+
+#endif /* FERRY_TOOLS_MODEL_FLAGS_H */
