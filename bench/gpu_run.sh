@@ -128,7 +128,14 @@ if has_step batch; then
     # issue 6: 1000 mixed requests through ferry batch vs ferry bench, same plan and batch
     step "ferry batch vs ferry bench, streamed under --gpu-mem 4G, batch 64"
     python3 "$REPO/bench/batch_requests.py" 1000 >/tmp/req.jsonl
-    "$FERRY" bench --model "$MODEL" --batch 64 --prompt-len 22 --gen-len 16 --gpu-mem 4G --backend cuda 2>&1 | tee "$OUT/batch_bench.log"
+    # the requests' mean shape (22 + 16), and the shape whose context (40 + 22 + 1 = 63)
+    # equals the one ferry batch plans for (its longest prompt + max_new_tokens), so
+    # both stream the same layers
+    for shape in "22 16" "40 22"; do
+        set -- $shape
+        "$FERRY" bench --model "$MODEL" --batch 64 --prompt-len $1 --gen-len $2 --gpu-mem 4G \
+            --backend cuda 2>&1 | tee -a "$OUT/batch_bench.log" | grep -A1 '^batch '
+    done
     rm -f /tmp/out.jsonl
     "$FERRY" batch --model "$MODEL" --input /tmp/req.jsonl --output /tmp/out.jsonl --batch 64 --greedy \
         --ignore-eos --gpu-mem 4G --backend cuda 2>&1 | tee "$OUT/batch_run.log" | tail -15
