@@ -184,6 +184,18 @@ ferry_status ferry_backend_cpu_new(int n_threads, ferry_backend **out);
  * built without CUDA or no usable GPU is present. */
 ferry_status ferry_backend_cuda_new(int device, ferry_backend **out);
 
+/* Causal grouped-query attention computed by the host CPU on cpu_backend's
+ * threads (a CPU backend), as the attention op defines it, over a cache in
+ * host memory (the CPU backend's, or pinned memory a device maps) whose
+ * elements are kv_dtype (f16 or f32).  q and out ([n, n_heads, head_dim]
+ * f32) and the batch's positions and slots are host memory; tokens is not
+ * read.  Float32 accumulation; the result does not depend on the number
+ * of threads.  Synchronous: the cache rows must already hold what the
+ * device wrote (a download on its stream sees to that). */
+ferry_status ferry_host_attention(ferry_backend *cpu_backend, float *out, const float *q,
+                                  const ferry_kv_layer *cache, ferry_dtype kv_dtype,
+                                  const ferry_token_batch *batch, ferry_attention_shape shape);
+
 /* Parse "cpu" / "cuda" / "cuda:N" / "auto" (NULL = auto) and make it. */
 ferry_status ferry_backend_new(const char *spec, int n_threads, ferry_backend **out);
 

@@ -34,6 +34,10 @@ void cpu_decode_weights(float *dst, const void *src, ferry_dtype dtype, size_t f
 /* sum_i a[i] * b[i], float32 accumulation in eight-wide partial sums. */
 float cpu_dot(const float *a, const float *b, int n);
 
+/* y[i] += a * x[i] for i < n (the FMA contraction may differ between the
+ * portable and AVX2 code, never between calls on one machine). */
+void cpu_axpy(float *y, float a, const float *x, int n);
+
 /* Make the f16 table and pick the vector code for this CPU (idempotent,
  * thread-safe; FERRY_CPU_PORTABLE=1 in the environment keeps the portable
  * code). */

@@ -1,6 +1,6 @@
 /*
- * vector.c — the CPU backend's two inner loops: decoding a run of f16 /
- * bf16 / f32 weights to float, and the float dot product.  A portable
+ * vector.c — the CPU backend's inner loops: decoding a run of f16 /
+ * bf16 / f32 weights to float, the float dot product and y += a x.  A portable
  * version (GCC vector types, a 64K-entry f16 table) runs everywhere; on
  * x86-64 with AVX2, FMA and F16C, versions compiled for those are picked
  * once at start-up.  Hot path: no allocation, no branches per element.
@@ -66,9 +66,26 @@ static float dot_portable(const float *a, const float *b, int n) { DOT_BODY }
 
 /* --------------------------------------------------------- x86-64 AVX2 */
 
+/* y[i] += a * x[i]: one multiply-add per element, whatever the vector
+ * width, so every version gives the same floats. */
+#define AXPY_BODY                                                                                  \
+    int i = 0;                                                                                     \
+    for (; i + 8 <= n; i += 8) {                                                                   \
+        float8 sum = load8(y + i) + a * load8(x + i);                                              \
+        memcpy(y + i, &sum, sizeof sum);                                                           \
+    }                                                                                              \
+    for (; i < n; i++) y[i] += a * x[i];
+
+static void axpy_portable(float *y, float a, const float *x, int n) { AXPY_BODY }
+
 #if defined(__x86_64__)
 __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, int n) {
     DOT_BODY
+}
+
+__attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, const float *x,
+                                                           int n) {
+    AXPY_BODY
 }
 
 __attribute__((target("avx2,f16c"))) static void decode_avx2(float *dst, const void *src,
@@ -99,6 +116,7 @@ __attribute__((target("avx2,f16c"))) static void decode_avx2(float *dst, const v
 /* ------------------------------------------------------------ dispatch */
 
 static float (*dot_impl)(const float *, const float *, int) = dot_portable;
+static void (*axpy_impl)(float *, float, const float *, int) = axpy_portable;
 static void (*decode_impl)(float *, const void *, ferry_dtype, size_t, size_t) = decode_portable;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
@@ -111,6 +129,7 @@ static void init_vector_code(void) {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c")) {
         dot_impl = dot_avx2;
+        axpy_impl = axpy_avx2;
         decode_impl = decode_avx2;
     }
 #endif
@@ -123,3 +142,5 @@ void cpu_decode_weights(float *dst, const void *src, ferry_dtype dtype, size_t f
 }
 
 float cpu_dot(const float *a, const float *b, int n) { return dot_impl(a, b, n); }
+
+void cpu_axpy(float *y, float a, const float *x, int n) { axpy_impl(y, a, x, n); }

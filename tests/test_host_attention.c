@@ -1,0 +1,209 @@
+/*
+ * test_host_attention.c — ferry_host_attention (attention on the host over
+ * an f16 or f32 KV cache) against a float64 softmax written here from the
+ * equations: random caches, queries, slots and positions, head sizes 64
+ * and 128, GQA ratios 1, 4 and 8, contexts up to 2k, several slots;
+ * outputs poisoned with NaN and every element checked.  The result must
+ * not depend on the number of threads.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "helpers.h"
+#include "kernels/ops.h"
+
+typedef struct attention_case {
+    ferry_attention_shape shape;
+    ferry_dtype kv_dtype;
+    int n_slots, max_context, n_tokens;
+} attention_case;
+
+static ferry_backend *make_cpu(int n_threads) {
+    ferry_backend *backend = NULL;
+    cr_assert_eq(ferry_backend_cpu_new(n_threads, &backend), FERRY_OK, "%s", ferry_last_error());
+    return backend;
+}
+
+static int rand_int(uint64_t *rng, int lo, int hi) { /* inclusive */
+    return lo + (int)(test_rand_u64(rng) % (uint64_t)(hi - lo + 1));
+}
+
+/* A cache filled with random values in kv_dtype, and their exact values. */
+typedef struct test_cache {
+    ferry_kv_layer layer;
+    double *k_exact, *v_exact;
+    size_t n;
+} test_cache;
+
+static void make_cache(uint64_t *rng, const attention_case *c, test_cache *out) {
+    size_t n = (size_t)c->n_slots * c->max_context * c->shape.n_kv_heads * c->shape.head_dim;
+    float *values = malloc(n * sizeof *values);
+    out->n = n;
+    out->layer.n_slots = c->n_slots;
+    out->layer.max_context = c->max_context;
+    void **stored[2] = {&out->layer.k, &out->layer.v};
+    double **exact[2] = {&out->k_exact, &out->v_exact};
+    for (int which = 0; which < 2; which++) {
+        test_fill_uniform(rng, values, n, -2.0f, 2.0f);
+        *stored[which] = malloc(n * ferry_dtype_bytes(c->kv_dtype));
+        ferry_convert_dtype(*stored[which], c->kv_dtype, values, FERRY_DTYPE_F32, n);
+        *exact[which] = malloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++)
+            (*exact[which])[i] = ferry_load_f32(*stored[which], c->kv_dtype, i);
+    }
+    free(values);
+}
+
+static void free_cache(test_cache *cache) {
+    free(cache->layer.k);
+    free(cache->layer.v);
+    free(cache->k_exact);
+    free(cache->v_exact);
+}
+
+/* out[t][h] = sum_p softmax_p(q[t][h] . K[s][p][h/group] / sqrt(d)) V[s][p][h/group]
+ * over p = 0 .. positions[t], in float64; tolerance[i] scales with the
+ * size of the terms summed (sum_p w_p |V|) so rounding in float32 fits. */
+static void reference(const attention_case *c, const test_cache *cache, const float *q,
+                      const int32_t *positions, const int32_t *slots, double *want,
+                      double *tolerance) {
+    const ferry_attention_shape s = c->shape;
+    const int group = s.n_heads / s.n_kv_heads, d = s.head_dim;
+    double *scores = malloc((size_t)c->max_context * sizeof *scores);
+    for (int t = 0; t < c->n_tokens; t++)
+        for (int h = 0; h < s.n_heads; h++) {
+            const float *q_head = q + ((size_t)t * s.n_heads + h) * d;
+            size_t row0 = (size_t)slots[t] * c->max_context;
+            size_t head_offset = (size_t)(h / group) * d;
+            double max_score = -INFINITY, sum = 0;
+            for (int p = 0; p <= positions[t]; p++) {
+                const double *key =
+                    cache->k_exact + (row0 + p) * s.n_kv_heads * d + head_offset;
+                double dot = 0;
+                for (int i = 0; i < d; i++) dot += (double)q_head[i] * key[i];
+                scores[p] = dot / sqrt((double)d);
+                if (scores[p] > max_score) max_score = scores[p];
+            }
+            for (int p = 0; p <= positions[t]; p++) {
+                scores[p] = exp(scores[p] - max_score);
+                sum += scores[p];
+            }
+            for (int i = 0; i < d; i++) {
+                double value_sum = 0, magnitude = 0;
+                for (int p = 0; p <= positions[t]; p++) {
+                    double v = cache->v_exact[(row0 + p) * s.n_kv_heads * d + head_offset + i];
+                    value_sum += scores[p] * v;
+                    magnitude += scores[p] * fabs(v);
+                }
+                size_t at = ((size_t)t * s.n_heads + h) * d + i;
+                want[at] = value_sum / sum;
+                tolerance[at] = 2e-5 * (magnitude / sum) + 1e-6;
+            }
+        }
+    free(scores);
+}
+
+/* Random slots and positions (some tokens of one slot at neighbouring
+ * positions, as a prefill chunk has), run at n_threads, check all. */
+static void check_case(const attention_case *c, uint64_t seed) {
+    uint64_t rng = seed;
+    test_cache cache;
+    make_cache(&rng, c, &cache);
+    const ferry_attention_shape s = c->shape;
+    size_t n_out = (size_t)c->n_tokens * s.n_heads * s.head_dim;
+    float *q = malloc(n_out * sizeof *q);
+    test_fill_uniform(&rng, q, n_out, -1.5f, 1.5f);
+    int32_t *positions = malloc((size_t)c->n_tokens * sizeof *positions);
+    int32_t *slots = malloc((size_t)c->n_tokens * sizeof *slots);
+    for (int t = 0; t < c->n_tokens; t++) {
+        slots[t] = rand_int(&rng, 0, c->n_slots - 1);
+        positions[t] = t > 0 && slots[t - 1] == slots[t] && positions[t - 1] + 1 < c->max_context
+                           ? positions[t - 1] + 1
+                           : rand_int(&rng, 0, c->max_context - 1);
+    }
+    positions[0] = c->max_context - 1; /* the longest context is always there */
+    double *want = malloc(n_out * sizeof *want), *tolerance = malloc(n_out * sizeof *tolerance);
+    reference(c, &cache, q, positions, slots, want, tolerance);
+    ferry_token_batch batch = {c->n_tokens, NULL, positions, slots};
+
+    const int thread_counts[] = {1, 3, 0};
+    float *first = NULL;
+    for (size_t i = 0; i < sizeof thread_counts / sizeof thread_counts[0]; i++) {
+        ferry_backend *cpu = make_cpu(thread_counts[i]);
+        float *out = malloc(n_out * sizeof *out);
+        for (size_t e = 0; e < n_out; e++) out[e] = NAN;
+        cr_assert_eq(ferry_host_attention(cpu, out, q, &cache.layer, c->kv_dtype, &batch, s),
+                     FERRY_OK, "%s", ferry_last_error());
+        size_t n_bad = 0, bad = 0;
+        for (size_t e = 0; e < n_out; e++)
+            if (!(fabs((double)out[e] - want[e]) <= tolerance[e]) && n_bad++ == 0) bad = e;
+        cr_assert_eq(n_bad, 0,
+                     "%s cache, heads %d/%d, head_dim %d, context %d, %d threads: %zu of %zu "
+                     "elements off; first at %zu: got %.9g want %.9g",
+                     ferry_dtype_name(c->kv_dtype), s.n_heads, s.n_kv_heads, s.head_dim,
+                     c->max_context, thread_counts[i], n_bad, n_out, bad, (double)out[bad],
+                     want[bad]);
+        if (!first) first = out;
+        else {
+            cr_assert_eq(memcmp(first, out, n_out * sizeof *out), 0,
+                         "%d threads give other floats than 1 thread", thread_counts[i]);
+            free(out);
+        }
+        ferry_backend_free(cpu);
+    }
+    free(first);
+    free(want);
+    free(tolerance);
+    free(positions);
+    free(slots);
+    free(q);
+    free_cache(&cache);
+}
+
+Test(host_attention, matches_float64_softmax_for_f16_and_f32_caches) {
+    uint64_t seed = test_seed();
+    const ferry_dtype dtypes[] = {FERRY_DTYPE_F16, FERRY_DTYPE_F32};
+    const int head_dims[] = {64, 128};
+    const int groups[] = {1, 4, 8};
+    for (size_t di = 0; di < 2; di++)
+        for (size_t hi = 0; hi < 2; hi++)
+            for (size_t gi = 0; gi < 3; gi++) {
+                int n_kv_heads = groups[gi] == 1 ? 3 : 2;
+                attention_case c = {{n_kv_heads * groups[gi], n_kv_heads, head_dims[hi]},
+                                    dtypes[di], 3, 40 + (int)(gi * 37), 9};
+                check_case(&c, seed + di * 100 + hi * 10 + gi);
+            }
+}
+
+Test(host_attention, long_contexts_and_decode_batches) {
+    uint64_t seed = test_seed();
+    /* 2k positions, one token per slot (decode), f16 as the GPU stores it */
+    attention_case decode = {{8, 2, 128}, FERRY_DTYPE_F16, 6, 2048, 6};
+    check_case(&decode, seed);
+    /* a prefill-like chunk: many tokens over few slots, GQA 4, f32 */
+    attention_case prefill = {{16, 4, 64}, FERRY_DTYPE_F32, 2, 700, 40};
+    check_case(&prefill, seed + 1);
+    /* odd head size: the vector loops' tails */
+    attention_case odd = {{6, 3, 36}, FERRY_DTYPE_F16, 2, 33, 5};
+    check_case(&odd, seed + 2);
+}
+
+Test(host_attention, bad_places_and_dtypes_are_refused) {
+    ferry_backend *cpu = make_cpu(2);
+    float k[64], v[64], q[32], out[32];
+    ferry_kv_layer cache = {k, v, 1, 4};
+    int32_t positions[1] = {4}, slots[1] = {0};
+    ferry_token_batch batch = {1, NULL, positions, slots};
+    ferry_attention_shape shape = {2, 2, 8};
+    cr_assert_eq(ferry_host_attention(cpu, out, q, &cache, FERRY_DTYPE_F32, &batch, shape),
+                 FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(ferry_last_error(), "outside the cache"), "%s", ferry_last_error());
+    positions[0] = 3;
+    cr_assert_eq(ferry_host_attention(cpu, out, q, &cache, FERRY_DTYPE_BF16, &batch, shape),
+                 FERRY_ERR_UNSUPPORTED);
+    ferry_attention_shape uneven = {3, 2, 8};
+    cr_assert_eq(ferry_host_attention(cpu, out, q, &cache, FERRY_DTYPE_F32, &batch, uneven),
+                 FERRY_ERR_INVALID_ARGUMENT);
+    ferry_backend_free(cpu);
+}
