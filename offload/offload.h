@@ -43,6 +43,9 @@ typedef struct offload_model_shape {
     uint64_t carried_bytes_per_token;
     int max_tokens_carried;
     uint64_t flops_per_token;           /* ~2 x parameters: one token through every layer */
+    /* Attention on the host: bytes one token's q (down) and attention
+     * output (up) move over the link per layer. */
+    uint64_t host_attention_bytes_per_token_layer;
 } offload_model_shape;
 
 /* Where a figure of offload_bandwidths came from (printed with the plan). */
@@ -62,11 +65,14 @@ typedef struct offload_bandwidths {
     double disk_read_gbps;      /* the model file's drive, O_DIRECT */
     double gpu_memory_gbps;     /* device memory read bandwidth */
     double gpu_tflops;          /* sustained matmul throughput; 0: ignore compute */
+    /* Host DRAM read bandwidth the CPU's cores reach together (attention on
+     * the host reads the KV cache at it); 0: ignore host attention time */
+    double host_memory_gbps;
 } offload_bandwidths;
 
 /* Where each figure of an offload_bandwidths came from (all zero: defaults). */
 typedef struct offload_bandwidth_origins {
-    offload_figure_origin host_to_gpu, disk_read, gpu_memory, gpu_tflops;
+    offload_figure_origin host_to_gpu, disk_read, gpu_memory, gpu_tflops, host_memory;
 } offload_bandwidth_origins;
 
 /* The H100 test machine's figures, used when nothing was measured. */
@@ -96,6 +102,9 @@ typedef struct offload_request {
     int context;                /* tokens per sequence the KV cache must hold */
     int n_slots;                /* GPU slot ring depth; 0: 2 */
     int resident_layers;        /* -1: as many as fit; else exactly this many */
+    /* A KV cache in DRAM is attended over by the host CPU where it lives
+     * (FlexGen): it never crosses the link, only q and the output do */
+    int host_attention;
 } offload_request;
 
 typedef struct offload_plan {
@@ -105,6 +114,7 @@ typedef struct offload_plan {
      * in place by the attention kernels (streamed per layer over the link
      * beside the weights; no device memory) */
     offload_tier kv_tier;
+    int attention_on_host;      /* kv_tier HOST and the request's host_attention */
     int batch, context, n_slots;
     uint64_t gpu_budget_bytes, host_budget_bytes; /* the request's budgets */
     int n_resident, n_host, n_disk;
@@ -118,8 +128,9 @@ typedef struct offload_plan {
     uint64_t step_link_bytes;   /* host -> GPU (DRAM and NVMe layers, host KV) */
     uint64_t step_disk_bytes;   /* NVMe -> staging */
     uint64_t step_gpu_read_bytes; /* device memory read (every weight, the KV cache) */
+    uint64_t step_host_read_bytes; /* host memory the CPU reads (KV cache, attention on the host) */
     /* predicted seconds per decode step, per concurrent lane, and overall */
-    double link_s, disk_s, gpu_memory_s, compute_s, step_s;
+    double link_s, disk_s, gpu_memory_s, compute_s, host_attention_s, step_s;
     double tokens_per_s;        /* batch / step_s */
     offload_bandwidths bandwidths;
     offload_bandwidth_origins bandwidths_from; /* set by the caller; printed */
@@ -278,6 +289,14 @@ void offload_ring_free(offload_ring *ring);
  * step stops at the next layer with FERRY_ERR_CANCELLED. */
 ferry_status offload_ring_step(offload_ring *ring, void *step_user, const volatile int *stop);
 
+/* Between steps: issue a streamed layer's fetches ahead before handing
+ * the layer to compute, not after (off when a ring is made).  For computes
+ * that block the calling thread for most of their time (attention on the
+ * host), so the link keeps copying while the host computes; costs a wait
+ * for the compute that last read the slot being refilled before the next
+ * compute is issued. */
+void offload_ring_set_fetch_before_compute(offload_ring *ring, int on);
+
 /* Wait for every fetch and compute in flight (e.g. before shutdown). */
 ferry_status offload_ring_drain(offload_ring *ring);
 
@@ -313,6 +332,7 @@ typedef struct offload_stream_options {
     int n_slots;                /* 0: 2 */
     size_t kv_element_bytes;
     int batch, context;         /* sessions to leave room for; 0: 1 and min(model, 2048) */
+    int host_attention;         /* sessions attend over a DRAM KV cache on the host */
 } offload_stream_options;
 
 /* Plan the placement of the source's layers leaving room for sessions of
@@ -347,11 +367,15 @@ ferry_status offload_stream_predict(const offload_stream *stream, int batch, int
 ferry_status offload_stream_attach(offload_stream *stream, struct ferry_model *model);
 
 /* Run every layer in order: run(user, layer, tensors) with tensors[kind]
- * pointing at the layer's weights (resident or in a slot).  One pass at a
+ * pointing at the layer's weights (resident or in a slot).
+ * computes_block_host: run blocks its thread for most of a layer
+ * (attention on the host), so fetches go out before each compute
+ * (offload_ring_set_fetch_before_compute).  One pass at a
  * time per stream (a mutex serialises sessions sharing the model). */
 typedef ferry_status (*offload_stream_layer_fn)(void *user, int layer,
                                                 const void *const *tensors);
-ferry_status offload_stream_run(offload_stream *stream, offload_stream_layer_fn run, void *user);
+ferry_status offload_stream_run(offload_stream *stream, offload_stream_layer_fn run, void *user,
+                                int computes_block_host);
 offload_ring_stats offload_stream_stats(const offload_stream *stream);
 void offload_stream_free(offload_stream *stream);
 

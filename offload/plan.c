@@ -18,8 +18,9 @@ const char *offload_tier_name(offload_tier tier) {
 
 offload_bandwidths offload_bandwidths_default(void) {
     /* H100 SXM test machine: pinned cudaMemcpy 55 GB/s (issue 5), one NVMe
-     * drive ~6.5 GB/s, HBM3 ~3000 GB/s sustained, fp16 dense ~600 TFLOP/s. */
-    offload_bandwidths bandwidths = {55.0, 6.5, 3000.0, 600.0};
+     * drive ~6.5 GB/s, HBM3 ~3000 GB/s sustained, fp16 dense ~600 TFLOP/s,
+     * ~50 GB/s of DRAM reads from its 16 cores (an estimate, not measured). */
+    offload_bandwidths bandwidths = {55.0, 6.5, 3000.0, 600.0, 50.0};
     return bandwidths;
 }
 
@@ -63,12 +64,14 @@ static ferry_status check_inputs(const offload_model_shape *shape, const offload
                           "plan: resident layers %d is not in -1 (auto) .. %d",
                           request->resident_layers, shape->n_layers);
     if (!(bandwidths->host_to_gpu_gbps > 0) || !(bandwidths->disk_read_gbps > 0) ||
-        !(bandwidths->gpu_memory_gbps > 0) || !(bandwidths->gpu_tflops >= 0))
+        !(bandwidths->gpu_memory_gbps > 0) || !(bandwidths->gpu_tflops >= 0) ||
+        !(bandwidths->host_memory_gbps >= 0))
         return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
                           "plan: bandwidths must be positive (host->gpu %g, disk %g, gpu memory "
-                          "%g GB/s, %g TFLOP/s)",
+                          "%g GB/s, %g TFLOP/s, host memory %g GB/s)",
                           bandwidths->host_to_gpu_gbps, bandwidths->disk_read_gbps,
-                          bandwidths->gpu_memory_gbps, bandwidths->gpu_tflops);
+                          bandwidths->gpu_memory_gbps, bandwidths->gpu_tflops,
+                          bandwidths->host_memory_gbps);
     return FERRY_OK;
 }
 
@@ -84,7 +87,10 @@ static uint64_t mul_sat(uint64_t a, uint64_t b) {
 /* Predicted seconds per decode step: the lanes (NVMe reads, host->GPU
  * copies, the GPU itself) run concurrently in the pipeline, so the step
  * takes as long as the busiest; the GPU is busy for the larger of its
- * memory reads and its arithmetic (roofline). */
+ * memory reads and its arithmetic (roofline).  Attention on the host runs
+ * between a layer's projections and its output projection, so the device
+ * waits for it: that lane is the device's time plus the host's (reading
+ * the cache at host memory bandwidth), while the link copies ahead. */
 static void predict(offload_plan *plan, const offload_model_shape *shape) {
     const offload_bandwidths *bw = &plan->bandwidths;
     plan->link_s = (double)plan->step_link_bytes / (bw->host_to_gpu_gbps * 1e9);
@@ -93,7 +99,12 @@ static void predict(offload_plan *plan, const offload_model_shape *shape) {
     plan->compute_s = bw->gpu_tflops > 0 ? (double)shape->flops_per_token * plan->batch /
                                                (bw->gpu_tflops * 1e12)
                                          : 0.0;
+    plan->host_attention_s = plan->attention_on_host && bw->host_memory_gbps > 0
+                                 ? (double)plan->step_host_read_bytes /
+                                       (bw->host_memory_gbps * 1e9)
+                                 : 0.0;
     double gpu_s = plan->gpu_memory_s > plan->compute_s ? plan->gpu_memory_s : plan->compute_s;
+    gpu_s += plan->host_attention_s;
     double step_s = plan->link_s > plan->disk_s ? plan->link_s : plan->disk_s;
     plan->step_s = step_s > gpu_s ? step_s : gpu_s;
     plan->tokens_per_s = plan->step_s > 0 ? plan->batch / plan->step_s : 0.0;
@@ -255,8 +266,19 @@ static ferry_status place(const offload_model_shape *shape, const offload_reques
      * whose sequences hold `context` tokens (the run's last, slowest step;
      * kernels never touch rows past a sequence's length).  The new tokens'
      * rows going the other way are negligible. */
-    if (plan->kv_tier == OFFLOAD_TIER_HOST)
+    /* Attended on the host instead, the cache stays put: the host reads it
+     * (the same rows), and each layer sends the step's q down and its
+     * attention output up. */
+    if (plan->kv_tier == OFFLOAD_TIER_HOST && request->host_attention) {
+        plan->attention_on_host = 1;
+        plan->step_host_read_bytes = kv_total;
+        plan->step_link_bytes = add_sat(
+            plan->step_link_bytes,
+            mul_sat(mul_sat((uint64_t)batch, (uint64_t)n_layers),
+                    shape->host_attention_bytes_per_token_layer));
+    } else if (plan->kv_tier == OFFLOAD_TIER_HOST) {
         plan->step_link_bytes = add_sat(plan->step_link_bytes, kv_total);
+    }
 
 totals:
     plan->gpu_total_bytes = add_sat(add_sat(add_sat(base, plan->gpu_resident_bytes),
@@ -345,8 +367,10 @@ void offload_plan_print(const offload_plan *plan, FILE *out) {
         first = last + 1;
     }
     fprintf(out, "  %-14s %-5s %s\n", "kv cache", offload_tier_name(plan->kv_tier),
-            plan->kv_tier == OFFLOAD_TIER_GPU
-                ? "(device memory)"
+            plan->kv_tier == OFFLOAD_TIER_GPU ? "(device memory)"
+            : plan->attention_on_host
+                ? "(attention on the host: the CPU reads it in place, q and the output cross "
+                  "the link)"
                 : "(pinned host memory the GPU reads in place, per layer over the link)");
     fprintf(out, "  (%d resident, %d in DRAM, %d on NVMe)\n", plan->n_resident, plan->n_host,
             plan->n_disk);
@@ -358,9 +382,12 @@ void offload_plan_print(const offload_plan *plan, FILE *out) {
     fprintf(out, "host memory  %s: layers %s, nvme staging %s, kv %s\n",
             SIZE_TEXT(plan->host_total_bytes, 0), SIZE_TEXT(plan->host_layer_bytes, 1),
             SIZE_TEXT(plan->host_staging_bytes, 2), SIZE_TEXT(plan->host_kv_bytes, 3));
-    fprintf(out, "per step     host->gpu %s, nvme read %s, gpu memory read %s\n",
+    fprintf(out, "per step     host->gpu %s, nvme read %s, gpu memory read %s",
             SIZE_TEXT(plan->step_link_bytes, 0), SIZE_TEXT(plan->step_disk_bytes, 1),
             SIZE_TEXT(plan->step_gpu_read_bytes, 2));
+    if (plan->attention_on_host)
+        fprintf(out, ", host memory read %s", SIZE_TEXT(plan->step_host_read_bytes, 0));
+    fprintf(out, "\n");
     const offload_bandwidths *bw = &plan->bandwidths;
     const offload_bandwidth_origins *from = &plan->bandwidths_from;
     fprintf(out,
@@ -370,9 +397,14 @@ void offload_plan_print(const offload_plan *plan, FILE *out) {
             bw->disk_read_gbps, offload_figure_origin_name(from->disk_read), bw->gpu_memory_gbps,
             offload_figure_origin_name(from->gpu_memory), bw->gpu_tflops,
             offload_figure_origin_name(from->gpu_tflops));
-    fprintf(out,
-            "predicted    link %.3f ms, nvme %.3f ms, gpu memory %.3f ms, compute %.3f ms -> "
-            "step %.3f ms, %.1f tokens/s\n",
+    if (plan->attention_on_host)
+        fprintf(out, "             host memory %.0f GB/s (%s%s) for attention on the host\n",
+                bw->host_memory_gbps, offload_figure_origin_name(from->host_memory),
+                from->host_memory == OFFLOAD_FROM_DEFAULT ? ": an estimate for 16 cores" : "");
+    fprintf(out, "predicted    link %.3f ms, nvme %.3f ms, gpu memory %.3f ms, compute %.3f ms",
             plan->link_s * 1e3, plan->disk_s * 1e3, plan->gpu_memory_s * 1e3,
-            plan->compute_s * 1e3, plan->step_s * 1e3, plan->tokens_per_s);
+            plan->compute_s * 1e3);
+    if (plan->attention_on_host)
+        fprintf(out, ", + host attention %.3f ms", plan->host_attention_s * 1e3);
+    fprintf(out, " -> step %.3f ms, %.1f tokens/s\n", plan->step_s * 1e3, plan->tokens_per_s);
 }

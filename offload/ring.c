@@ -40,6 +40,7 @@ struct offload_ring {
     uint64_t copy_cursor;           /* next g to copy into a slot */
     uint64_t read_cursor;           /* next g to consider for a read */
     uint64_t n_reads;               /* reads issued, ever (picks the staging buffer) */
+    int fetch_before_compute;       /* offload_ring_set_fetch_before_compute */
     offload_ring_stats stats;
 };
 
@@ -234,6 +235,7 @@ ferry_status offload_ring_step(offload_ring *ring, void *step_user, const volati
     if (!ring) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ring: NULL ring");
     const offload_device_ops *ops = ring->device.ops;
     const uint64_t run_ahead = (uint64_t)ring->options.run_ahead;
+    const int fetch_first = ring->fetch_before_compute;
     const uint64_t start_ns = ferry_now_ns();
     ferry_status status = FERRY_OK;
     offload_event last_done = 0;
@@ -246,6 +248,8 @@ ferry_status offload_ring_step(offload_ring *ring, void *step_user, const volati
         const offload_source *source = &ring->sources[layer];
         offload_event done = 0;
         if (source->tier == OFFLOAD_TIER_GPU) {
+            if (fetch_first && ring->n_streamed)
+                FERRY_TRY_GOTO(advance(ring, ring->compute_cursor + run_ahead));
             status = ops->compute(ring->device.impl, layer, source->resident, 0, step_user, &done);
             if (status != FERRY_OK) {
                 ferry_fail_prefix(status, "layer %d: ", layer);
@@ -258,6 +262,10 @@ ferry_status offload_ring_step(offload_ring *ring, void *step_user, const volati
             uint64_t g = ring->compute_cursor;
             int slot = (int)(g % (uint64_t)ring->options.n_slots);
             FERRY_TRY_GOTO(advance(ring, g));
+            /* A compute that holds this thread (host attention) would hold
+             * the next fetches back until it returns, leaving the link idle:
+             * issue them first; they refill only slots other than g's. */
+            if (fetch_first && run_ahead > 0) FERRY_TRY_GOTO(advance(ring, g + run_ahead));
             status = ops->compute(ring->device.impl, layer, ring->slot_memory[slot],
                                   ring->slot_copy_done[slot], step_user, &done);
             if (status != FERRY_OK) {
@@ -316,6 +324,10 @@ ferry_status offload_ring_drain(offload_ring *ring) {
     for (int i = 0; i < ring->n_staging; i++) ring->staging_sequence[i] = UINT64_MAX;
     ring->copy_cursor = ring->read_cursor = next;
     return FERRY_OK;
+}
+
+void offload_ring_set_fetch_before_compute(offload_ring *ring, int on) {
+    if (ring) ring->fetch_before_compute = on != 0;
 }
 
 offload_ring_stats offload_ring_get_stats(const offload_ring *ring) {

@@ -78,6 +78,8 @@ ferry_status offload_shape_from_layout(const ferry_layout *layout, size_t kv_ele
     out->max_tokens_carried = ferry_zigzag_tokens();
     /* A multiply-add per weight and token. */
     out->flops_per_token = 2 * (weight_bytes / ferry_dtype_bytes(layout->dtype));
+    /* q down and the attention output up, f32 */
+    out->host_attention_bytes_per_token_layer = 2 * q_width * sizeof(float);
     return FERRY_OK;
 }
 
@@ -132,6 +134,7 @@ ferry_status offload_stream_open(ferry_weight_source *source,
                                                            : 2048;
     request.n_slots = options->n_slots;
     request.resident_layers = options->resident_layers;
+    request.host_attention = options->host_attention;
     stream->request = request;
     offload_bandwidths bandwidths;
     offload_bandwidth_origins origins;
@@ -390,10 +393,12 @@ fail:
     return status;
 }
 
-ferry_status offload_stream_run(offload_stream *stream, offload_stream_layer_fn run, void *user) {
+ferry_status offload_stream_run(offload_stream *stream, offload_stream_layer_fn run, void *user,
+                                int computes_block_host) {
     if (!stream->ring) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "stream: not attached");
     stream_pass pass = {stream, run, user};
     pthread_mutex_lock(&stream->lock);
+    offload_ring_set_fetch_before_compute(stream->ring, computes_block_host);
     ferry_status status = offload_ring_step(stream->ring, &pass, NULL);
     pthread_mutex_unlock(&stream->lock);
     return status;

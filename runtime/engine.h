@@ -28,6 +28,24 @@ enum { FERRY_ZIGZAG_TOKENS = 8192 };
  * variable of that name, rounded up to whole chunks of FERRY_CHUNK_TOKENS. */
 int ferry_zigzag_tokens(void);
 
+/* Where a session attends over its KV cache (FERRY_ATTENTION). */
+typedef enum ferry_attention_place {
+    FERRY_ATTENTION_AUTO = 0,   /* on the host when the cache is host memory a device maps */
+    FERRY_ATTENTION_HOST,       /* on the host whenever the cache is host memory (the CPU too) */
+    FERRY_ATTENTION_DEVICE,     /* the backend's attention op, always */
+} ferry_attention_place;
+
+/* FERRY_ATTENTION=auto|host|device (unset or empty: auto); any other value
+ * fails with FERRY_ERR_INVALID_ARGUMENT naming it. */
+ferry_status ferry_attention_place_from_env(ferry_attention_place *out);
+
+/* Does a session on `backend` whose KV cache is (kv_in_host_memory) or is
+ * not in the host memory a device maps attend on the host?  auto: when it
+ * is; host: also on a backend whose memory is all host memory (the CPU);
+ * device: never.  Fails on a bad FERRY_ATTENTION. */
+ferry_status ferry_attention_on_host(const ferry_backend *backend, int kv_in_host_memory,
+                                     int *out);
+
 struct ferry_model {
     ferry_config config;
     ferry_dtype dtype;          /* dtype of the weight matrices; vectors are f32 */
@@ -96,6 +114,12 @@ struct ferry_session {
     ferry_kv_layer *kv;         /* [n_layers]: K and V in backend memory, or mapped host memory */
     int kv_in_host_memory;      /* the caches are pinned host memory the device maps */
     uint64_t kv_held_bytes;     /* K + V of every layer, held in the stream's KV budget (0: none) */
+    /* Attention on the host (FlexGen): the cache is host memory and
+     * FERRY_ATTENTION asks for it.  q comes down into host_q, the host's
+     * threads attend over kv, host_attention goes up (forward.c). */
+    int attention_on_host;
+    ferry_backend *host_threads;  /* a CPU backend for its threads; owned unless == model's */
+    float *host_q, *host_attention; /* [chunk_tokens, n_heads * head_dim], pinned where it can */
     int chunk_tokens;           /* capacity of the per-chunk scratch, in tokens */
     /* Tokens one pass through the layers carries, in whole chunks:
      * chunk_tokens for a resident model, up to ferry_zigzag_tokens() for a

@@ -162,6 +162,34 @@ static ferry_token_batch enter_chunk(const layer_pass *pass, int c) {
 
 /* ------------------------------------------------------------- layers */
 
+/* The chunk's attention into scratch.attention: the backend's op, or for
+ * a session attending on the host (its KV cache is host memory the device
+ * maps, FlexGen's way past the link: the cache never crosses it) q comes
+ * down (the download waits for the device's queued work, the K and V rows
+ * it just wrote into the mapped cache included), the host's threads
+ * attend over the cache in place, and the output goes up. */
+static ferry_status chunk_attention(ferry_session *session, int layer,
+                                    const ferry_token_batch *tokens,
+                                    ferry_attention_shape shape) {
+    ferry_backend *backend = session->model->backend;
+    ferry_scratch *s = &session->scratch;
+    if (!session->attention_on_host)
+        return backend->ops->attention(backend, s->attention, s->q, &session->kv[layer], tokens,
+                                       shape);
+    /* the chunk's tokens in the host copies of the pass's batch arrays */
+    const size_t first = (size_t)(tokens->positions - s->positions);
+    const ferry_token_batch host_tokens = {tokens->n_tokens, session->host_tokens + first,
+                                           session->host_positions + first,
+                                           session->host_slots + first};
+    const size_t bytes =
+        (size_t)tokens->n_tokens * (size_t)shape.n_heads * (size_t)shape.head_dim * sizeof(float);
+    FERRY_TRY(backend->ops->download(backend, session->host_q, s->q, bytes));
+    FERRY_TRY(ferry_host_attention(session->host_threads, session->host_attention,
+                                   session->host_q, &session->kv[layer],
+                                   backend->ops->kv_dtype, &host_tokens, shape));
+    return backend->ops->upload(backend, s->attention, session->host_attention, bytes);
+}
+
 /* One decoder layer over the chunk, in place on the residual stream:
  *   x += Wo · attention(rope(Wq·norm(x) + bq), rope(Wk·norm(x) + bk), Wv·norm(x) + bv)
  *   x += Wdown · (silu(Wgate·norm(x)) * (Wup·norm(x))) */
@@ -205,7 +233,7 @@ static ferry_status layer_forward(ferry_session *session, int layer,
         FERRY_TRY(ops->rope(backend, s->q, s->k, tokens, model->inv_freq, shape));
         FERRY_TRY(ops->kv_store(backend, &session->kv[layer], s->k, s->v, tokens, shape));
     }
-    FERRY_TRY(ops->attention(backend, s->attention, s->q, &session->kv[layer], tokens, shape));
+    FERRY_TRY(chunk_attention(session, layer, tokens, shape));
     /* residual: x += attention · Wo^T */
     FERRY_TRY(ops->matmul(backend, s->residual, s->attention, W(WO), dtype, NULL, n, hidden,
                           q_width, 1));
@@ -344,7 +372,8 @@ static ferry_status layers_forward(layer_pass *pass) {
     if (model->stream) {
         /* offload/ fetches each streamed layer into a slot and calls back
          * once per layer: every chunk of the pass runs in that call. */
-        return offload_stream_run(model->stream, streamed_layer_forward, pass);
+        return offload_stream_run(model->stream, streamed_layer_forward, pass,
+                                  session->attention_on_host);
     }
     for (int layer = 0; layer < model->config.n_layers; layer++) {
         const void *const *layer_tensors =
@@ -364,7 +393,7 @@ static ferry_status layers_forward(layer_pass *pass) {
 static int chunk_is_recordable(const ferry_session *session, int n) {
     const ferry_model *model = session->model;
     if (!model->backend->ops->graph_begin || session->graphs_off || model->stream ||
-        n > FERRY_LOGITS_ROWS_PER_PASS)
+        session->attention_on_host || n > FERRY_LOGITS_ROWS_PER_PASS)
         return 0;
     for (int t = 0; t < n; t++)
         if (session->host_output_rows[t] < 0) return 0;

@@ -173,6 +173,90 @@ static void free_kv(ferry_session *session) {
     session->kv_held_bytes = 0;
 }
 
+/* ---------------------------------------------------- host attention */
+
+ferry_status ferry_attention_place_from_env(ferry_attention_place *out) {
+    static const struct {
+        const char *name;
+        ferry_attention_place place;
+    } places[] = {{"auto", FERRY_ATTENTION_AUTO},
+                  {"host", FERRY_ATTENTION_HOST},
+                  {"device", FERRY_ATTENTION_DEVICE}};
+    const char *text = getenv("FERRY_ATTENTION");
+    *out = FERRY_ATTENTION_AUTO;
+    if (!text || !*text) return FERRY_OK;
+    for (size_t i = 0; i < sizeof places / sizeof places[0]; i++)
+        if (strcmp(text, places[i].name) == 0) {
+            *out = places[i].place;
+            return FERRY_OK;
+        }
+    return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                      "FERRY_ATTENTION=%s: expected auto, host or device", text);
+}
+
+/* Host memory for q and the attention output of one chunk: pinned and
+ * mapped where the backend has it (fast copies), else the backend's own
+ * memory (the CPU's is host memory). */
+static ferry_status host_buffer(ferry_backend *backend, size_t bytes, const char *what,
+                                void **out) {
+    ferry_status status = backend->ops->host_mapped_alloc
+                              ? backend->ops->host_mapped_alloc(backend, bytes, out)
+                              : backend->ops->alloc(backend, bytes, out);
+    if (status != FERRY_OK)
+        return ferry_fail_prefix(status, "session: %s for attention on the host (%zu bytes): ",
+                                 what, bytes);
+    return FERRY_OK;
+}
+
+static void host_buffer_free(ferry_backend *backend, void *ptr) {
+    if (!ptr) return;
+    if (backend->ops->host_mapped_free) backend->ops->host_mapped_free(backend, ptr);
+    else backend->ops->free(backend, ptr);
+}
+
+/* Decide where the session attends and, for the host, make its threads
+ * and buffers.  The cache is host memory when it was put in mapped host
+ * memory, or when every buffer of the backend is (the CPU, which has no
+ * mapping hook). */
+ferry_status ferry_attention_on_host(const ferry_backend *backend, int kv_in_host_memory,
+                                     int *out) {
+    ferry_attention_place place;
+    *out = 0;
+    FERRY_TRY(ferry_attention_place_from_env(&place));
+    const int backend_is_host = !backend->ops->host_mapped_alloc &&
+                                strcmp(backend->ops->name, "cpu") == 0;
+    const int mapped = kv_in_host_memory && backend->ops->host_mapped_alloc;
+    *out = place == FERRY_ATTENTION_HOST   ? mapped || backend_is_host
+           : place == FERRY_ATTENTION_AUTO ? mapped
+                                           : 0;
+    return FERRY_OK;
+}
+
+static ferry_status setup_host_attention(ferry_session *session) {
+    ferry_backend *backend = session->model->backend;
+    const ferry_config *config = &session->model->config;
+    FERRY_TRY(ferry_attention_on_host(backend, session->kv_in_host_memory,
+                                      &session->attention_on_host));
+    if (!session->attention_on_host) return FERRY_OK;
+    const int backend_is_host = !backend->ops->host_mapped_alloc;
+    if (backend_is_host) session->host_threads = backend;
+    else FERRY_TRY(ferry_backend_cpu_new(0, &session->host_threads));
+    size_t bytes = (size_t)session->chunk_tokens * (size_t)config->n_heads *
+                   (size_t)config->head_dim * sizeof(float);
+    FERRY_TRY(host_buffer(backend, bytes, "queries", (void **)&session->host_q));
+    return host_buffer(backend, bytes, "output", (void **)&session->host_attention);
+}
+
+static void free_host_attention(ferry_session *session) {
+    ferry_backend *backend = session->model->backend;
+    host_buffer_free(backend, session->host_q);
+    host_buffer_free(backend, session->host_attention);
+    if (session->host_threads && session->host_threads != backend)
+        ferry_backend_free(session->host_threads);
+    session->host_q = session->host_attention = NULL;
+    session->host_threads = NULL;
+}
+
 /* ------------------------------------------------------------ sessions */
 
 ferry_status ferry_session_new(ferry_model *model, int max_batch, int max_context,
@@ -203,6 +287,7 @@ ferry_status ferry_session_new(ferry_model *model, int max_batch, int max_contex
                                 (void **)&session->slot_owner));
     FERRY_TRY_GOTO(alloc_kv(session));
     FERRY_TRY_GOTO(alloc_scratch(session));
+    FERRY_TRY_GOTO(setup_host_attention(session));
     size_t carried = (size_t)session->carried_tokens;
     FERRY_TRY_GOTO(ferry_malloc(carried * sizeof(int32_t), "chunk tokens",
                                 (void **)&session->host_tokens));
@@ -224,6 +309,7 @@ fail:
 void ferry_session_free(ferry_session *session) {
     if (!session) return;
     ferry_backend *backend = session->model->backend;
+    free_host_attention(session);
     free_kv(session);
     if (backend->ops->graph_free)
         for (int n = 0; n <= FERRY_LOGITS_ROWS_PER_PASS; n++)

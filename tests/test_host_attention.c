@@ -12,6 +12,8 @@
 
 #include "helpers.h"
 #include "kernels/ops.h"
+#include "offload/offload.h"
+#include "runtime/engine.h"
 
 typedef struct attention_case {
     ferry_attention_shape shape;
@@ -206,4 +208,172 @@ Test(host_attention, bad_places_and_dtypes_are_refused) {
     cr_assert_eq(ferry_host_attention(cpu, out, q, &cache, FERRY_DTYPE_F32, &batch, uneven),
                  FERRY_ERR_INVALID_ARGUMENT);
     ferry_backend_free(cpu);
+}
+
+/* ------------------------------------------------ through the runtime */
+
+enum { RUN_SEQS = 3, RUN_CONTEXT = 40, RUN_STEPS = 4, RUN_VOCAB_MAX = 4096 };
+
+/* Logits of a ragged prompt batch (every position), then RUN_STEPS decode
+ * steps of fixed tokens (last positions), concatenated into out. */
+static size_t run_session(ferry_model *model, float *out, size_t capacity, int *attention_on_host,
+                          int *kv_in_host_memory) {
+    static const int32_t prompt[] = {1, 5, 9, 33, 1, 40, 41, 42, 43, 44, 50, 1, 20};
+    static const int n_tokens[RUN_SEQS] = {4, 7, 2};
+    static const int one[RUN_SEQS] = {1, 1, 1};
+    const int vocab = model->config.vocab_size;
+    for (size_t i = 0; i < capacity; i++) out[i] = NAN;
+    ferry_session *session = NULL;
+    cr_assert_eq(ferry_session_new(model, RUN_SEQS, RUN_CONTEXT, &session), FERRY_OK, "%s",
+                 ferry_last_error());
+    *attention_on_host = session->attention_on_host;
+    *kv_in_host_memory = session->kv_in_host_memory;
+    ferry_batch batch = {RUN_SEQS, NULL, n_tokens, prompt};
+    size_t used = (size_t)13 * vocab;
+    cr_assert_eq(ferry_forward(session, &batch, FERRY_LOGITS_ALL, out, capacity), FERRY_OK, "%s",
+                 ferry_last_error());
+    for (int step = 0; step < RUN_STEPS; step++) {
+        int32_t next[RUN_SEQS] = {7 + step, 11 + step, 30 + step};
+        ferry_batch decode = {RUN_SEQS, NULL, one, next};
+        cr_assert_eq(ferry_forward(session, &decode, FERRY_LOGITS_LAST, out + used,
+                                   capacity - used),
+                     FERRY_OK, "%s", ferry_last_error());
+        used += (size_t)RUN_SEQS * vocab;
+    }
+    ferry_session_free(session);
+    return used;
+}
+
+/* Every logit within 1e-5 of the largest reference logit. */
+static void expect_logits_close(const char *what, const float *got, const float *want, size_t n) {
+    double largest = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(want[i]) > largest) largest = fabs(want[i]);
+    for (size_t i = 0; i < n; i++)
+        cr_assert(fabs((double)got[i] - want[i]) <= 1e-5 * largest, "%s: logit %zu is %.9g, want %.9g",
+                  what, i, (double)got[i], (double)want[i]);
+}
+
+static ferry_model *open_synth(ferry_model_options options) {
+    options.backend = "cpu";
+    options.n_threads = 3;
+    ferry_model *model = NULL;
+    cr_assert_eq(ferry_model_open("synth:tiny:f16", &options, &model), FERRY_OK, "%s",
+                 ferry_last_error());
+    return model;
+}
+
+Test(host_attention, cpu_backend_logits_match_the_attention_op) {
+    static float want[RUN_VOCAB_MAX * 32], got[RUN_VOCAB_MAX * 32];
+    ferry_model_options plain = {0};
+    ferry_model *model = open_synth(plain);
+    cr_assert_leq(model->config.vocab_size, RUN_VOCAB_MAX);
+    int on_host = -1, kv_host = -1;
+    unsetenv("FERRY_ATTENTION");
+    size_t n = run_session(model, want, sizeof want / sizeof want[0], &on_host, &kv_host);
+    cr_assert_eq(on_host, 0, "auto on the CPU backend: its own attention op");
+    setenv("FERRY_ATTENTION", "host", 1);
+    run_session(model, got, sizeof got / sizeof got[0], &on_host, &kv_host);
+    cr_assert_eq(on_host, 1, "FERRY_ATTENTION=host on the CPU backend");
+    expect_logits_close("resident, attention on the host", got, want, n);
+    ferry_model_close(model);
+}
+
+Test(host_attention, a_streamed_model_with_its_kv_cache_in_dram_attends_on_the_host) {
+    static float want[RUN_VOCAB_MAX * 32], got[RUN_VOCAB_MAX * 32];
+    ferry_model_options plain = {0};
+    ferry_model *model = open_synth(plain);
+    int on_host = -1, kv_host = -1;
+    unsetenv("FERRY_ATTENTION");
+    size_t n = run_session(model, want, sizeof want / sizeof want[0], &on_host, &kv_host);
+    ferry_model_close(model);
+
+    /* Every layer streamed, the GPU budget half a KV cache short. */
+    ferry_model_options streamed = {0};
+    streamed.streaming = 1;
+    streamed.resident_layers = 0;
+    streamed.stream_batch = RUN_SEQS;
+    streamed.stream_context = RUN_CONTEXT;
+    model = open_synth(streamed);
+    const offload_plan *unlimited = offload_stream_plan(model->stream);
+    cr_assert_eq(unlimited->kv_tier, OFFLOAD_TIER_GPU);
+    streamed.gpu_mem_bytes = unlimited->gpu_total_bytes - unlimited->gpu_kv_bytes / 2;
+    ferry_model_close(model);
+
+    setenv("FERRY_ATTENTION", "host", 1);
+    model = open_synth(streamed);
+    const offload_plan *plan = offload_stream_plan(model->stream);
+    cr_assert_eq(plan->kv_tier, OFFLOAD_TIER_HOST);
+    cr_assert_eq(plan->attention_on_host, 1);
+    run_session(model, got, sizeof got / sizeof got[0], &on_host, &kv_host);
+    cr_assert_eq(kv_host, 1);
+    cr_assert_eq(on_host, 1);
+    expect_logits_close("streamed, KV cache in DRAM, attention on the host", got, want, n);
+    char report[4096];
+    ferry_model_stream_report(model, report, sizeof report);
+    cr_assert(strstr(report, "kv cache       dram  (attention on the host"), "%s", report);
+    cr_assert(strstr(report, "host attention"), "%s", report);
+    ferry_model_close(model);
+
+    /* device: the plan and the session keep the attention op */
+    setenv("FERRY_ATTENTION", "device", 1);
+    model = open_synth(streamed);
+    cr_assert_eq(offload_stream_plan(model->stream)->attention_on_host, 0);
+    run_session(model, got, sizeof got / sizeof got[0], &on_host, &kv_host);
+    cr_assert_eq(on_host, 0);
+    ferry_model_close(model);
+}
+
+/* Last logits of prompts of 300, 500 and 400 tokens: 1,200 tokens, three
+ * chunks of one pass when streamed, so chunks after the first attend on
+ * the host too. */
+static void run_long_prompts(ferry_model *model, float *out, size_t capacity) {
+    static int32_t prompt[1200];
+    static const int n_tokens[RUN_SEQS] = {300, 500, 400};
+    for (int i = 0; i < 1200; i++) prompt[i] = (int32_t)((i * 7 + 3) % model->config.vocab_size);
+    for (size_t i = 0; i < capacity; i++) out[i] = NAN;
+    ferry_session *session = NULL;
+    cr_assert_eq(ferry_session_new(model, RUN_SEQS, 512, &session), FERRY_OK, "%s",
+                 ferry_last_error());
+    ferry_batch batch = {RUN_SEQS, NULL, n_tokens, prompt};
+    cr_assert_eq(ferry_forward(session, &batch, FERRY_LOGITS_LAST, out, capacity), FERRY_OK, "%s",
+                 ferry_last_error());
+    ferry_session_free(session);
+}
+
+Test(host_attention, chunks_after_the_first_of_a_streamed_pass_attend_on_the_host) {
+    static float want[RUN_VOCAB_MAX * RUN_SEQS], got[RUN_VOCAB_MAX * RUN_SEQS];
+    unsetenv("FERRY_ATTENTION");
+    ferry_model_options plain = {0};
+    ferry_model *model = open_synth(plain);
+    size_t n = (size_t)RUN_SEQS * model->config.vocab_size;
+    run_long_prompts(model, want, sizeof want / sizeof want[0]);
+    ferry_model_close(model);
+    setenv("FERRY_ATTENTION", "host", 1);
+    ferry_model_options streamed = {0};
+    streamed.streaming = 1;
+    streamed.resident_layers = 0;
+    model = open_synth(streamed);
+    run_long_prompts(model, got, sizeof got / sizeof got[0]);
+    expect_logits_close("three chunks of a streamed pass", got, want, n);
+    ferry_model_close(model);
+}
+
+Test(host_attention, a_bad_ferry_attention_value_is_refused) {
+    setenv("FERRY_ATTENTION", "gpu", 1);
+    ferry_model_options plain = {0};
+    plain.backend = "cpu";
+    ferry_model *model = NULL;
+    ferry_model_options streamed = plain;
+    streamed.streaming = 1;
+    cr_assert_eq(ferry_model_open("synth:tiny:f16", &streamed, &model), FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(ferry_last_error(), "FERRY_ATTENTION=gpu"), "%s", ferry_last_error());
+    unsetenv("FERRY_ATTENTION");
+    cr_assert_eq(ferry_model_open("synth:tiny:f16", &plain, &model), FERRY_OK, "%s",
+                 ferry_last_error());
+    setenv("FERRY_ATTENTION", "gpu", 1);
+    ferry_session *session = NULL;
+    cr_assert_eq(ferry_session_new(model, 1, 8, &session), FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert_null(session);
+    ferry_model_close(model);
 }

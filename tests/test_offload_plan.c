@@ -40,7 +40,7 @@ static offload_request request(uint64_t gpu, uint64_t host, int batch) {
 }
 
 /* host->gpu 2 GB/s, disk 1 GB/s, gpu memory 10 GB/s, no compute term. */
-static const offload_bandwidths slow_links = {2.0, 1.0, 10.0, 0.0};
+static const offload_bandwidths slow_links = {2.0, 1.0, 10.0, 0.0, 0.0};
 
 static offload_plan make_ok(offload_model_shape shape, offload_request r) {
     offload_plan plan;
@@ -231,7 +231,7 @@ Test(offload_plan, auto_batch_stops_where_the_link_stops_being_the_bound) {
     shape.kv_bytes_per_token_layer = 0;
     shape.activation_bytes_per_token = 0;
     shape.flops_per_token = 1000;
-    offload_bandwidths links = {0.1, 1.0, 1000.0, 1e-3};
+    offload_bandwidths links = {0.1, 1.0, 1000.0, 1e-3, 0.0};
     offload_request r = request(250, 1000, 0);
     offload_plan plan;
     cr_assert_eq(offload_plan_make(&shape, &r, &links, &plan), FERRY_OK, "%s", ferry_last_error());

@@ -12,6 +12,7 @@
 
 #include "offload/offload.h"
 #include "runtime/batch.h"
+#include "runtime/engine.h"
 #include "runtime/format.h"
 #include "runtime/tokenizer.h"
 #include "tools/batch_input.h"
@@ -191,6 +192,10 @@ static int auto_batch(const ferry_file *file, const ferry_model_options *model_o
                                .batch = 0, .max_auto_batch = n_pending < 1024 ? (int)n_pending : 1024,
                                .context = max_context, .n_slots = model_options->slots,
                                .resident_layers = model_options->resident_layers};
+    ferry_attention_place attention = FERRY_ATTENTION_AUTO;
+    (void)ferry_attention_place_from_env(&attention); /* a bad value fails the model's open */
+    ferry_clear_error();
+    request.host_attention = attention != FERRY_ATTENTION_DEVICE;
     offload_bandwidths bandwidths;
     offload_bandwidths_from_profile(&bandwidths, NULL, NULL, 0);
     if (layer_bytes &&

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "offload/offload.h"
+#include "runtime/engine.h"
 #include "runtime/format.h"
 #include "tools/cli.h"
 #include "tools/model_flags.h"
@@ -32,7 +33,10 @@ static void print_help(FILE *out) {
             "                         `ferry iobench --save`, else the H100 test machine's)\n"
             "  --disk-gbps X          NVMe read GB/s\n"
             "  --gpu-gbps X           GPU memory read GB/s\n"
-            "  --tflops X             sustained matmul TFLOP/s (0: leave compute out)\n");
+            "  --tflops X             sustained matmul TFLOP/s (0: leave compute out)\n"
+            "  --host-gbps X          host DRAM read GB/s of all cores, for attention on the host\n"
+            "                         over a KV cache in DRAM (FERRY_ATTENTION=auto|host, the\n"
+            "                         default; =device: the GPU reads the cache over the link)\n");
     cli_memory_flags_help(out,
                           "Budgets, as the commands that run a model take them (here --gpu-mem\n"
                           "defaults to 80G and --host-mem to 80% of physical memory):",
@@ -82,6 +86,7 @@ int cmd_plan(int argc, char **argv) {
         {"--disk-gbps", CLI_OPTION_DOUBLE, &bandwidths.disk_read_gbps, 1e-9, 1e9, 0},
         {"--gpu-gbps", CLI_OPTION_DOUBLE, &bandwidths.gpu_memory_gbps, 1e-9, 1e9, 0},
         {"--tflops", CLI_OPTION_DOUBLE, &bandwidths.gpu_tflops, 0, 1e9, 0},
+        {"--host-gbps", CLI_OPTION_DOUBLE, &bandwidths.host_memory_gbps, 1e-9, 1e9, 0},
         CLI_MEMORY_OPTIONS(&memory),
     };
     const int n_options = (int)(sizeof options / sizeof options[0]);
@@ -98,7 +103,8 @@ int cmd_plan(int argc, char **argv) {
     /* a figure given on the command line says so in the plan */
     const struct { const char *name; offload_figure_origin *origin; } given[] = {
         {"--link-gbps", &origins.host_to_gpu}, {"--disk-gbps", &origins.disk_read},
-        {"--gpu-gbps", &origins.gpu_memory}, {"--tflops", &origins.gpu_tflops}};
+        {"--gpu-gbps", &origins.gpu_memory}, {"--tflops", &origins.gpu_tflops},
+        {"--host-gbps", &origins.host_memory}};
     for (size_t i = 0; i < sizeof given / sizeof given[0]; i++)
         if (cli_option_find(options, n_options, given[i].name)->seen)
             *given[i].origin = OFFLOAD_FROM_GIVEN;
@@ -106,6 +112,10 @@ int cmd_plan(int argc, char **argv) {
     request.host_mem_bytes = memory.host_mem_bytes;
     request.resident_layers = memory.resident_layers;
     request.n_slots = memory.slots;
+    ferry_attention_place attention;
+    status = ferry_attention_place_from_env(&attention);
+    if (status != FERRY_OK) return cli_fail(command, status, "environment");
+    request.host_attention = attention != FERRY_ATTENTION_DEVICE;
     int context_given = cli_option_find(options, n_options, "--context")->seen;
     if (!model_path == !preset_name)
         return cli_usage_error(command, "give exactly one of --model FILE and --preset NAME");
