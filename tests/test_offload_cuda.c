@@ -350,71 +350,140 @@ static size_t run_batch4(ferry_model *model, float *logits, size_t capacity,
     return rows * vocab;
 }
 
-Test(offload_cuda, a_kv_cache_in_pinned_host_memory_gives_logits_bit_identical_to_resident,
-     .timeout = 300) {
-    if (!gpu_present()) cr_skip("no GPU");
-    char *dir = test_tempdir();
-    char *path = test_path(dir, "tiny64.ferry");
-    char command[1024];
-    /* 64 layers of the tiny shape: K+V is 128 B per token and layer in f16,
-     * so 4 x 2048 tokens hold 64 MiB of KV cache, well above the device
-     * allocator's granularity. */
-    snprintf(command, sizeof command, "%s synth --preset tiny --layers 64 %s", test_cli(), path);
-    cr_assert_eq(test_run(command, NULL, NULL), 0, "ferry synth failed");
-    const size_t capacity = 64 * (size_t)TINY_VOCAB_MAX;
-    float *resident = malloc(capacity * sizeof(float)), *streamed = malloc(capacity * sizeof(float));
+/* A run of tiny64.ferry (64 layers of the tiny shape: K+V is 128 B per
+ * token and layer in f16, so 4 x 2048 tokens hold 64 MiB of KV cache,
+ * well above the device allocator's granularity) all resident, and the
+ * model opened again with every layer streamed and a GPU budget half a KV
+ * cache short of the plan without one, so the plan puts the KV cache in
+ * DRAM. */
+typedef struct host_kv_fixture {
+    char *dir, *path;
+    float *resident, *streamed;
+    size_t capacity, n;         /* floats each holds; logits a run writes */
+    uint64_t resident_session_bytes, kv_bytes;
+    ferry_model *model;         /* the streamed one */
+} host_kv_fixture;
 
+static void host_kv_begin(host_kv_fixture *f, int expect_attention_on_host) {
+    memset(f, 0, sizeof *f);
+    f->dir = test_tempdir();
+    f->path = test_path(f->dir, "tiny64.ferry");
+    f->capacity = 64 * (size_t)TINY_VOCAB_MAX;
+    f->resident = malloc(f->capacity * sizeof(float));
+    f->streamed = malloc(f->capacity * sizeof(float));
+    char command[1024];
+    snprintf(command, sizeof command, "%s synth --preset tiny --layers 64 %s", test_cli(),
+             f->path);
+    cr_assert_eq(test_run(command, NULL, NULL), 0, "ferry synth failed");
     ferry_model_options options = {0};
     options.backend = "cuda";
     ferry_model *model = NULL;
-    cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_OK, "%s", ferry_last_error());
-    uint64_t resident_session_bytes = 0;
+    cr_assert_eq(ferry_model_open(f->path, &options, &model), FERRY_OK, "%s", ferry_last_error());
     int kv_in_host = -1;
-    size_t n = run_batch4(model, resident, capacity, &resident_session_bytes, &kv_in_host);
+    f->n = run_batch4(model, f->resident, f->capacity, &f->resident_session_bytes, &kv_in_host);
     cr_assert_eq(kv_in_host, 0);
     ferry_model_close(model);
 
-    /* Every layer streamed; the GPU budget half a KV cache short of the
-     * plan without a budget, so the plan puts the KV cache in DRAM. */
     options.streaming = 1;
     options.resident_layers = 0;
     options.stream_batch = HOST_KV_BATCH;
     options.stream_context = HOST_KV_CONTEXT;
-    cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(ferry_model_open(f->path, &options, &model), FERRY_OK, "%s", ferry_last_error());
     const offload_plan *plan = offload_stream_plan(model->stream);
     cr_assert_eq(plan->kv_tier, OFFLOAD_TIER_GPU);
-    uint64_t kv_bytes = plan->gpu_kv_bytes;
+    f->kv_bytes = plan->gpu_kv_bytes;
     uint64_t unlimited_gpu_bytes = plan->gpu_total_bytes;
-    cr_assert_eq(kv_bytes, (uint64_t)HOST_KV_BATCH * HOST_KV_CONTEXT * 64 * 128);
+    cr_assert_eq(f->kv_bytes, (uint64_t)HOST_KV_BATCH * HOST_KV_CONTEXT * 64 * 128);
     ferry_model_close(model);
-    options.gpu_mem_bytes = unlimited_gpu_bytes - kv_bytes / 2;
-    cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_OK, "%s", ferry_last_error());
-    plan = offload_stream_plan(model->stream);
+    options.gpu_mem_bytes = unlimited_gpu_bytes - f->kv_bytes / 2;
+    cr_assert_eq(ferry_model_open(f->path, &options, &f->model), FERRY_OK, "%s",
+                 ferry_last_error());
+    plan = offload_stream_plan(f->model->stream);
     cr_assert_eq(plan->kv_tier, OFFLOAD_TIER_HOST);
-    cr_assert_eq(plan->host_kv_bytes, kv_bytes);
+    cr_assert_eq(plan->host_kv_bytes, f->kv_bytes);
+    cr_assert_eq(plan->attention_on_host, expect_attention_on_host);
+}
+
+static void host_kv_end(host_kv_fixture *f) {
+    ferry_model_close(f->model);
+    free(f->resident);
+    free(f->streamed);
+    test_rmtree(f->dir);
+    free(f->path);
+    free(f->dir);
+}
+
+Test(offload_cuda, a_kv_cache_in_pinned_host_memory_gives_logits_bit_identical_to_resident,
+     .timeout = 300) {
+    if (!gpu_present()) cr_skip("no GPU");
+    /* the GPU's attention kernels read the cache over the link */
+    setenv("FERRY_ATTENTION", "device", 1);
+    host_kv_fixture f;
+    host_kv_begin(&f, 0);
     uint64_t streamed_session_bytes = 0;
-    kv_in_host = -1;
-    cr_assert_eq(run_batch4(model, streamed, capacity, &streamed_session_bytes, &kv_in_host), n);
+    int kv_in_host = -1;
+    cr_assert_eq(run_batch4(f.model, f.streamed, f.capacity, &streamed_session_bytes, &kv_in_host),
+                 f.n);
     cr_assert_eq(kv_in_host, 1, "the plan put the KV cache in host memory");
     printf("host kv: session creation took %.1f MiB of device memory with the KV cache on the "
            "GPU, %.1f MiB with it in pinned host memory (KV cache %.1f MiB)\n",
-           resident_session_bytes / 1048576.0, streamed_session_bytes / 1048576.0,
-           kv_bytes / 1048576.0);
+           f.resident_session_bytes / 1048576.0, streamed_session_bytes / 1048576.0,
+           f.kv_bytes / 1048576.0);
     fflush(stdout);
-    cr_assert_geq(resident_session_bytes, kv_bytes, "the GPU-resident KV cache took device memory");
-    cr_assert_lt(streamed_session_bytes, kv_bytes / 4,
+    cr_assert_geq(f.resident_session_bytes, f.kv_bytes,
+                  "the GPU-resident KV cache took device memory");
+    cr_assert_lt(streamed_session_bytes, f.kv_bytes / 4,
                  "a host KV cache took %llu bytes of device memory",
                  (unsigned long long)streamed_session_bytes);
-    for (size_t i = 0; i < n; i++)
-        cr_assert(memcmp(&resident[i], &streamed[i], sizeof(float)) == 0,
+    for (size_t i = 0; i < f.n; i++)
+        cr_assert(memcmp(&f.resident[i], &f.streamed[i], sizeof(float)) == 0,
                   "logit %zu is %.9g with the KV cache in host memory, %.9g resident", i,
-                  streamed[i], resident[i]);
-    ferry_model_close(model);
-    free(resident);
-    free(streamed);
-    test_rmtree(dir);
-    free(path);
-    free(dir);
+                  f.streamed[i], f.resident[i]);
+    host_kv_end(&f);
+}
+
+/* The largest logit of a row: the greedy token. */
+static size_t greedy_token(const float *row, size_t vocab) {
+    size_t best = 0;
+    for (size_t i = 1; i < vocab; i++)
+        if (row[i] > row[best]) best = i;
+    return best;
+}
+
+Test(offload_cuda, a_host_kv_cache_attended_on_the_host_matches_resident_within_2e_3,
+     .timeout = 300) {
+    if (!gpu_present()) cr_skip("no GPU");
+    unsetenv("FERRY_ATTENTION"); /* auto: on the host, as the cache is in DRAM */
+    host_kv_fixture f;
+    host_kv_begin(&f, 1);
+    uint64_t streamed_session_bytes = 0;
+    int kv_in_host = -1;
+    cr_assert_eq(run_batch4(f.model, f.streamed, f.capacity, &streamed_session_bytes, &kv_in_host),
+                 f.n);
+    cr_assert_eq(kv_in_host, 1);
+    /* The same f16 cache values, read by the GPU or the host: only the
+     * order of float sums differs. */
+    ferry_model_info info;
+    ferry_model_get_info(f.model, &info);
+    const size_t vocab = (size_t)info.vocab_size;
+    double largest = 0, worst = 0;
+    for (size_t i = 0; i < f.n; i++) {
+        cr_assert(isfinite(f.streamed[i]), "logit %zu is %g", i, f.streamed[i]);
+        if (fabs(f.resident[i]) > largest) largest = fabs(f.resident[i]);
+    }
+    for (size_t i = 0; i < f.n; i++) {
+        double error = fabs((double)f.streamed[i] - f.resident[i]) / largest;
+        if (error > worst) worst = error;
+        cr_assert(error <= 2e-3, "logit %zu is %.9g attended on the host, %.9g resident", i,
+                  f.streamed[i], f.resident[i]);
+    }
+    for (size_t row = 0; row < f.n / vocab; row++)
+        cr_assert_eq(greedy_token(f.streamed + row * vocab, vocab),
+                     greedy_token(f.resident + row * vocab, vocab),
+                     "row %zu: another greedy token", row);
+    printf("host attention: largest logit difference %.3g of the largest logit\n", worst);
+    fflush(stdout);
+    host_kv_end(&f);
 }
 
 /* FlexGen's count: batch x (new tokens - 1) / decode time. */
@@ -488,7 +557,9 @@ Test(offload_cuda, streamed_decode_benchmark, .timeout = 1800) {
                batch, (double)prefill_ns * 1e-9,
                (unsigned long long)(mid.steps - before.steps), decode_s, NEW_TOKENS - 1,
                (double)batch * (NEW_TOKENS - 1) / decode_s, copied_gb / decode_s,
-               session->kv_in_host_memory ? "pinned host memory, read over the link" : "GPU memory",
+               !session->kv_in_host_memory  ? "GPU memory"
+               : session->attention_on_host ? "pinned host memory, attention on the host"
+                                            : "pinned host memory, read over the link",
                (double)gpu_used_bytes() / (double)(1ull << 30));
         fflush(stdout);
         ferry_session_free(session);
