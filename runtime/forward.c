@@ -162,22 +162,34 @@ static ferry_token_batch enter_chunk(const layer_pass *pass, int c) {
 
 /* ------------------------------------------------------------- layers */
 
+/* Decode-shaped: fewer than 4 tokens per sequence (a sequence's tokens
+ * are consecutive in a chunk).  A prefill chunk reads each cached row
+ * once for many queries, so the device reading the mapped cache moves few
+ * bytes per query; a decode chunk reads every row for one query. */
+static int chunk_is_decode_shaped(const int32_t *slots, int n) {
+    int n_sequences = n > 0;
+    for (int t = 1; t < n; t++) n_sequences += slots[t] != slots[t - 1];
+    return n < 4 * n_sequences;
+}
+
 /* The chunk's attention into scratch.attention: the backend's op, or for
  * a session attending on the host (its KV cache is host memory the device
- * maps, FlexGen's way past the link: the cache never crosses it) q comes
- * down (the download waits for the device's queued work, the K and V rows
- * it just wrote into the mapped cache included), the host's threads
- * attend over the cache in place, and the output goes up. */
+ * maps, FlexGen's way past the link: the cache never crosses it) and a
+ * decode-shaped chunk, q comes down (the download waits for the device's
+ * queued work, the K and V rows it just wrote into the mapped cache
+ * included), the host's threads attend over the cache in place, and the
+ * output goes up. */
 static ferry_status chunk_attention(ferry_session *session, int layer,
                                     const ferry_token_batch *tokens,
                                     ferry_attention_shape shape) {
     ferry_backend *backend = session->model->backend;
     ferry_scratch *s = &session->scratch;
-    if (!session->attention_on_host)
-        return backend->ops->attention(backend, s->attention, s->q, &session->kv[layer], tokens,
-                                       shape);
     /* the chunk's tokens in the host copies of the pass's batch arrays */
     const size_t first = (size_t)(tokens->positions - s->positions);
+    if (!session->attention_on_host ||
+        !chunk_is_decode_shaped(session->host_slots + first, tokens->n_tokens))
+        return backend->ops->attention(backend, s->attention, s->q, &session->kv[layer], tokens,
+                                       shape);
     const ferry_token_batch host_tokens = {tokens->n_tokens, session->host_tokens + first,
                                            session->host_positions + first,
                                            session->host_slots + first};

@@ -324,38 +324,48 @@ Test(host_attention, a_streamed_model_with_its_kv_cache_in_dram_attends_on_the_h
     ferry_model_close(model);
 }
 
-/* Last logits of prompts of 300, 500 and 400 tokens: 1,200 tokens, three
- * chunks of one pass when streamed, so chunks after the first attend on
- * the host too. */
-static void run_long_prompts(ferry_model *model, float *out, size_t capacity) {
-    static int32_t prompt[1200];
-    static const int n_tokens[RUN_SEQS] = {300, 500, 400};
-    for (int i = 0; i < 1200; i++) prompt[i] = (int32_t)((i * 7 + 3) % model->config.vocab_size);
+enum { WIDE_SEQS = 600 };
+
+/* Two decode-shaped calls over 600 sequences: one or two tokens each,
+ * then one more; each sequence's last logits.  900 and 600 tokens are two
+ * chunks of one pass when streamed, so the second chunk attends on the
+ * host too. */
+static size_t run_wide_batch(ferry_model *model, float *out, size_t capacity) {
+    static int32_t tokens[2 * WIDE_SEQS];
+    static int n_tokens[WIDE_SEQS];
+    const size_t vocab = (size_t)model->config.vocab_size;
     for (size_t i = 0; i < capacity; i++) out[i] = NAN;
     ferry_session *session = NULL;
-    cr_assert_eq(ferry_session_new(model, RUN_SEQS, 512, &session), FERRY_OK, "%s",
+    cr_assert_eq(ferry_session_new(model, WIDE_SEQS, 4, &session), FERRY_OK, "%s",
                  ferry_last_error());
-    ferry_batch batch = {RUN_SEQS, NULL, n_tokens, prompt};
-    cr_assert_eq(ferry_forward(session, &batch, FERRY_LOGITS_LAST, out, capacity), FERRY_OK, "%s",
-                 ferry_last_error());
+    for (int call = 0; call < 2; call++) {
+        for (int i = 0; i < 2 * WIDE_SEQS; i++)
+            tokens[i] = (int32_t)((i * 7 + call * 13 + 3) % model->config.vocab_size);
+        for (int i = 0; i < WIDE_SEQS; i++) n_tokens[i] = call == 0 ? 1 + i % 2 : 1;
+        ferry_batch batch = {WIDE_SEQS, NULL, n_tokens, tokens};
+        cr_assert_eq(ferry_forward(session, &batch, FERRY_LOGITS_LAST,
+                                   out + (size_t)call * WIDE_SEQS * vocab,
+                                   capacity - (size_t)call * WIDE_SEQS * vocab),
+                     FERRY_OK, "%s", ferry_last_error());
+    }
     ferry_session_free(session);
+    return 2 * WIDE_SEQS * vocab;
 }
 
 Test(host_attention, chunks_after_the_first_of_a_streamed_pass_attend_on_the_host) {
-    static float want[RUN_VOCAB_MAX * RUN_SEQS], got[RUN_VOCAB_MAX * RUN_SEQS];
+    static float want[RUN_VOCAB_MAX * 2 * WIDE_SEQS], got[RUN_VOCAB_MAX * 2 * WIDE_SEQS];
     unsetenv("FERRY_ATTENTION");
     ferry_model_options plain = {0};
     ferry_model *model = open_synth(plain);
-    size_t n = (size_t)RUN_SEQS * model->config.vocab_size;
-    run_long_prompts(model, want, sizeof want / sizeof want[0]);
+    size_t n = run_wide_batch(model, want, sizeof want / sizeof want[0]);
     ferry_model_close(model);
     setenv("FERRY_ATTENTION", "host", 1);
     ferry_model_options streamed = {0};
     streamed.streaming = 1;
     streamed.resident_layers = 0;
     model = open_synth(streamed);
-    run_long_prompts(model, got, sizeof got / sizeof got[0]);
-    expect_logits_close("three chunks of a streamed pass", got, want, n);
+    run_wide_batch(model, got, sizeof got / sizeof got[0]);
+    expect_logits_close("two chunks of a streamed pass", got, want, n);
     ferry_model_close(model);
 }
 

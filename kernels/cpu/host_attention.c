@@ -36,12 +36,24 @@ typedef struct host_attention_job {
 } host_attention_job;
 
 /* One tile of cached rows for the item's KV heads, decoded to f32:
- * rows[j * width + i] is element i of position first + j. */
+ * rows[j * width + i] is element i of position first + j.  The item's
+ * share of a row is short and rows are far apart (the other heads lie
+ * between), too short a run for the hardware prefetcher: each row of the
+ * next tile is requested while this tile's row is decoded. */
 static void load_tile(float *rows, const void *cache, ferry_dtype dtype, size_t row_elements,
-                      size_t base, int first, int n, int width) {
-    for (int j = 0; j < n; j++)
+                      size_t base, int first, int n, int width, int n_positions) {
+    const size_t element_bytes = ferry_dtype_bytes(dtype);
+    const size_t row_bytes = (size_t)width * element_bytes;
+    for (int j = 0; j < n; j++) {
+        int ahead = first + TILE_POSITIONS + j;
+        if (ahead < n_positions) {
+            const char *next = (const char *)cache + (base + (size_t)ahead * row_elements) *
+                                                          element_bytes;
+            for (size_t line = 0; line < row_bytes; line += 64) __builtin_prefetch(next + line);
+        }
         cpu_decode_weights(rows + (size_t)j * width, cache,
                            dtype, base + (size_t)(first + j) * row_elements, (size_t)width);
+    }
 }
 
 /* Items are (token, block of heads_per_item KV heads). */
@@ -82,8 +94,10 @@ static void attend_items(void *arg, int begin, int end) {
         for (int first = 0; first < n_positions; first += TILE_POSITIONS) {
             const int n = n_positions - first < TILE_POSITIONS ? n_positions - first
                                                                : TILE_POSITIONS;
-            load_tile(keys, job->cache->k, job->kv_dtype, row_elements, base, first, n, width);
-            load_tile(values, job->cache->v, job->kv_dtype, row_elements, base, first, n, width);
+            load_tile(keys, job->cache->k, job->kv_dtype, row_elements, base, first, n, width,
+                      n_positions);
+            load_tile(values, job->cache->v, job->kv_dtype, row_elements, base, first, n, width,
+                      n_positions);
             for (int h = 0; h < n_query; h++) {
                 const int kv = h / group;   /* KV head within the block */
                 const float *q_head = q + (size_t)h * head_dim;
