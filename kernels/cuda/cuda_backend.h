@@ -70,6 +70,9 @@ typedef struct cuda_backend {
     int fuse_small_ops;         /* fold RMSNorm into matmul_multi and run rope_kv_store as one
                                    kernel (FERRY_CUDA_FUSE=0: the separate kernels, to
                                    measure what fusing gives) */
+    int tc_matvec_kernel;       /* 3..16 tokens: 0 not chosen yet, 1 the cluster kernel of
+                                   matvec_tc.cu (sm_90+), 2 the older one in matmul.cu
+                                   (FERRY_CUDA_TC_MATVEC=old); chosen on first use */
 } cuda_backend;
 
 static inline cuda_backend *cuda_state(ferry_backend *backend) {
@@ -109,6 +112,14 @@ ferry_status cuda_x16_prepare(cuda_backend *state, const float *x, const float *
 ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, const void *w,
                              ferry_dtype dtype, const float *bias, int n, int rows, int cols,
                              int accumulate);
+/* matvec_tc.cu: the split-K cluster kernel (sm_90+) behind the two calls
+ * above; x is float (x_is_f32, rounded to dtype while it is staged) or
+ * dtype, 16-byte aligned.  _fits: f16/bf16, 3..16 tokens, cols % 8 == 0,
+ * w 16-byte aligned. */
+int cuda_tc_matvec_fits(const void *w, ferry_dtype dtype, int n, int cols);
+ferry_status cuda_tc_matvec(cuda_backend *state, float *out, const void *x, int x_is_f32,
+                            const void *w, ferry_dtype dtype, const float *bias, int n, int rows,
+                            int cols, int accumulate);
 
 /* ---- ops (contracts in kernels/ops.h) ---- */
 ferry_status cuda_embed(ferry_backend *backend, float *out, const void *table, ferry_dtype dtype,

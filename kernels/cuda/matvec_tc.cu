@@ -1,0 +1,340 @@
+/*
+ * matvec_tc.cu — out[t] (+)= x[t] W^T (+ bias) for 3..16 tokens on the
+ * tensor cores (mma.sync m16n8k16, float32 accumulate), Hopper and newer:
+ * the weight stream is what costs, so the kernel is built to keep HBM busy.
+ * - A block of 4 warps owns 64 weight rows (16 per warp) and one K slice;
+ *   the blocks of a thread-block cluster (1, 2, 4 or 8) cover the whole K
+ *   range of the same rows (split-K), so a 4096-row matrix still has
+ *   enough blocks for every SM.
+ * - Each lane keeps TC_DEPTH chunks of 16-byte weight loads in flight
+ *   (a register ring refilled as each chunk is consumed); the first ring is
+ *   loaded before pdl_wait (weights are written by no kernel).
+ * - x for the slice (f32 converted on the way, or already 16-bit) is
+ *   staged once per block in shared memory and read from there by all four
+ *   warps; rows pad it so the fragment reads are free of bank conflicts.
+ * - The cluster's partial sums meet in distributed shared memory and are
+ *   added in a fixed rank order (deterministic, no atomics), then bias and
+ *   the residual (accumulate) are applied once.
+ * Hot path: no allocation, no host synchronisation.
+ */
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "kernels/cuda/launch.cuh"
+
+namespace cg = cooperative_groups;
+
+enum {
+    TC_WARPS = 4,
+    TC_THREADS = 32 * TC_WARPS,
+    TC_WARP_ROWS = 16,                  /* one m16 tile per warp */
+    TC_BLOCK_ROWS = TC_WARPS * TC_WARP_ROWS,
+    TC_CHUNK_COLS = 32,                 /* per lane: 8 columns (16 bytes) of 2 rows */
+    TC_DEPTH = 8,                       /* chunks in flight per lane: 8 x 32 bytes */
+    TC_MAX_SPLIT = 8,                   /* portable cluster size */
+    TC_MIN_TOKENS = 3,
+    TC_MAX_TOKENS = 16,
+    TC_STATIC_SMEM_BYTES = 48 * 1024,   /* above this the kernel must opt in */
+    TC_MAX_SMEM_BYTES = 200 * 1024,
+};
+
+struct tc_args {
+    float *out;
+    const void *x;       /* [n, cols], float or the weight dtype */
+    const void *w;       /* [rows, cols] */
+    const float *bias;   /* [rows] or NULL */
+    int n, rows, cols;
+    int slice_cols;      /* K columns per cluster rank, a multiple of TC_CHUNK_COLS */
+    int x_stride;        /* elements between token rows of the staged x */
+    int accumulate;
+};
+
+template <typename T> struct tc_mma;
+template <> struct tc_mma<__half> {
+    static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0,
+                                               uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+};
+template <> struct tc_mma<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0,
+                                               uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+};
+
+/* A weight load that streams past L1 (each byte is used once) and asks L2
+ * for the neighbouring sectors the next chunks will want. */
+__device__ __forceinline__ uint4 load_streaming(const uint4 *address) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(address));
+    return v;
+}
+
+/* Eight x values of one token as 8 weight-dtype values (16 bytes). */
+template <typename T>
+__device__ __forceinline__ uint4 load_x8(const float *x, size_t at) {
+    const float4 a = *reinterpret_cast<const float4 *>(x + at);
+    const float4 b = *reinterpret_cast<const float4 *>(x + at + 4);
+    return make_uint4(tc_mma<T>::pack(a.x, a.y), tc_mma<T>::pack(a.z, a.w),
+                      tc_mma<T>::pack(b.x, b.y), tc_mma<T>::pack(b.z, b.w));
+}
+template <typename T>
+__device__ __forceinline__ uint4 load_x8(const T *x, size_t at) {
+    return *reinterpret_cast<const uint4 *>(x + at);
+}
+
+/* Ring slot `slot` <- chunk `chunk` of the lane's two rows (zero past the
+ * slice: the lane's 8 columns are all in or all out, as cols % 8 == 0). */
+#define TC_LOAD_SLOT(slot, chunk)                                                        \
+    do {                                                                                 \
+        if ((chunk) * TC_CHUNK_COLS < lane_cols) {                                       \
+            lo[slot] = load_streaming(w_lo + (chunk) * (TC_CHUNK_COLS / 8));             \
+            hi[slot] = load_streaming(w_hi + (chunk) * (TC_CHUNK_COLS / 8));             \
+        } else {                                                                         \
+            lo[slot] = make_uint4(0, 0, 0, 0);                                           \
+            hi[slot] = make_uint4(0, 0, 0, 0);                                           \
+        }                                                                                \
+    } while (0)
+
+/* Grid (split, row tiles), cluster (split, 1, 1): cluster rank = K slice.
+ * Fragments (k summed in any order, so the 16-byte loads set it): lane
+ * (g, q) holds columns 8q .. 8q+7 of a chunk for rows g and g+8 (A) and
+ * token g (B), as two k16 steps: columns 8q+0..3, then 8q+4..7. */
+template <typename T, typename XT, int N_TILES>
+__global__ void __launch_bounds__(TC_THREADS, 4) tc_matvec_kernel(const tc_args args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(16) unsigned char tc_shared[];
+    constexpr int TOKENS = 8 * N_TILES;
+    pdl_trigger();
+    cg::cluster_group cluster = cg::this_cluster();
+    const int split = (int)cluster.num_blocks(), rank = (int)cluster.block_rank();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
+    const int block_row0 = blockIdx.y * TC_BLOCK_ROWS;
+    const int k0 = rank * args.slice_cols;
+    const int k_end = min(k0 + args.slice_cols, args.cols);
+    const int n_chunks = k_end > k0 ? (k_end - k0 + TC_CHUNK_COLS - 1) / TC_CHUNK_COLS : 0;
+    /* rows past the end re-read the last row; their sums are dropped */
+    const int row_lo = min(block_row0 + warp * TC_WARP_ROWS + g, args.rows - 1);
+    const int row_hi = min(block_row0 + warp * TC_WARP_ROWS + g + 8, args.rows - 1);
+    const T *w = static_cast<const T *>(args.w);
+    const uint4 *w_lo = reinterpret_cast<const uint4 *>(w + (size_t)row_lo * args.cols + k0 + 8 * q);
+    const uint4 *w_hi = reinterpret_cast<const uint4 *>(w + (size_t)row_hi * args.cols + k0 + 8 * q);
+    const int lane_cols = k_end - k0 - 8 * q; /* chunk i is this lane's iff 32 i < lane_cols */
+
+    uint4 lo[TC_DEPTH], hi[TC_DEPTH];
+#pragma unroll
+    for (int u = 0; u < TC_DEPTH; u++) TC_LOAD_SLOT(u, u);
+    pdl_wait();
+
+    /* Stage x[0..TOKENS) [k0, k0 + slice_cols) as T, zero past n and k_end. */
+    T *x_staged = reinterpret_cast<T *>(tc_shared);
+    const XT *x = static_cast<const XT *>(args.x);
+    const int groups_per_token = args.slice_cols / 8;
+    for (int i = threadIdx.x; i < TOKENS * groups_per_token; i += TC_THREADS) {
+        const int token = i / groups_per_token, col = 8 * (i % groups_per_token);
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (token < args.n && k0 + col < k_end)
+            v = load_x8<T>(x, (size_t)token * args.cols + k0 + col);
+        *reinterpret_cast<uint4 *>(x_staged + (size_t)token * args.x_stride + col) = v;
+    }
+    __syncthreads();
+
+    float c[N_TILES][4];
+#pragma unroll
+    for (int tile = 0; tile < N_TILES; tile++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) c[tile][i] = 0.0f;
+    const T *x_lane = x_staged + (size_t)g * args.x_stride + 8 * q;
+    const int tile_stride = 8 * args.x_stride;
+    for (int base = 0; base < n_chunks; base += TC_DEPTH) {
+#pragma unroll
+        for (int u = 0; u < TC_DEPTH; u++) {
+            const int chunk = base + u;
+            if (chunk < n_chunks) {
+                const uint32_t a0[4] = {lo[u].x, hi[u].x, lo[u].y, hi[u].y};
+                const uint32_t a1[4] = {lo[u].z, hi[u].z, lo[u].w, hi[u].w};
+#pragma unroll
+                for (int tile = 0; tile < N_TILES; tile++) {
+                    const uint4 xv = *reinterpret_cast<const uint4 *>(
+                        x_lane + tile * tile_stride + chunk * TC_CHUNK_COLS);
+                    tc_mma<T>::run(c[tile], a0, xv.x, xv.y);
+                    tc_mma<T>::run(c[tile], a1, xv.z, xv.w);
+                }
+                TC_LOAD_SLOT(u, chunk + TC_DEPTH);
+            }
+        }
+    }
+
+    /* This block's partial sums [TC_BLOCK_ROWS][TOKENS] over the staged x
+     * (no longer read).  C fragment: c[0], c[1] = row g, tokens 2q, 2q+1;
+     * c[2], c[3] = row g + 8. */
+    __syncthreads();
+    float *partial = reinterpret_cast<float *>(tc_shared);
+#pragma unroll
+    for (int tile = 0; tile < N_TILES; tile++) {
+        const int r = warp * TC_WARP_ROWS + g, t = 8 * tile + 2 * q;
+        partial[r * TOKENS + t] = c[tile][0];
+        partial[r * TOKENS + t + 1] = c[tile][1];
+        partial[(r + 8) * TOKENS + t] = c[tile][2];
+        partial[(r + 8) * TOKENS + t + 1] = c[tile][3];
+    }
+    cluster.sync(); /* every rank's partials written and visible */
+    /* Rank `rank` finishes its share of the outputs, adding the ranks'
+     * partials in rank order (the same order every run). */
+    const int share = TC_BLOCK_ROWS * TOKENS / split;
+    for (int e = rank * share + threadIdx.x; e < (rank + 1) * share; e += TC_THREADS) {
+        const int r = e / TOKENS, token = e % TOKENS, row = block_row0 + r;
+        if (token >= args.n || row >= args.rows) continue;
+        float sum = 0.0f;
+        for (int s = 0; s < split; s++) sum += cluster.map_shared_rank(partial, s)[e];
+        if (args.bias) sum += args.bias[row];
+        float *dst = args.out + (size_t)token * args.rows + row;
+        *dst = args.accumulate ? *dst + sum : sum;
+    }
+    cluster.sync(); /* no block leaves while another reads its partials */
+#endif
+}
+#undef TC_LOAD_SLOT
+
+/* ------------------------------------------------------------- host */
+
+/* K columns per rank for a split, a multiple of the chunk. */
+static int tc_slice_cols(int cols, int split) {
+    const int per_rank = (cols + split - 1) / split;
+    return (per_rank + TC_CHUNK_COLS - 1) / TC_CHUNK_COLS * TC_CHUNK_COLS;
+}
+
+/* Staged x rows are slice_cols + pad elements apart, pad making the
+ * stride 64 bytes mod 128: the 8 lanes of a 16-byte shared-memory phase
+ * (two tokens, 4 x 16 bytes each) then hit 8 different bank groups. */
+static int tc_x_stride(int slice_cols) { return slice_cols + (slice_cols % 64 == 0 ? 32 : 0); }
+
+static size_t tc_smem_bytes(int n, int slice_cols) {
+    const int tokens = n <= 8 ? 8 : 16;
+    const size_t x_bytes = (size_t)tokens * tc_x_stride(slice_cols) * 2;
+    const size_t partial_bytes = (size_t)TC_BLOCK_ROWS * tokens * sizeof(float);
+    return x_bytes > partial_bytes ? x_bytes : partial_bytes;
+}
+
+/* The split (cluster size): enough blocks to fill every SM about evenly.
+ * Score = how evenly the blocks spread over the SMs (blocks / (SMs *
+ * ceil(blocks / SMs))) times how close they come to 3 blocks (12 warps)
+ * per SM; ties go to the smaller split. */
+static int tc_choose_split(int rows, int cols, int n_multiprocessors) {
+    const int row_tiles = (rows + TC_BLOCK_ROWS - 1) / TC_BLOCK_ROWS;
+    const double sms = n_multiprocessors > 0 ? n_multiprocessors : 132;
+    int best = 1;
+    double best_score = -1.0;
+    for (int split = 1; split <= TC_MAX_SPLIT; split *= 2) {
+        const int slice = tc_slice_cols(cols, split);
+        if (split > 1 && (long)slice * (split - 1) >= cols) break; /* an empty rank */
+        const double blocks = (double)row_tiles * split;
+        const double per_sm = blocks / sms;
+        double waves = (double)(long)per_sm;
+        if (waves < per_sm) waves += 1.0;
+        double fill = blocks / (3.0 * sms);
+        if (fill > 1.0) fill = 1.0;
+        const double score = per_sm / waves * fill;
+        if (score > best_score + 0.02) {
+            best_score = score;
+            best = split;
+        }
+    }
+    return best;
+}
+
+/* Does the kernel take this shape?  Any rows; cols % 8 == 0; n 3..16; W
+ * 16-byte aligned; the largest x slice must fit in shared memory. */
+int cuda_tc_matvec_fits(const void *w, ferry_dtype dtype, int n, int cols) {
+    if (dtype != FERRY_DTYPE_F16 && dtype != FERRY_DTYPE_BF16) return 0;
+    if (n < TC_MIN_TOKENS || n > TC_MAX_TOKENS || cols <= 0 || cols % 8 != 0) return 0;
+    if ((uintptr_t)w % 16 != 0) return 0;
+    return tc_smem_bytes(n, tc_slice_cols(cols, TC_MAX_SPLIT)) <= TC_MAX_SMEM_BYTES;
+}
+
+template <typename T, typename XT, int N_TILES>
+static cudaError_t tc_launch(const cuda_backend *state, const tc_args &args) {
+    const int split0 = tc_choose_split(args.rows, args.cols, state->n_multiprocessors);
+    /* a slice too wide for shared memory takes a larger split */
+    int split = split0;
+    while (split < TC_MAX_SPLIT &&
+           tc_smem_bytes(args.n, tc_slice_cols(args.cols, split)) > TC_STATIC_SMEM_BYTES)
+        split *= 2;
+    tc_args a = args;
+    a.slice_cols = tc_slice_cols(args.cols, split);
+    a.x_stride = tc_x_stride(a.slice_cols);
+    const size_t smem = tc_smem_bytes(args.n, a.slice_cols);
+    void (*kernel)(const tc_args) = tc_matvec_kernel<T, XT, N_TILES>;
+    if (smem > TC_STATIC_SMEM_BYTES) {
+        cudaError_t error = cudaFuncSetAttribute(
+            kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (error != cudaSuccess) return error;
+    }
+    cudaLaunchAttribute attributes[2];
+    attributes[0].id = cudaLaunchAttributeClusterDimension;
+    attributes[0].val.clusterDim.x = (unsigned)split;
+    attributes[0].val.clusterDim.y = 1;
+    attributes[0].val.clusterDim.z = 1;
+    attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[1].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3((unsigned)split, (unsigned)((args.rows + TC_BLOCK_ROWS - 1) / TC_BLOCK_ROWS));
+    config.blockDim = dim3(TC_THREADS);
+    config.dynamicSmemBytes = smem;
+    config.stream = state->stream;
+    config.attrs = attributes;
+    config.numAttrs = state->pdl ? 2 : 1;
+    return cudaLaunchKernelEx(&config, kernel, a);
+}
+
+template <typename T, typename XT>
+static cudaError_t tc_launch_tokens(const cuda_backend *state, const tc_args &args) {
+    if (args.n <= 8) return tc_launch<T, XT, 1>(state, args);
+    return tc_launch<T, XT, 2>(state, args);
+}
+
+ferry_status cuda_tc_matvec(cuda_backend *state, float *out, const void *x, int x_is_f32,
+                            const void *w, ferry_dtype dtype, const float *bias, int n, int rows,
+                            int cols, int accumulate) {
+    if (n <= 0 || rows <= 0) return FERRY_OK;
+    if (!cuda_tc_matvec_fits(w, dtype, n, cols) || ((uintptr_t)x % 16) != 0)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "tensor-core matvec: unsupported shape (n=%d, cols=%d)", n, cols);
+    tc_args args = {};
+    args.out = out;
+    args.x = x;
+    args.w = w;
+    args.bias = bias;
+    args.n = n;
+    args.rows = rows;
+    args.cols = cols;
+    args.accumulate = accumulate;
+    cudaError_t error;
+    if (dtype == FERRY_DTYPE_F16)
+        error = x_is_f32 ? tc_launch_tokens<__half, float>(state, args)
+                         : tc_launch_tokens<__half, __half>(state, args);
+    else
+        error = x_is_f32 ? tc_launch_tokens<__nv_bfloat16, float>(state, args)
+                         : tc_launch_tokens<__nv_bfloat16, __nv_bfloat16>(state, args);
+    CUDA_TRY(error);
+    return FERRY_OK;
+}
