@@ -70,9 +70,8 @@ typedef struct cuda_backend {
     int fuse_small_ops;         /* fold RMSNorm into matmul_multi and run rope_kv_store as one
                                    kernel (FERRY_CUDA_FUSE=0: the separate kernels, to
                                    measure what fusing gives) */
-    int tc_matvec_kernel;       /* 3..16 tokens: 0 not chosen yet, 1 the cluster kernel of
-                                   matvec_tc.cu (sm_90+), 2 the older one in matmul.cu
-                                   (FERRY_CUDA_TC_MATVEC=old); chosen on first use */
+    int tc_matvec_kernel;       /* 3..16 tokens: 0 until first use, then which kernel
+                                   (matvec_tc.cu; FERRY_CUDA_TC_MATVEC=old|rows32) */
 } cuda_backend;
 
 static inline cuda_backend *cuda_state(ferry_backend *backend) {
@@ -117,6 +116,8 @@ ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, c
  * dtype, 16-byte aligned.  _fits: f16/bf16, 3..16 tokens, cols % 8 == 0,
  * w 16-byte aligned. */
 int cuda_tc_matvec_fits(const void *w, ferry_dtype dtype, int n, int cols);
+/* Is it the kernel for 3..16 tokens (sm_90+, FERRY_CUDA_TC_MATVEC not "old")? */
+int cuda_tc_matvec_enabled(const cuda_backend *state);
 ferry_status cuda_tc_matvec(cuda_backend *state, float *out, const void *x, int x_is_f32,
                             const void *w, ferry_dtype dtype, const float *bias, int n, int rows,
                             int cols, int accumulate);

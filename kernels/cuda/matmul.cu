@@ -18,8 +18,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "kernels/cuda/launch.cuh"
 
@@ -404,31 +402,11 @@ __global__ void __launch_bounds__(NORM_THREADS)
         result[i] = from_float<T>(weight[i] * (row[i] * inv_rms));
 }
 
-/* Which tensor-core matvec runs 3..16 tokens: the cluster kernel of
- * matvec_tc.cu on sm_90+, unless FERRY_CUDA_TC_MATVEC=old asks for the
- * one above (to compare them in one run).  Chosen once per backend; the
- * choice is a cache, hence the cast. */
-static int use_cluster_matvec(const cuda_backend *state) {
-    cuda_backend *mutable_state = const_cast<cuda_backend *>(state);
-    if (mutable_state->tc_matvec_kernel == 0) {
-        const char *choice = getenv("FERRY_CUDA_TC_MATVEC");
-        int major = 0;
-        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, state->device) !=
-            cudaSuccess) {
-            (void)cudaGetLastError(); /* not sticky: the older kernel serves */
-            major = 0;
-        }
-        const int old = choice && strcmp(choice, "old") == 0;
-        mutable_state->tc_matvec_kernel = major >= 9 && !old ? 1 : 2;
-    }
-    return mutable_state->tc_matvec_kernel == 1;
-}
-
 int cuda_mma_matvec_fits(const cuda_backend *state, const void *w, ferry_dtype dtype, int n,
                          int cols) {
     if (n <= MATVEC_F32_MAX_TOKENS || n > MATVEC_MAX_TILE || n > state->matvec_max_tokens)
         return 0;
-    if (use_cluster_matvec(state)) return cuda_tc_matvec_fits(w, dtype, n, cols);
+    if (cuda_tc_matvec_enabled(state)) return cuda_tc_matvec_fits(w, dtype, n, cols);
     return (dtype == FERRY_DTYPE_F16 || dtype == FERRY_DTYPE_BF16) &&
            cols % MMA_CHUNK_COLS == 0 && ((uintptr_t)w % 16) == 0;
 }
@@ -472,7 +450,7 @@ ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, c
                              ferry_dtype dtype, const float *bias, int n, int rows, int cols,
                              int accumulate) {
     if (n <= 0 || rows <= 0) return FERRY_OK;
-    if (use_cluster_matvec(state))
+    if (cuda_tc_matvec_enabled(state))
         return cuda_tc_matvec(state, out, x16, 0, w, dtype, bias, n, rows, cols, accumulate);
     if (dtype == FERRY_DTYPE_F16)
         CUDA_TRY(launch_mma_typed(state, out, (const __half *)x16, (const __half *)w, bias, n,
@@ -529,7 +507,7 @@ ferry_status cuda_matmul(ferry_backend *backend, float *out, const float *x, con
     /* 3..16 tokens: tensor cores (x rounded to the weight dtype, as cuBLAS;
      * the cluster kernel rounds it as it stages it, no separate kernel) */
     if (cuda_mma_matvec_fits(state, w, dtype, n, cols)) {
-        if (use_cluster_matvec(state) && ((uintptr_t)x % 16) == 0)
+        if (cuda_tc_matvec_enabled(state) && ((uintptr_t)x % 16) == 0)
             return cuda_tc_matvec(state, out, x, 1, w, dtype, bias, n, rows, cols, accumulate);
         const void *x16 = NULL;
         FERRY_TRY(cuda_x16_prepare(state, x, NULL, 0.0f, dtype, n, cols, &x16));

@@ -2,11 +2,12 @@
  * matvec_tc.cu — out[t] (+)= x[t] W^T (+ bias) for 3..16 tokens on the
  * tensor cores (mma.sync m16n8k16, float32 accumulate), Hopper and newer:
  * the weight stream is what costs, so the kernel is built to keep HBM busy.
- * - A block of 4 warps owns 64 weight rows (16 per warp) and one K slice;
+ * - A block of 4 warps owns 64 or 128 weight rows (one or two m16 tiles
+ *   per warp: FERRY_CUDA_TC_MATVEC=rows32 picks two) and one K slice;
  *   the blocks of a thread-block cluster (1, 2, 4 or 8) cover the whole K
  *   range of the same rows (split-K), so a 4096-row matrix still has
  *   enough blocks for every SM.
- * - Each lane keeps TC_DEPTH chunks of 16-byte weight loads in flight
+ * - Each lane keeps 16 weight loads of 16 bytes in flight
  *   (a register ring refilled as each chunk is consumed); the first ring is
  *   loaded before pdl_wait (weights are written by no kernel).
  * - x for the slice (f32 converted on the way, or already 16-bit) is
@@ -21,6 +22,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "kernels/cuda/launch.cuh"
 
@@ -29,10 +32,9 @@ namespace cg = cooperative_groups;
 enum {
     TC_WARPS = 4,
     TC_THREADS = 32 * TC_WARPS,
-    TC_WARP_ROWS = 16,                  /* one m16 tile per warp */
-    TC_BLOCK_ROWS = TC_WARPS * TC_WARP_ROWS,
-    TC_CHUNK_COLS = 32,                 /* per lane: 8 columns (16 bytes) of 2 rows */
-    TC_DEPTH = 8,                       /* chunks in flight per lane: 8 x 32 bytes */
+    TC_TILE_ROWS = 16,                  /* rows of one m16 tile; a warp has 1 or 2 */
+    TC_CHUNK_COLS = 32,                 /* per lane: 8 columns (16 bytes) of 2 rows per tile */
+    TC_LOADS_IN_FLIGHT = 16,            /* 16-byte weight loads in flight per lane */
     TC_MAX_SPLIT = 8,                   /* portable cluster size */
     TC_MIN_TOKENS = 3,
     TC_MAX_TOKENS = 16,
@@ -102,16 +104,16 @@ __device__ __forceinline__ uint4 load_x8(const T *x, size_t at) {
     return *reinterpret_cast<const uint4 *>(x + at);
 }
 
-/* Ring slot `slot` <- chunk `chunk` of the lane's two rows (zero past the
+/* Ring slot `slot` <- chunk `chunk` of the lane's rows (zero past the
  * slice: the lane's 8 columns are all in or all out, as cols % 8 == 0). */
 #define TC_LOAD_SLOT(slot, chunk)                                                        \
     do {                                                                                 \
-        if ((chunk) * TC_CHUNK_COLS < lane_cols) {                                       \
-            lo[slot] = load_streaming(w_lo + (chunk) * (TC_CHUNK_COLS / 8));             \
-            hi[slot] = load_streaming(w_hi + (chunk) * (TC_CHUNK_COLS / 8));             \
-        } else {                                                                         \
-            lo[slot] = make_uint4(0, 0, 0, 0);                                           \
-            hi[slot] = make_uint4(0, 0, 0, 0);                                           \
+        const bool in_slice = (chunk) * TC_CHUNK_COLS < lane_cols;                       \
+        _Pragma("unroll") for (int m = 0; m < M_TILES; m++) {                            \
+            lo[slot][m] = in_slice ? load_streaming(w_lo[m] + (chunk) * (TC_CHUNK_COLS / 8)) \
+                                   : make_uint4(0, 0, 0, 0);                             \
+            hi[slot][m] = in_slice ? load_streaming(w_hi[m] + (chunk) * (TC_CHUNK_COLS / 8)) \
+                                   : make_uint4(0, 0, 0, 0);                             \
         }                                                                                \
     } while (0)
 
@@ -119,30 +121,37 @@ __device__ __forceinline__ uint4 load_x8(const T *x, size_t at) {
  * Fragments (k summed in any order, so the 16-byte loads set it): lane
  * (g, q) holds columns 8q .. 8q+7 of a chunk for rows g and g+8 (A) and
  * token g (B), as two k16 steps: columns 8q+0..3, then 8q+4..7. */
-template <typename T, typename XT, int N_TILES>
+template <typename T, typename XT, int N_TILES, int M_TILES>
 __global__ void __launch_bounds__(TC_THREADS, 4) tc_matvec_kernel(const tc_args args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ __align__(16) unsigned char tc_shared[];
     constexpr int TOKENS = 8 * N_TILES;
+    constexpr int WARP_ROWS = TC_TILE_ROWS * M_TILES, BLOCK_ROWS = TC_WARPS * WARP_ROWS;
+    constexpr int DEPTH = TC_LOADS_IN_FLIGHT / (2 * M_TILES); /* chunks in the ring */
     pdl_trigger();
     cg::cluster_group cluster = cg::this_cluster();
     const int split = (int)cluster.num_blocks(), rank = (int)cluster.block_rank();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
-    const int block_row0 = blockIdx.y * TC_BLOCK_ROWS;
+    const int block_row0 = blockIdx.y * BLOCK_ROWS;
     const int k0 = rank * args.slice_cols;
     const int k_end = min(k0 + args.slice_cols, args.cols);
     const int n_chunks = k_end > k0 ? (k_end - k0 + TC_CHUNK_COLS - 1) / TC_CHUNK_COLS : 0;
-    /* rows past the end re-read the last row; their sums are dropped */
-    const int row_lo = min(block_row0 + warp * TC_WARP_ROWS + g, args.rows - 1);
-    const int row_hi = min(block_row0 + warp * TC_WARP_ROWS + g + 8, args.rows - 1);
+    /* rows g and g + 8 of each of the warp's tiles; rows past the end
+     * re-read the last row, and their sums are dropped */
     const T *w = static_cast<const T *>(args.w);
-    const uint4 *w_lo = reinterpret_cast<const uint4 *>(w + (size_t)row_lo * args.cols + k0 + 8 * q);
-    const uint4 *w_hi = reinterpret_cast<const uint4 *>(w + (size_t)row_hi * args.cols + k0 + 8 * q);
+    const uint4 *w_lo[M_TILES], *w_hi[M_TILES];
+#pragma unroll
+    for (int m = 0; m < M_TILES; m++) {
+        const int first = block_row0 + warp * WARP_ROWS + m * TC_TILE_ROWS + g;
+        const int row_lo = min(first, args.rows - 1), row_hi = min(first + 8, args.rows - 1);
+        w_lo[m] = reinterpret_cast<const uint4 *>(w + (size_t)row_lo * args.cols + k0 + 8 * q);
+        w_hi[m] = reinterpret_cast<const uint4 *>(w + (size_t)row_hi * args.cols + k0 + 8 * q);
+    }
     const int lane_cols = k_end - k0 - 8 * q; /* chunk i is this lane's iff 32 i < lane_cols */
 
-    uint4 lo[TC_DEPTH], hi[TC_DEPTH];
+    uint4 lo[DEPTH][M_TILES], hi[DEPTH][M_TILES];
 #pragma unroll
-    for (int u = 0; u < TC_DEPTH; u++) TC_LOAD_SLOT(u, u);
+    for (int u = 0; u < DEPTH; u++) TC_LOAD_SLOT(u, u);
     pdl_wait();
 
     /* Stage x[0..TOKENS) [k0, k0 + slice_cols) as T, zero past n and k_end. */
@@ -158,49 +167,56 @@ __global__ void __launch_bounds__(TC_THREADS, 4) tc_matvec_kernel(const tc_args 
     }
     __syncthreads();
 
-    float c[N_TILES][4];
+    float c[M_TILES][N_TILES][4];
 #pragma unroll
-    for (int tile = 0; tile < N_TILES; tile++)
+    for (int m = 0; m < M_TILES; m++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) c[tile][i] = 0.0f;
+        for (int tile = 0; tile < N_TILES; tile++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) c[m][tile][i] = 0.0f;
     const T *x_lane = x_staged + (size_t)g * args.x_stride + 8 * q;
     const int tile_stride = 8 * args.x_stride;
-    for (int base = 0; base < n_chunks; base += TC_DEPTH) {
+    for (int base = 0; base < n_chunks; base += DEPTH) {
 #pragma unroll
-        for (int u = 0; u < TC_DEPTH; u++) {
+        for (int u = 0; u < DEPTH; u++) {
             const int chunk = base + u;
             if (chunk < n_chunks) {
-                const uint32_t a0[4] = {lo[u].x, hi[u].x, lo[u].y, hi[u].y};
-                const uint32_t a1[4] = {lo[u].z, hi[u].z, lo[u].w, hi[u].w};
 #pragma unroll
                 for (int tile = 0; tile < N_TILES; tile++) {
                     const uint4 xv = *reinterpret_cast<const uint4 *>(
                         x_lane + tile * tile_stride + chunk * TC_CHUNK_COLS);
-                    tc_mma<T>::run(c[tile], a0, xv.x, xv.y);
-                    tc_mma<T>::run(c[tile], a1, xv.z, xv.w);
+#pragma unroll
+                    for (int m = 0; m < M_TILES; m++) {
+                        const uint32_t a0[4] = {lo[u][m].x, hi[u][m].x, lo[u][m].y, hi[u][m].y};
+                        const uint32_t a1[4] = {lo[u][m].z, hi[u][m].z, lo[u][m].w, hi[u][m].w};
+                        tc_mma<T>::run(c[m][tile], a0, xv.x, xv.y);
+                        tc_mma<T>::run(c[m][tile], a1, xv.z, xv.w);
+                    }
                 }
-                TC_LOAD_SLOT(u, chunk + TC_DEPTH);
+                TC_LOAD_SLOT(u, chunk + DEPTH);
             }
         }
     }
 
-    /* This block's partial sums [TC_BLOCK_ROWS][TOKENS] over the staged x
+    /* This block's partial sums [BLOCK_ROWS][TOKENS] over the staged x
      * (no longer read).  C fragment: c[0], c[1] = row g, tokens 2q, 2q+1;
      * c[2], c[3] = row g + 8. */
     __syncthreads();
     float *partial = reinterpret_cast<float *>(tc_shared);
 #pragma unroll
-    for (int tile = 0; tile < N_TILES; tile++) {
-        const int r = warp * TC_WARP_ROWS + g, t = 8 * tile + 2 * q;
-        partial[r * TOKENS + t] = c[tile][0];
-        partial[r * TOKENS + t + 1] = c[tile][1];
-        partial[(r + 8) * TOKENS + t] = c[tile][2];
-        partial[(r + 8) * TOKENS + t + 1] = c[tile][3];
-    }
+    for (int m = 0; m < M_TILES; m++)
+#pragma unroll
+        for (int tile = 0; tile < N_TILES; tile++) {
+            const int r = warp * WARP_ROWS + m * TC_TILE_ROWS + g, t = 8 * tile + 2 * q;
+            partial[r * TOKENS + t] = c[m][tile][0];
+            partial[r * TOKENS + t + 1] = c[m][tile][1];
+            partial[(r + 8) * TOKENS + t] = c[m][tile][2];
+            partial[(r + 8) * TOKENS + t + 1] = c[m][tile][3];
+        }
     cluster.sync(); /* every rank's partials written and visible */
     /* Rank `rank` finishes its share of the outputs, adding the ranks'
      * partials in rank order (the same order every run). */
-    const int share = TC_BLOCK_ROWS * TOKENS / split;
+    const int share = BLOCK_ROWS * TOKENS / split;
     for (int e = rank * share + threadIdx.x; e < (rank + 1) * share; e += TC_THREADS) {
         const int r = e / TOKENS, token = e % TOKENS, row = block_row0 + r;
         if (token >= args.n || row >= args.rows) continue;
@@ -217,6 +233,35 @@ __global__ void __launch_bounds__(TC_THREADS, 4) tc_matvec_kernel(const tc_args 
 
 /* ------------------------------------------------------------- host */
 
+/* Which kernel serves 3..16 tokens, chosen once per backend (the choice
+ * is a cache, hence the cast): this file's on sm_90+, with one m16 tile
+ * per warp, or two with FERRY_CUDA_TC_MATVEC=rows32; the older one in
+ * matmul.cu before Hopper or with FERRY_CUDA_TC_MATVEC=old (to compare
+ * them in one run). */
+enum { TC_CHOICE_UNSET = 0, TC_CHOICE_ROWS16 = 1, TC_CHOICE_ROWS32 = 2, TC_CHOICE_OLD = 3 };
+
+static int tc_choice(const cuda_backend *state) {
+    cuda_backend *cache = const_cast<cuda_backend *>(state);
+    if (cache->tc_matvec_kernel == TC_CHOICE_UNSET) {
+        const char *choice = getenv("FERRY_CUDA_TC_MATVEC");
+        int major = 0;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, state->device) !=
+            cudaSuccess) {
+            (void)cudaGetLastError(); /* not sticky: the older kernel serves */
+            major = 0;
+        }
+        if (major < 9 || (choice && strcmp(choice, "old") == 0))
+            cache->tc_matvec_kernel = TC_CHOICE_OLD;
+        else if (choice && strcmp(choice, "rows32") == 0)
+            cache->tc_matvec_kernel = TC_CHOICE_ROWS32;
+        else
+            cache->tc_matvec_kernel = TC_CHOICE_ROWS16;
+    }
+    return cache->tc_matvec_kernel;
+}
+
+int cuda_tc_matvec_enabled(const cuda_backend *state) { return tc_choice(state) != TC_CHOICE_OLD; }
+
 /* K columns per rank for a split, a multiple of the chunk. */
 static int tc_slice_cols(int cols, int split) {
     const int per_rank = (cols + split - 1) / split;
@@ -228,25 +273,26 @@ static int tc_slice_cols(int cols, int split) {
  * (two tokens, 4 x 16 bytes each) then hit 8 different bank groups. */
 static int tc_x_stride(int slice_cols) { return slice_cols + (slice_cols % 64 == 0 ? 32 : 0); }
 
-static size_t tc_smem_bytes(int n, int slice_cols) {
+static size_t tc_smem_bytes(int n, int slice_cols, int block_rows) {
     const int tokens = n <= 8 ? 8 : 16;
     const size_t x_bytes = (size_t)tokens * tc_x_stride(slice_cols) * 2;
-    const size_t partial_bytes = (size_t)TC_BLOCK_ROWS * tokens * sizeof(float);
+    const size_t partial_bytes = (size_t)block_rows * tokens * sizeof(float);
     return x_bytes > partial_bytes ? x_bytes : partial_bytes;
 }
 
 /* The split (cluster size): enough blocks to fill every SM about evenly.
  * Score = how evenly the blocks spread over the SMs (blocks / (SMs *
  * ceil(blocks / SMs))) times how close they come to 3 blocks (12 warps)
- * per SM; ties go to the smaller split. */
-static int tc_choose_split(int rows, int cols, int n_multiprocessors) {
-    const int row_tiles = (rows + TC_BLOCK_ROWS - 1) / TC_BLOCK_ROWS;
+ * per SM; a larger split must score clearly better (it costs a reduction
+ * and shorter blocks); no split leaves a rank without columns. */
+static int tc_choose_split(int rows, int cols, int block_rows, int n_multiprocessors) {
+    const int row_tiles = (rows + block_rows - 1) / block_rows;
     const double sms = n_multiprocessors > 0 ? n_multiprocessors : 132;
     int best = 1;
     double best_score = -1.0;
     for (int split = 1; split <= TC_MAX_SPLIT; split *= 2) {
         const int slice = tc_slice_cols(cols, split);
-        if (split > 1 && (long)slice * (split - 1) >= cols) break; /* an empty rank */
+        if (split > 1 && (long)slice * (split - 1) >= cols) break;
         const double blocks = (double)row_tiles * split;
         const double per_sm = blocks / sms;
         double waves = (double)(long)per_sm;
@@ -254,7 +300,7 @@ static int tc_choose_split(int rows, int cols, int n_multiprocessors) {
         double fill = blocks / (3.0 * sms);
         if (fill > 1.0) fill = 1.0;
         const double score = per_sm / waves * fill;
-        if (score > best_score + 0.02) {
+        if (score > best_score + 0.05) {
             best_score = score;
             best = split;
         }
@@ -262,28 +308,30 @@ static int tc_choose_split(int rows, int cols, int n_multiprocessors) {
     return best;
 }
 
-/* Does the kernel take this shape?  Any rows; cols % 8 == 0; n 3..16; W
- * 16-byte aligned; the largest x slice must fit in shared memory. */
+/* Any rows; cols % 8 == 0; n 3..16; W 16-byte aligned; the x slice of the
+ * largest split fits in shared memory. */
 int cuda_tc_matvec_fits(const void *w, ferry_dtype dtype, int n, int cols) {
     if (dtype != FERRY_DTYPE_F16 && dtype != FERRY_DTYPE_BF16) return 0;
     if (n < TC_MIN_TOKENS || n > TC_MAX_TOKENS || cols <= 0 || cols % 8 != 0) return 0;
     if ((uintptr_t)w % 16 != 0) return 0;
-    return tc_smem_bytes(n, tc_slice_cols(cols, TC_MAX_SPLIT)) <= TC_MAX_SMEM_BYTES;
+    return tc_smem_bytes(n, tc_slice_cols(cols, TC_MAX_SPLIT), 2 * TC_WARPS * TC_TILE_ROWS) <=
+           TC_MAX_SMEM_BYTES;
 }
 
-template <typename T, typename XT, int N_TILES>
+template <typename T, typename XT, int N_TILES, int M_TILES>
 static cudaError_t tc_launch(const cuda_backend *state, const tc_args &args) {
-    const int split0 = tc_choose_split(args.rows, args.cols, state->n_multiprocessors);
-    /* a slice too wide for shared memory takes a larger split */
-    int split = split0;
+    const int block_rows = TC_WARPS * TC_TILE_ROWS * M_TILES;
+    /* a slice too wide for 48 KB of shared memory takes a larger split */
+    int split = tc_choose_split(args.rows, args.cols, block_rows, state->n_multiprocessors);
     while (split < TC_MAX_SPLIT &&
-           tc_smem_bytes(args.n, tc_slice_cols(args.cols, split)) > TC_STATIC_SMEM_BYTES)
+           tc_smem_bytes(args.n, tc_slice_cols(args.cols, split), block_rows) >
+               TC_STATIC_SMEM_BYTES)
         split *= 2;
     tc_args a = args;
     a.slice_cols = tc_slice_cols(args.cols, split);
     a.x_stride = tc_x_stride(a.slice_cols);
-    const size_t smem = tc_smem_bytes(args.n, a.slice_cols);
-    void (*kernel)(const tc_args) = tc_matvec_kernel<T, XT, N_TILES>;
+    const size_t smem = tc_smem_bytes(args.n, a.slice_cols, block_rows);
+    void (*kernel)(const tc_args) = tc_matvec_kernel<T, XT, N_TILES, M_TILES>;
     if (smem > TC_STATIC_SMEM_BYTES) {
         cudaError_t error = cudaFuncSetAttribute(
             kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -297,7 +345,7 @@ static cudaError_t tc_launch(const cuda_backend *state, const tc_args &args) {
     attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attributes[1].val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t config = {};
-    config.gridDim = dim3((unsigned)split, (unsigned)((args.rows + TC_BLOCK_ROWS - 1) / TC_BLOCK_ROWS));
+    config.gridDim = dim3((unsigned)split, (unsigned)((args.rows + block_rows - 1) / block_rows));
     config.blockDim = dim3(TC_THREADS);
     config.dynamicSmemBytes = smem;
     config.stream = state->stream;
@@ -307,18 +355,20 @@ static cudaError_t tc_launch(const cuda_backend *state, const tc_args &args) {
 }
 
 template <typename T, typename XT>
-static cudaError_t tc_launch_tokens(const cuda_backend *state, const tc_args &args) {
-    if (args.n <= 8) return tc_launch<T, XT, 1>(state, args);
-    return tc_launch<T, XT, 2>(state, args);
+static cudaError_t tc_launch_shape(const cuda_backend *state, const tc_args &args) {
+    if (tc_choice(state) == TC_CHOICE_ROWS32)
+        return args.n <= 8 ? tc_launch<T, XT, 1, 2>(state, args) : tc_launch<T, XT, 2, 2>(state, args);
+    return args.n <= 8 ? tc_launch<T, XT, 1, 1>(state, args) : tc_launch<T, XT, 2, 1>(state, args);
 }
 
 ferry_status cuda_tc_matvec(cuda_backend *state, float *out, const void *x, int x_is_f32,
                             const void *w, ferry_dtype dtype, const float *bias, int n, int rows,
                             int cols, int accumulate) {
     if (n <= 0 || rows <= 0) return FERRY_OK;
-    if (!cuda_tc_matvec_fits(w, dtype, n, cols) || ((uintptr_t)x % 16) != 0)
+    if (!cuda_tc_matvec_enabled(state) || !cuda_tc_matvec_fits(w, dtype, n, cols) ||
+        ((uintptr_t)x % 16) != 0)
         return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                          "tensor-core matvec: unsupported shape (n=%d, cols=%d)", n, cols);
+                          "tensor-core matvec: unsupported call (n=%d, cols=%d)", n, cols);
     tc_args args = {};
     args.out = out;
     args.x = x;
@@ -330,11 +380,11 @@ ferry_status cuda_tc_matvec(cuda_backend *state, float *out, const void *x, int 
     args.accumulate = accumulate;
     cudaError_t error;
     if (dtype == FERRY_DTYPE_F16)
-        error = x_is_f32 ? tc_launch_tokens<__half, float>(state, args)
-                         : tc_launch_tokens<__half, __half>(state, args);
+        error = x_is_f32 ? tc_launch_shape<__half, float>(state, args)
+                         : tc_launch_shape<__half, __half>(state, args);
     else
-        error = x_is_f32 ? tc_launch_tokens<__nv_bfloat16, float>(state, args)
-                         : tc_launch_tokens<__nv_bfloat16, __nv_bfloat16>(state, args);
+        error = x_is_f32 ? tc_launch_shape<__nv_bfloat16, float>(state, args)
+                         : tc_launch_shape<__nv_bfloat16, __nv_bfloat16>(state, args);
     CUDA_TRY(error);
     return FERRY_OK;
 }
