@@ -91,18 +91,23 @@ __device__ __forceinline__ uint4 load_streaming(const uint4 *address) {
     return v;
 }
 
-/* Eight x values of one token as 8 weight-dtype values (16 bytes). */
-template <typename T>
-__device__ __forceinline__ uint4 load_x8(const float *x, size_t at) {
-    const float4 a = *reinterpret_cast<const float4 *>(x + at);
-    const float4 b = *reinterpret_cast<const float4 *>(x + at + 4);
-    return make_uint4(tc_mma<T>::pack(a.x, a.y), tc_mma<T>::pack(a.z, a.w),
-                      tc_mma<T>::pack(b.x, b.y), tc_mma<T>::pack(b.z, b.w));
-}
-template <typename T>
-__device__ __forceinline__ uint4 load_x8(const T *x, size_t at) {
-    return *reinterpret_cast<const uint4 *>(x + at);
-}
+/* Eight x values (16 or 32 bytes as loaded) as 8 weight-dtype values. */
+template <typename T, typename XT> struct x_group;
+template <typename T> struct x_group<T, float> {
+    enum { WORDS = 2 }; /* 16-byte words per 8 values */
+    static __device__ __forceinline__ uint4 narrow(const uint4 (&raw)[WORDS]) {
+        const uint4 a = raw[0], b = raw[1];
+        return make_uint4(
+            tc_mma<T>::pack(__uint_as_float(a.x), __uint_as_float(a.y)),
+            tc_mma<T>::pack(__uint_as_float(a.z), __uint_as_float(a.w)),
+            tc_mma<T>::pack(__uint_as_float(b.x), __uint_as_float(b.y)),
+            tc_mma<T>::pack(__uint_as_float(b.z), __uint_as_float(b.w)));
+    }
+};
+template <typename T> struct x_group<T, T> {
+    enum { WORDS = 1 };
+    static __device__ __forceinline__ uint4 narrow(const uint4 (&raw)[WORDS]) { return raw[0]; }
+};
 
 /* Ring slot `slot` <- chunk `chunk` of the lane's rows (zero past the
  * slice: the lane's 8 columns are all in or all out, as cols % 8 == 0). */
@@ -154,16 +159,34 @@ __global__ void __launch_bounds__(TC_THREADS, 4) tc_matvec_kernel(const tc_args 
     for (int u = 0; u < DEPTH; u++) TC_LOAD_SLOT(u, u);
     pdl_wait();
 
-    /* Stage x[0..TOKENS) [k0, k0 + slice_cols) as T, zero past n and k_end. */
+    /* Stage x[0..TOKENS) [k0, k0 + slice_cols) as T, zero past n and k_end:
+     * a batch of loads per thread in flight at once (one L2 round trip per
+     * batch, not per group), then their conversion and store. */
     T *x_staged = reinterpret_cast<T *>(tc_shared);
     const XT *x = static_cast<const XT *>(args.x);
-    const int groups_per_token = args.slice_cols / 8;
-    for (int i = threadIdx.x; i < TOKENS * groups_per_token; i += TC_THREADS) {
-        const int token = i / groups_per_token, col = 8 * (i % groups_per_token);
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (token < args.n && k0 + col < k_end)
-            v = load_x8<T>(x, (size_t)token * args.cols + k0 + col);
-        *reinterpret_cast<uint4 *>(x_staged + (size_t)token * args.x_stride + col) = v;
+    constexpr int WORDS = x_group<T, XT>::WORDS, BATCH = 8 / WORDS;
+    const int groups_per_token = args.slice_cols / 8, n_groups = TOKENS * groups_per_token;
+    for (int first = threadIdx.x; first < n_groups; first += BATCH * TC_THREADS) {
+        uint4 raw[BATCH][WORDS];
+#pragma unroll
+        for (int j = 0; j < BATCH; j++) {
+            const int i = first + j * TC_THREADS;
+            const int token = i / groups_per_token, col = 8 * (i % groups_per_token);
+            const bool live = i < n_groups && token < args.n && k0 + col < k_end;
+            const uint4 *source =
+                reinterpret_cast<const uint4 *>(x + (size_t)token * args.cols + k0 + col);
+#pragma unroll
+            for (int word = 0; word < WORDS; word++)
+                raw[j][word] = live ? source[word] : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int j = 0; j < BATCH; j++) {
+            const int i = first + j * TC_THREADS;
+            const int token = i / groups_per_token, col = 8 * (i % groups_per_token);
+            if (i < n_groups)
+                *reinterpret_cast<uint4 *>(x_staged + (size_t)token * args.x_stride + col) =
+                    x_group<T, XT>::narrow(raw[j]);
+        }
     }
     __syncthreads();
 
