@@ -85,7 +85,7 @@ template <> struct tc_mma<__nv_bfloat16> {
  * for the neighbouring sectors the next chunks will want. */
 __device__ __forceinline__ uint4 load_streaming(const uint4 *address) {
     uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(address));
     return v;
@@ -243,8 +243,15 @@ __global__ void __launch_bounds__(TC_THREADS, 4) tc_matvec_kernel(const tc_args 
     for (int e = rank * share + threadIdx.x; e < (rank + 1) * share; e += TC_THREADS) {
         const int r = e / TOKENS, token = e % TOKENS, row = block_row0 + r;
         if (token >= args.n || row >= args.rows) continue;
+        /* all remote reads in flight at once, then the sum in rank order */
+        float parts[TC_MAX_SPLIT];
+#pragma unroll
+        for (int s = 0; s < TC_MAX_SPLIT; s++)
+            parts[s] = s < split ? cluster.map_shared_rank(partial, s)[e] : 0.0f;
         float sum = 0.0f;
-        for (int s = 0; s < split; s++) sum += cluster.map_shared_rank(partial, s)[e];
+#pragma unroll
+        for (int s = 0; s < TC_MAX_SPLIT; s++)
+            if (s < split) sum += parts[s];
         if (args.bias) sum += args.bias[row];
         float *dst = args.out + (size_t)token * args.rows + row;
         *dst = args.accumulate ? *dst + sum : sum;
