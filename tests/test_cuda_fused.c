@@ -5,7 +5,8 @@
  * epilogue, each with and without the RMSNorm folded in front, on the fused
  * 1-2 token kernels, the tensor-core path (3..16 tokens) and the fallbacks
  * (odd column counts, cuBLAS), f16 and bf16, poisoned outputs, fresh random
- * inputs, every element.  Skips without a GPU.
+ * inputs, every element; each FERRY_CUDA_FUSE choice of how the norm is
+ * folded.  Skips without a GPU.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -69,8 +70,9 @@ static void check_multi(ferry_dtype dtype, int n, int cols, int silu_pair, int w
     enum { MAX_MATRICES = 3 };
     const float eps = 1e-5f;
     const int n_matrices = silu_pair ? 2 : 3;
+    /* 404 and 300 rows: the last block of 8 (or 4) rows is partly past the end */
     const int rows[MAX_MATRICES] = {silu_pair ? 300 : 264, silu_pair ? 300 : 72,
-                                    silu_pair ? 0 : 72};
+                                    silu_pair ? 0 : 68};
     const size_t x_count = (size_t)n * cols;
     double *exact_x = malloc(x_count * sizeof(double));
     float *host_x = calloc(x_count, sizeof(float));
@@ -203,6 +205,60 @@ Test(cuda_fused, projections_behind_a_folded_rmsnorm_match_float64) {
             }
     check_multi(FERRY_DTYPE_F16, 1, 100, 0, WITH_NORM, WITH_BIAS);
     check_multi(FERRY_DTYPE_BF16, 2, 100, 1, WITH_NORM, NO_BIAS);
+}
+
+/* A backend made with FERRY_CUDA_FUSE=fusions in place of the fixture's. */
+static void use_fusions(const char *fusions) {
+    ferry_backend_free(gpu);
+    gpu = NULL;
+    setenv("FERRY_CUDA_FUSE", fusions, 1);
+    ferry_status status = ferry_backend_cuda_new(0, &gpu);
+    unsetenv("FERRY_CUDA_FUSE");
+    cr_assert_eq(status, FERRY_OK, "FERRY_CUDA_FUSE=%s: %s", fusions, ferry_last_error());
+}
+
+/* 1-2 tokens behind the norm, each way of meeting it: staged once per
+ * block (norm1), folded by every warp (norm1warp), a separate rmsnorm
+ * (none); cols 12288 (1 token) and 8192 (2 tokens) stage more than the
+ * kernel's shared memory takes, so norm1 falls back to the per-warp fold. */
+Test(cuda_fused, each_way_of_folding_the_norm_at_one_and_two_tokens_matches_float64) {
+    NEED_GPU();
+    static const char *const fusions[] = {"norm1", "norm1warp", "none", "norm1,norm1warp"};
+    for (int f = 0; f < 4; f++) {
+        use_fusions(fusions[f]);
+        for (int n = 1; n <= 2; n++) {
+            for (int c = 0; c < N_COLUMN_COUNTS; c++) {
+                const ferry_dtype dtype = (n + c) % 2 ? FERRY_DTYPE_F16 : FERRY_DTYPE_BF16;
+                check_multi(dtype, n, column_counts[c], 0, WITH_NORM, c % 2 ? WITH_BIAS : NO_BIAS);
+                check_multi(dtype, n, column_counts[c], 1, WITH_NORM, NO_BIAS);
+            }
+            check_multi(FERRY_DTYPE_F16, n, n == 1 ? 12288 : 8192, 0, WITH_NORM, WITH_BIAS);
+            check_multi(FERRY_DTYPE_BF16, n, n == 1 ? 12288 : 8192, 1, WITH_NORM, NO_BIAS);
+        }
+    }
+}
+
+/* 3..16 tokens with the norm in x's rounding (norm16) and without. */
+Test(cuda_fused, the_norm_with_and_without_norm16_matches_float64) {
+    NEED_GPU();
+    static const char *const fusions[] = {"norm16", "ropekv"};
+    for (int f = 0; f < 2; f++) {
+        use_fusions(fusions[f]);
+        check_multi(FERRY_DTYPE_F16, 5, 4096, 0, WITH_NORM, WITH_BIAS);
+        check_multi(FERRY_DTYPE_BF16, 16, 520, 1, WITH_NORM, NO_BIAS);
+    }
+}
+
+/* (the list is read before the GPU is looked for: this runs anywhere) */
+Test(cuda_fused, an_unknown_fusion_name_is_refused_with_the_known_ones) {
+    ferry_backend *backend = NULL;
+    setenv("FERRY_CUDA_FUSE", "norm1,fast", 1);
+    ferry_status status = ferry_backend_cuda_new(0, &backend);
+    unsetenv("FERRY_CUDA_FUSE");
+    cr_assert_eq(status, FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert_null(backend);
+    cr_assert(strstr(ferry_last_error(), "'fast'") && strstr(ferry_last_error(), "ropekv"), "%s",
+              ferry_last_error());
 }
 
 Test(cuda_fused, bad_matrix_counts_fail_with_a_message) {

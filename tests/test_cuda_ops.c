@@ -447,6 +447,30 @@ Test(cuda_ops, decode_attention_matches_cpu_for_gqa_ratios_and_long_contexts) {
         }
 }
 
+/* The same with the splits merged by a second kernel (attnmerge off), and
+ * with every split of an item taking part (attnmerge on, whatever the
+ * context reaches: head_dim 128, a context of 2100 keys in 17 splits,
+ * positions from 0 to the end). */
+Test(cuda_ops, decode_attention_matches_cpu_with_the_merge_kernel_or_the_last_block) {
+    NEED_GPU();
+    static const char *const fusions[] = {"none", "attnmerge"};
+    for (int f = 0; f < 2; f++) {
+        ferry_backend_free(gpu);
+        gpu = NULL;
+        setenv("FERRY_CUDA_FUSE", fusions[f], 1);
+        ferry_status status = ferry_backend_cuda_new(0, &gpu);
+        unsetenv("FERRY_CUDA_FUSE");
+        cr_assert_eq(status, FERRY_OK, "%s", ferry_last_error());
+        for (int r = 1; r <= 8; r *= 8) {
+            ferry_attention_shape shape = {2 * r, 2, 128};
+            int lengths[2] = {2100, rand_int(129, 700)};
+            int32_t slots[6] = {0, 1, 0, 1, 0, 0};
+            int32_t positions[6] = {2099, lengths[1] - 1, 127, 128, 0, rand_int(1, 2098)};
+            check_attention(shape, 2, lengths, 2112, 6, slots, positions);
+        }
+    }
+}
+
 Test(cuda_ops, prefill_attention_matches_cpu_for_many_tokens) {
     NEED_GPU();
     check_chunk((ferry_attention_shape){32, 4, 128}, 0, rand_int(250, 400));

@@ -5,8 +5,10 @@
  * the cache.  Attention is split over the context (flash-decoding): the
  * keys of one query head are dealt out, 32 at a time (one per lane), to
  * every warp of n_splits blocks; each warp keeps an online softmax
- * (running max, running sum, weighted V),
- * and a second kernel merges the blocks' partial results.  Bad slots or
+ * (running max, running sum, weighted V).  The block of an item that
+ * finishes last merges the blocks' partial results, and splits the
+ * context does not reach yet exit at once (attnmerge; with it off a second
+ * kernel merges every split, FERRY_CUDA_FUSE).  Bad slots or
  * positions raise the backend's error flag instead of touching memory.
  * Hot path: no allocation once the partials scratch has grown.
  */
@@ -163,7 +165,7 @@ ferry_status cuda_rope_kv_store(ferry_backend *backend, float *q, float *k, cons
     if (shape.head_dim % 2 != 0)
         return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "rope: head_dim %d is odd", shape.head_dim);
     if (batch->n_tokens <= 0) return FERRY_OK;
-    if (!state->fuse_small_ops) { /* measuring: the two kernels */
+    if (!(state->fuse & CUDA_FUSE_ROPEKV)) { /* measuring: the two kernels */
         FERRY_TRY(cuda_rope(backend, q, k, batch, inv_freq, shape));
         return cuda_kv_store(backend, cache, k, v, batch, shape);
     }
@@ -202,6 +204,9 @@ template <> __device__ __forceinline__ void load_dims<8>(const __half *src, floa
 struct attention_args {
     float *out;                 /* [n, n_heads, head_dim] (written when n_splits == 1) */
     float *partials;            /* [n * n_heads, n_splits, head_dim + 2] otherwise */
+    unsigned *counters;         /* merge_here: [n * n_heads], zero between kernels */
+    int merge_here;             /* the last block of an item merges; splits past the
+                                   context exit (else attention_merge_kernel merges all) */
     const float *q;
     const __half *cache_k, *cache_v;
     const int32_t *positions, *slots;
@@ -209,6 +214,51 @@ struct attention_args {
     int n_heads, n_kv_heads, head_dim, n_slots, max_context, n_splits;
     float scale;
 };
+
+/* out[item] = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s over the
+ * n_parts partials of one (token, head) item (m: the split's max, l: its
+ * sum of weights, acc: its weighted values; M: the max of the m_s), the
+ * same math for attention_merge_kernel and a kernel's last block.
+ * Partials are read through L2 (__ldcg): other blocks wrote them. */
+__device__ __forceinline__ void merge_partials(float *out, const float *partials, int n_parts,
+                                               int head_dim) {
+    float global_max = -INFINITY;
+    for (int s = 0; s < n_parts; s++)
+        global_max = fmaxf(global_max, __ldcg(partials + (size_t)s * (head_dim + 2)));
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float numerator = 0.0f, denominator = 0.0f;
+        for (int s = 0; s < n_parts; s++) {
+            const float *partial = partials + (size_t)s * (head_dim + 2);
+            const float split_max = __ldcg(partial);
+            if (split_max == -INFINITY) continue; /* this split saw no keys */
+            float factor = __expf(split_max - global_max);
+            numerator += factor * __ldcg(partial + 2 + d);
+            denominator += factor * __ldcg(partial + 1);
+        }
+        out[d] = denominator > 0.0f ? numerator / denominator : 0.0f;
+    }
+}
+
+/* merge_here: after a block wrote its partial, it counts itself in; the
+ * block that arrives last (the others' partials are then visible: each
+ * fenced before counting) resets the counter for the next kernel and
+ * merges the item's n_parts partials into out.  Every thread calls it. */
+__device__ __forceinline__ void merge_if_last(const attention_args &args, int item, int n_parts) {
+    __shared__ bool last_block;
+    __threadfence(); /* this thread's partial writes, before the count */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned arrived = atomicAdd(args.counters + item, 1u);
+        last_block = arrived == (unsigned)n_parts - 1;
+        if (last_block) atomicExch(args.counters + item, 0u);
+    }
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+    merge_partials(args.out + (size_t)item * args.head_dim,
+                   args.partials + (size_t)item * args.n_splits * (args.head_dim + 2), n_parts,
+                   args.head_dim);
+}
 
 /* Block (item = token * n_heads + head, split).  Keys come in blocks of
  * 32, one key per lane: each lane scores its key against q (held in
@@ -229,6 +279,13 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
     const int head_dim = args.head_dim;
     const int kv_head = head / (args.n_heads / args.n_kv_heads);
     const int slot = args.slots[t], last = args.positions[t];
+    const bool valid = place_ok(slot, last, args.n_slots, args.max_context);
+    /* merge_here: only the splits the context reaches take part (split s
+     * sees its first keys at s * ATTENTION_WARPS * 32); one of them alone
+     * writes out itself.  The same count in every block of the item. */
+    const int reach = valid ? last / (ATTENTION_WARPS * 32) + 1 : 1;
+    const int n_parts = args.merge_here && reach < args.n_splits ? reach : args.n_splits;
+    if (split >= n_parts) return;
     __shared__ float warp_max[ATTENTION_WARPS], warp_sum_shared[ATTENTION_WARPS];
     __shared__ float warp_acc[ATTENTION_WARPS][MAX_HEAD_DIM];
     __shared__ float q_shared[MAX_HEAD_DIM];
@@ -242,7 +299,6 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
     float acc[DIMS_PER_LANE];
 #pragma unroll
     for (int e = 0; e < DIMS_PER_LANE; e++) acc[e] = 0.0f;
-    const bool valid = place_ok(slot, last, args.n_slots, args.max_context);
     if (!valid && threadIdx.x == 0 && split == 0) atomicExch(args.error_flag, CUDA_BAD_KV_PLACE);
     if (valid) {
         const size_t row_width = (size_t)args.n_kv_heads * head_dim;
@@ -331,7 +387,7 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float value = 0.0f;
         for (int w = 0; w < ATTENTION_WARPS; w++) value += factors[w] * warp_acc[w][d];
-        if (args.n_splits == 1) {
+        if (n_parts == 1) {
             args.out[(size_t)item * head_dim + d] = block_sum > 0.0f ? value / block_sum : 0.0f;
         } else {
             float *partial = args.partials + ((size_t)item * args.n_splits + split) * (head_dim + 2);
@@ -342,6 +398,7 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
             }
         }
     }
+    if (args.merge_here && n_parts > 1) merge_if_last(args, item, n_parts);
 }
 
 /* One block per (token, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s. */
@@ -350,20 +407,8 @@ __global__ void attention_merge_kernel(float *out, const float *partials, int n_
     pdl_trigger();
     pdl_wait();
     const int item = blockIdx.x;
-    const float *first = partials + (size_t)item * n_splits * (head_dim + 2);
-    float global_max = -INFINITY;
-    for (int s = 0; s < n_splits; s++) global_max = fmaxf(global_max, first[s * (head_dim + 2)]);
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float numerator = 0.0f, denominator = 0.0f;
-        for (int s = 0; s < n_splits; s++) {
-            const float *partial = first + (size_t)s * (head_dim + 2);
-            if (partial[0] == -INFINITY) continue; /* this split saw no keys */
-            float factor = __expf(partial[0] - global_max);
-            numerator += factor * partial[2 + d];
-            denominator += factor * partial[1];
-        }
-        out[(size_t)item * head_dim + d] = denominator > 0.0f ? numerator / denominator : 0.0f;
-    }
+    merge_partials(out + (size_t)item * head_dim, partials + (size_t)item * n_splits * (head_dim + 2),
+                   n_splits, head_dim);
 }
 
 ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
@@ -414,6 +459,9 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
     args.n_slots = cache->n_slots;
     args.max_context = cache->max_context;
     args.n_splits = n_splits;
+    args.counters = state->attention_counters;
+    args.merge_here = n_splits > 1 && (state->fuse & CUDA_FUSE_ATTN_MERGE) &&
+                      items <= state->n_attention_counters;
     args.scale = 1.0f / sqrtf((float)shape.head_dim);
     dim3 grid((unsigned)items, (unsigned)n_splits);
     const int threads = ATTENTION_WARPS * 32;
@@ -423,7 +471,7 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
                                      : shape.head_dim <= 128 ? attention_kernel<4, false>
                                                              : attention_kernel<8, false>;
     CUDA_TRY(cuda_launch(state, kernel, grid, threads, args));
-    if (n_splits > 1)
+    if (n_splits > 1 && !args.merge_here)
         CUDA_TRY(cuda_launch(state, attention_merge_kernel, (unsigned)items, 128, out,
                              (const float *)state->attention_partials, n_splits, shape.head_dim));
     return FERRY_OK;

@@ -20,7 +20,13 @@ enum {
     /* 64 tokens x 32768 columns; (2 x 4 blocks per SM x 132 SMs) x (256 + 2) */
     PRESERVED_ACTIVATION_ELEMENTS = 64 * 32768,
     PRESERVED_PARTIAL_FLOATS = 2 * 4 * 132 * 258,
+    /* decode attention's per-(token, head) arrival counters (attnmerge) */
+    ATTENTION_COUNTERS = 8192,
 };
+
+/* What runs fused when FERRY_CUDA_FUSE is unset, "1" or "all". */
+static const unsigned DEFAULT_FUSIONS =
+    CUDA_FUSE_NORM1 | CUDA_FUSE_NORM16 | CUDA_FUSE_ROPEKV | CUDA_FUSE_ATTN_MERGE;
 
 int ferry_cuda_available(void) {
     int count = 0;
@@ -172,6 +178,7 @@ static void release_state(cuda_backend *state) {
     if (state->error_flag) cudaFree(state->error_flag);
     if (state->activations) cudaFree(state->activations);
     if (state->attention_partials) cudaFree(state->attention_partials);
+    if (state->attention_counters) cudaFree(state->attention_counters);
     if (state->tile_starts) cudaFree(state->tile_starts);
     if (state->stream) cudaStreamDestroy(state->stream);
     free(state->host_slots);
@@ -312,6 +319,48 @@ static ferry_status open_device(int device, cuda_backend *state) {
                                    (size_t)PRESERVED_PARTIAL_FLOATS * sizeof(float)));
     state->attention_partials = partials;
     state->attention_partials_floats = partials_bytes / sizeof(float);
+    /* zero once; the block that uses a counter leaves it zero again */
+    CUDA_TRY(cudaMalloc((void **)&state->attention_counters,
+                        ATTENTION_COUNTERS * sizeof(unsigned)));
+    CUDA_TRY(cudaMemsetAsync(state->attention_counters, 0, ATTENTION_COUNTERS * sizeof(unsigned),
+                             state->stream));
+    CUDA_TRY(cudaStreamSynchronize(state->stream));
+    state->n_attention_counters = ATTENTION_COUNTERS;
+    return FERRY_OK;
+}
+
+/* FERRY_CUDA_FUSE: unset = the default set; "0" or "none": every fusion
+ * off; "1" or "all": the default set; else a comma list of names from
+ * the table (e.g. "norm1,ropekv"), to measure each fusion alone. */
+static const struct {
+    const char *name;
+    unsigned bits;
+} fusion_names[] = {
+    {"norm1", CUDA_FUSE_NORM1},   {"norm1warp", CUDA_FUSE_NORM1_WARP},
+    {"norm16", CUDA_FUSE_NORM16}, {"ropekv", CUDA_FUSE_ROPEKV},
+    {"attnmerge", CUDA_FUSE_ATTN_MERGE},
+};
+
+static ferry_status parse_fusions(const char *text, unsigned *out_bits) {
+    *out_bits = DEFAULT_FUSIONS;
+    if (!text || strcmp(text, "1") == 0 || strcmp(text, "all") == 0) return FERRY_OK;
+    *out_bits = 0;
+    if (strcmp(text, "0") == 0 || strcmp(text, "none") == 0) return FERRY_OK;
+    for (const char *item = text; *item;) {
+        size_t length = strcspn(item, ",");
+        size_t i = 0, n_names = sizeof fusion_names / sizeof fusion_names[0];
+        while (i < n_names && !(strlen(fusion_names[i].name) == length &&
+                                strncmp(fusion_names[i].name, item, length) == 0))
+            i++;
+        if (i == n_names)
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                              "FERRY_CUDA_FUSE='%s': unknown fusion '%.*s' (expected 0, 1, or a "
+                              "comma list of norm1, norm1warp, norm16, ropekv, attnmerge)",
+                              text, (int)length, item);
+        *out_bits |= fusion_names[i].bits;
+        item += length;
+        if (*item == ',') item++;
+    }
     return FERRY_OK;
 }
 
@@ -339,8 +388,7 @@ ferry_status ferry_backend_cuda_new(int device, ferry_backend **out) {
             goto fail;
         }
     }
-    const char *fuse = getenv("FERRY_CUDA_FUSE");
-    state->fuse_small_ops = !(fuse && strcmp(fuse, "0") == 0);
+    FERRY_TRY_GOTO(parse_fusions(getenv("FERRY_CUDA_FUSE"), &state->fuse));
     FERRY_TRY_GOTO(open_device(device, state));
     backend->ops = &cuda_ops;
     backend->impl = state;

@@ -46,6 +46,21 @@ enum {
     CUDA_BAD_KV_PLACE = 2,      /* kv_store / attention: slot or position outside the cache */
 };
 
+/* The fusions of the decode path, each switchable (FERRY_CUDA_FUSE, read
+ * in backend_cuda.c) so one run can measure what each gives.  Off, the
+ * same math runs as separate kernels. */
+enum {
+    CUDA_FUSE_NORM1 = 1u << 0,      /* matmul_multi, 1-2 tokens: the block stages x * w_norm
+                                       in shared memory once and sums x^2 (fused.cu) */
+    CUDA_FUSE_NORM1_WARP = 1u << 1, /* the same, every warp folding the norm on its own
+                                       (the first version; NORM1 wins when both are set) */
+    CUDA_FUSE_NORM16 = 1u << 2,     /* matmul_multi, 3..16 tokens: norm in x's rounding */
+    CUDA_FUSE_ROPEKV = 1u << 3,     /* rope_kv_store: one kernel for RoPE and the KV store */
+    CUDA_FUSE_ATTN_MERGE = 1u << 4, /* decode attention: the last block of a (token, head)
+                                       merges the splits (no merge kernel) and splits that
+                                       the context does not reach exit at once */
+};
+
 typedef struct cuda_backend {
     int device;
     cudaStream_t stream;        /* every op runs here, in order */
@@ -55,6 +70,9 @@ typedef struct cuda_backend {
     size_t activations_bytes;
     float *attention_partials;  /* scratch: flash-decoding partial results */
     size_t attention_partials_floats;
+    unsigned *attention_counters; /* decode attention: blocks of a (token, head) that have
+                                     written their partial; zero between kernels */
+    int n_attention_counters;
     uint64_t scratch_epoch;     /* bumped whenever a scratch buffer moves (graphs go stale) */
     int32_t *host_slots;        /* prefill attention: slot ids read back to cut its tiles */
     int host_slots_capacity;
@@ -67,9 +85,7 @@ typedef struct cuda_backend {
     int matvec_max_tokens;      /* matmuls with n <= this use the matvec kernel */
     int pdl;                    /* launch kernels with programmatic dependent launch (sm_90+,
                                    FERRY_CUDA_PDL=0 turns it off); see launch.cuh */
-    int fuse_small_ops;         /* fold RMSNorm into matmul_multi and run rope_kv_store as one
-                                   kernel (FERRY_CUDA_FUSE=0: the separate kernels, to
-                                   measure what fusing gives) */
+    unsigned fuse;              /* CUDA_FUSE_* bits: which fusions run (FERRY_CUDA_FUSE) */
     int tc_matvec_kernel;       /* 3..16 tokens: 0 until first use, then which kernel
                                    (matvec_tc.cu; FERRY_CUDA_TC_MATVEC=old|rows32) */
 } cuda_backend;

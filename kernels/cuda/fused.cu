@@ -6,13 +6,18 @@
  * weight row (of whichever matrix the row falls in) with 16-byte loads,
  * eight in flight per lane; the gate/up variant streams row r of both
  * matrices and writes silu(g) * u.  The norm costs no pass of its own:
- * rmsnorm(x) W^T = inv_rms * ((x * w_norm) W^T), and a warp sweeping a row
- * sees every x[c] once, so it sums x^2 on the way and scales in the
- * epilogue.  3..16 tokens: the norm is folded into the rounding of x for
- * the tensor-core matvec (one launch for all matrices' input).  Other
- * shapes: rmsnorm into norm->scratch, then cuda_matmul and cuda_silu_mul.
- * The first weights are loaded before the wait for the previous kernel
- * (PDL, launch.cuh).  Hot path: no allocation.
+ * rmsnorm(x) W^T = inv_rms * ((x * w_norm) W^T).  Each block (8 warps,
+ * 8 rows) first writes x * w_norm into shared memory and sums x^2
+ * (NORM_STAGED), so the rows read x from shared memory as the plain
+ * kernel reads it from L1, and the epilogue scales by inv_rms; the older
+ * NORM_PER_WARP variant has every warp fold the norm while it streams
+ * (twice the L1 traffic, more registers; kept to measure against).
+ * 3..16 tokens: the norm is folded into the rounding of x for the
+ * tensor-core matvec (one launch for all matrices' input).  Other shapes,
+ * or those fusions off (FERRY_CUDA_FUSE): rmsnorm into norm->scratch,
+ * then cuda_matmul and cuda_silu_mul.  The first weights are loaded
+ * before the wait for the previous kernel (PDL, launch.cuh).  Hot path:
+ * no allocation.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -23,11 +28,30 @@
 enum {
     MULTI_THREADS = 128,        /* 4 warps, one row (or row pair) each */
     MULTI_WARPS = MULTI_THREADS / 32,
+    STAGED_WARPS = 8,           /* NORM_STAGED: 8 rows share one staging of x */
     MULTI_MAX_TOKENS = 2,
     MULTI_MAX_MATRICES = 3,
     LANE_COLS = 8,              /* one 16-byte load of f16/bf16 */
     WARP_COLS = 32 * LANE_COLS,
+    /* NORM_STAGED's x in shared memory: tokens x columns rounded up to
+     * WARP_COLS, in float32; beyond this the per-warp fold runs instead */
+    STAGED_MAX_BYTES = 40 * 1024,
 };
+
+/* How the 1-2 token kernels meet the RMSNorm in front of them. */
+enum norm_mode { NORM_NONE, NORM_PER_WARP, NORM_STAGED };
+
+/* Block shape per mode (NORM_STAGED's launch bounds ask for 4 blocks,
+ * 32 warps, per SM: at most 64 registers, as the plain kernel). */
+template <int MODE> struct multi_block {
+    static const int warps = MODE == NORM_STAGED ? STAGED_WARPS : MULTI_WARPS;
+    static const int threads = warps * 32;
+    static const int min_blocks = MODE == NORM_STAGED ? 4 : 0;
+};
+/* (__launch_bounds__(n, 1) is not the same as __launch_bounds__(n): with
+ * it ptxas spends more registers on the plain kernels) */
+#define MULTI_BOUNDS(MODE)                                                                   \
+    __launch_bounds__(multi_block<MODE>::threads, multi_block<MODE>::min_blocks)
 
 typedef struct multi_args {
     float *outs[MULTI_MAX_MATRICES];
@@ -36,7 +60,7 @@ typedef struct multi_args {
     int rows[MULTI_MAX_MATRICES];
     int n_matrices;
     const float *x;
-    const float *norm_weight;   /* the kernels' NORM variant: [cols] */
+    const float *norm_weight;   /* with a norm: [cols] */
     float norm_eps;
     int n, cols;
 } multi_args;
@@ -69,6 +93,63 @@ __device__ __forceinline__ void load_x8(const float *x, const float *norm_weight
     }
 }
 
+/* NORM_STAGED's layout of one token's x * w_norm in shared memory, in
+ * float4s: columns c .. c+3 (c % 4 == 0) sit at
+ *   (c / 256) * 64 + ((c / 4) % 2) * 32 + (c % 256) / 8,
+ * so when lane l reads columns 8l .. 8l+7 of a 256-column step, the
+ * warp's first 16-byte loads hit 32 consecutive float4s, and so do its
+ * second ones: no bank conflicts.  A token takes staged_stride4(cols)
+ * float4s (the last step padded). */
+__host__ __device__ __forceinline__ int staged_stride4(int cols) {
+    return (cols + WARP_COLS - 1) / WARP_COLS * (WARP_COLS / 4);
+}
+
+/* Eight staged x values of one token for the lane's columns c .. c+8
+ * (c % 256 == 8 * lane). */
+__device__ __forceinline__ void load_staged_x8(const float4 *token_x, int c, float (&xv)[8]) {
+    const int at = (c / WARP_COLS) * (WARP_COLS / 4) + threadIdx.x % 32;
+    const float4 a = token_x[at], b = token_x[at + 32];
+    xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
+    xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
+}
+
+/* NORM_STAGED: the block writes x[t] * w_norm into shared memory (layout
+ * above) and sets totals[t] = sum_c x[t][c]^2 in every thread.  Call
+ * after pdl_wait, from every thread of the block. */
+template <int TOKENS>
+__device__ __forceinline__ void stage_x(float4 *staged, const float *x, const float *norm_weight,
+                                        int n, int cols, float (&totals)[TOKENS]) {
+    __shared__ float warp_sums[TOKENS][STAGED_WARPS];
+    const int quads = cols / 4, stride4 = staged_stride4(cols);
+    float partial[TOKENS];
+#pragma unroll
+    for (int t = 0; t < TOKENS; t++) partial[t] = 0.0f;
+#pragma unroll 2 /* (more: registers the row loop's weights need) */
+    for (int i = threadIdx.x; i < quads; i += STAGED_WARPS * 32) {
+        const float4 w = __ldg(reinterpret_cast<const float4 *>(norm_weight) + i);
+        const int at = (i / 64) * 64 + (i % 2) * 32 + (i % 64) / 2;
+#pragma unroll
+        for (int t = 0; t < TOKENS; t++)
+            if (t < n) {
+                const float4 v = reinterpret_cast<const float4 *>(x + (size_t)t * cols)[i];
+                partial[t] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+                staged[t * stride4 + at] = make_float4(v.x * w.x, v.y * w.y, v.z * w.z, v.w * w.w);
+            }
+    }
+#pragma unroll
+    for (int t = 0; t < TOKENS; t++) {
+        const float warp_total = lane_sum(partial[t]);
+        if (threadIdx.x % 32 == 0) warp_sums[t][threadIdx.x / 32] = warp_total;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < TOKENS; t++) {
+        totals[t] = 0.0f;
+#pragma unroll
+        for (int w = 0; w < STAGED_WARPS; w++) totals[t] += warp_sums[t][w];
+    }
+}
+
 /* Dot of 8 weights (one 16-byte load) with 8 x values. */
 __device__ __forceinline__ float dot8(uint4 packed, __half, const float (&x)[8]) {
     const __half2 *pairs = reinterpret_cast<const __half2 *>(&packed);
@@ -95,22 +176,40 @@ __device__ __forceinline__ void load_row_steps(uint4 (&packed)[M][UNROLL],
             packed[m][u] = __ldg(w_rows[m] + (c + u * WARP_COLS) / LANE_COLS);
 }
 
+/* The eight x values of token t at columns c .. c+8, as MODE keeps them. */
+template <int MODE>
+__device__ __forceinline__ void x8_of(const float *x, const float *norm_weight,
+                                      const float4 *staged, int t, int cols, int c,
+                                      float (&xv)[8], float &sum_squares) {
+    if constexpr (MODE == NORM_STAGED) load_staged_x8(staged + t * staged_stride4(cols), c, xv);
+    else load_x8<MODE == NORM_PER_WARP>(x + (size_t)t * cols, norm_weight, c, xv, sum_squares);
+}
+
 /* acc[m][t] += row_m . x[t] for the M weight rows given (M = 1 or 2),
- * UNROLL column steps per matrix in flight per lane; with NORM, x[t] is
- * taken times w_norm and sum_squares[t] gets this lane's share of
- * sum_c x[t][c]^2 (the warp's lanes together see every column once).  The
- * first steps' weights are loaded before pdl_wait (launch.cuh), which
- * this calls: x is read only after it. */
-template <typename T, int TOKENS, int M, int UNROLL, bool NORM>
+ * UNROLL column steps per matrix in flight per lane.  NORM_PER_WARP: x[t]
+ * is taken times w_norm and sum_squares[t] gets this lane's share of
+ * sum_c x[t][c]^2 (the warp's lanes together see every column once).
+ * NORM_STAGED: the block stages x * w_norm first and sum_squares[t] gets
+ * the whole sum (every warp of the block must call this).  The first
+ * steps' weights are loaded before pdl_wait (launch.cuh), which this
+ * calls: x is read only after it. */
+template <typename T, int TOKENS, int M, int UNROLL, int MODE>
 __device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const float *x,
                                             const float *norm_weight, int n, int cols,
                                             float (*acc)[TOKENS], float *sum_squares) {
+    extern __shared__ float4 staged[];
     const int lane = threadIdx.x % 32;
     int c = lane * LANE_COLS;
     uint4 packed[M][UNROLL];
     bool full_step = c + (UNROLL - 1) * WARP_COLS < cols;
     if (full_step) load_row_steps<M, UNROLL>(packed, w_rows, c);
     pdl_wait();
+    if constexpr (MODE == NORM_STAGED) {
+        float totals[TOKENS];
+        stage_x<TOKENS>(staged, x, norm_weight, n, cols, totals);
+#pragma unroll
+        for (int t = 0; t < TOKENS; t++) sum_squares[t] = totals[t];
+    }
     while (full_step) {
 #pragma unroll
         for (int u = 0; u < UNROLL; u++)
@@ -118,8 +217,8 @@ __device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const fl
             for (int t = 0; t < TOKENS; t++)
                 if (t < n) {
                     float xv[8];
-                    load_x8<NORM>(x + (size_t)t * cols, norm_weight, c + u * WARP_COLS, xv,
-                                  sum_squares[t]);
+                    x8_of<MODE>(x, norm_weight, staged, t, cols, c + u * WARP_COLS, xv,
+                                sum_squares[t]);
 #pragma unroll
                     for (int m = 0; m < M; m++) acc[m][t] += dot8(packed[m][u], T(), xv);
                 }
@@ -135,7 +234,7 @@ __device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const fl
         for (int t = 0; t < TOKENS; t++)
             if (t < n) {
                 float xv[8];
-                load_x8<NORM>(x + (size_t)t * cols, norm_weight, c, xv, sum_squares[t]);
+                x8_of<MODE>(x, norm_weight, staged, t, cols, c, xv, sum_squares[t]);
 #pragma unroll
                 for (int m = 0; m < M; m++) acc[m][t] += dot8(tail[m], T(), xv);
             }
@@ -143,74 +242,102 @@ __device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const fl
 }
 
 /* The factor the epilogue applies per token: 1 / sqrt(mean(x^2) + eps)
- * from this lane's share of the squares (as the rmsnorm op forms it), or
- * 1 without a norm.  Every lane of the warp calls it. */
-template <bool NORM>
+ * (as the rmsnorm op forms it), from this lane's share of the squares
+ * (NORM_PER_WARP) or the whole sum (NORM_STAGED); 1 without a norm.
+ * Every lane of the warp calls it. */
+template <int MODE>
 __device__ __forceinline__ float norm_scale(float sum_squares, int cols, float eps) {
-    if (!NORM) return 1.0f;
-    return 1.0f / sqrtf(lane_sum(sum_squares) / (float)cols + eps);
+    if (MODE == NORM_NONE) return 1.0f;
+    const float total = MODE == NORM_PER_WARP ? lane_sum(sum_squares) : sum_squares;
+    return 1.0f / sqrtf(total / (float)cols + eps);
 }
 
-/* One warp per row of the stacked matrices: out_m[t][r] = W_m[r] . x[t] + b_m[r]. */
-template <typename T, int TOKENS, bool NORM>
-__global__ void __launch_bounds__(MULTI_THREADS) stacked_matvec_kernel(multi_args args) {
+/* One warp per row of the stacked matrices: out_m[t][r] = W_m[r] . x[t] + b_m[r].
+ * A warp past the last row streams row 0 of matrix 0 and drops it when
+ * the block stages x (every warp must reach the staging's barrier). */
+template <typename T, int TOKENS, int MODE>
+__global__ void MULTI_BOUNDS(MODE) stacked_matvec_kernel(multi_args args) {
     pdl_trigger();
     /* Pick the matrix with constant indices only: indexing the argument
      * arrays with a run-time value would copy them to local memory. */
     const int rows0 = args.rows[0], rows1 = args.rows[1], rows2 = args.rows[2];
-    int row = blockIdx.x * MULTI_WARPS + threadIdx.x / 32;
-    const int m = row < rows0 ? 0 : row < rows0 + rows1 ? 1 : 2;
+    int row = blockIdx.x * multi_block<MODE>::warps + threadIdx.x / 32;
+    int m = row < rows0 ? 0 : row < rows0 + rows1 ? 1 : 2;
     row -= m == 0 ? 0 : m == 1 ? rows0 : rows0 + rows1;
-    const int rows_m = m == 0 ? rows0 : m == 1 ? rows1 : rows2;
-    if (m >= args.n_matrices || row >= rows_m) return;
+    const bool live = m < args.n_matrices && row < (m == 0 ? rows0 : m == 1 ? rows1 : rows2);
+    if (!live && MODE != NORM_STAGED) return;
+    if (!live) m = 0, row = 0;
     const void *weights = m == 0 ? args.weights[0] : m == 1 ? args.weights[1] : args.weights[2];
-    const float *biases = m == 0 ? args.biases[0] : m == 1 ? args.biases[1] : args.biases[2];
-    float *out = m == 0 ? args.outs[0] : m == 1 ? args.outs[1] : args.outs[2];
     const uint4 *w_row[1] = {reinterpret_cast<const uint4 *>(static_cast<const T *>(weights) +
                                                              (size_t)row * args.cols)};
     float acc[1][TOKENS] = {}, sum_squares[TOKENS] = {};
-    stream_rows<T, TOKENS, 1, 8, NORM>(w_row, args.x, args.norm_weight, args.n, args.cols, acc,
+    stream_rows<T, TOKENS, 1, 8, MODE>(w_row, args.x, args.norm_weight, args.n, args.cols, acc,
                                        sum_squares);
+    if (!live) return;
+    /* (picked only now: fewer registers live across the stream) */
+    const float *biases = m == 0 ? args.biases[0] : m == 1 ? args.biases[1] : args.biases[2];
+    float *out = m == 0 ? args.outs[0] : m == 1 ? args.outs[1] : args.outs[2];
+    const int rows_m = m == 0 ? rows0 : m == 1 ? rows1 : rows2;
     const float bias = biases ? biases[row] : 0.0f;
 #pragma unroll
     for (int t = 0; t < TOKENS; t++) {
-        const float scale = norm_scale<NORM>(sum_squares[t], args.cols, args.norm_eps);
+        const float scale = norm_scale<MODE>(sum_squares[t], args.cols, args.norm_eps);
         float sum = lane_sum(acc[0][t]);
         if (threadIdx.x % 32 == 0 && t < args.n) out[(size_t)t * rows_m + row] = sum * scale + bias;
     }
 }
 
 /* One warp per row r of gate and up: out[t][r] = silu(g) * u, the same
- * float math as cuda_silu_mul (g / (1 + e^-g) * u). */
-template <typename T, int TOKENS, bool NORM>
-__global__ void __launch_bounds__(MULTI_THREADS) gate_up_matvec_kernel(multi_args args) {
+ * float math as cuda_silu_mul (g / (1 + e^-g) * u).  Warps past the last
+ * row: as stacked_matvec_kernel. */
+template <typename T, int TOKENS, int MODE>
+__global__ void MULTI_BOUNDS(MODE) gate_up_matvec_kernel(multi_args args) {
     pdl_trigger();
-    const int row = blockIdx.x * MULTI_WARPS + threadIdx.x / 32;
-    if (row >= args.rows[0]) return;
+    const int warp_row = blockIdx.x * multi_block<MODE>::warps + threadIdx.x / 32;
+    const bool live = warp_row < args.rows[0];
+    if (!live && MODE != NORM_STAGED) return;
+    const int row = live ? warp_row : 0;
     const uint4 *w_rows[2];
 #pragma unroll
     for (int m = 0; m < 2; m++)
         w_rows[m] = reinterpret_cast<const uint4 *>(static_cast<const T *>(args.weights[m]) +
                                                     (size_t)row * args.cols);
     float acc[2][TOKENS] = {}, sum_squares[TOKENS] = {};
-    stream_rows<T, TOKENS, 2, 4, NORM>(w_rows, args.x, args.norm_weight, args.n, args.cols, acc,
+    stream_rows<T, TOKENS, 2, 4, MODE>(w_rows, args.x, args.norm_weight, args.n, args.cols, acc,
                                        sum_squares);
+    if (!live) return;
 #pragma unroll
     for (int t = 0; t < TOKENS; t++) {
-        const float scale = norm_scale<NORM>(sum_squares[t], args.cols, args.norm_eps);
+        const float scale = norm_scale<MODE>(sum_squares[t], args.cols, args.norm_eps);
         float g = lane_sum(acc[0][t]) * scale, u = lane_sum(acc[1][t]) * scale;
         if (threadIdx.x % 32 == 0 && t < args.n)
             args.outs[0][(size_t)t * args.rows[0] + row] = g / (1.0f + expf(-g)) * u;
     }
 }
 
-template <typename T, int TOKENS, bool NORM>
+template <typename T, int TOKENS, int MODE>
 static cudaError_t launch_multi_kernel(const cuda_backend *state, const multi_args &args,
-                                       int silu_pair, dim3 grid) {
+                                       int silu_pair, int total_rows) {
+    const int warps = multi_block<MODE>::warps;
+    dim3 grid((unsigned)((total_rows + warps - 1) / warps));
+    const size_t shared_bytes =
+        MODE == NORM_STAGED ? (size_t)TOKENS * staged_stride4(args.cols) * sizeof(float4) : 0;
     if (silu_pair)
-        return cuda_launch(state, gate_up_matvec_kernel<T, TOKENS, NORM>, grid, MULTI_THREADS,
-                           args);
-    return cuda_launch(state, stacked_matvec_kernel<T, TOKENS, NORM>, grid, MULTI_THREADS, args);
+        return cuda_launch_shared(state, gate_up_matvec_kernel<T, TOKENS, MODE>, grid,
+                                  multi_block<MODE>::threads, shared_bytes, args);
+    return cuda_launch_shared(state, stacked_matvec_kernel<T, TOKENS, MODE>, grid,
+                              multi_block<MODE>::threads, shared_bytes, args);
+}
+
+template <typename T, int TOKENS>
+static cudaError_t launch_multi_tokens(const cuda_backend *state, const multi_args &args,
+                                       int silu_pair, int total_rows) {
+    if (!args.norm_weight)
+        return launch_multi_kernel<T, TOKENS, NORM_NONE>(state, args, silu_pair, total_rows);
+    const size_t staged_bytes = (size_t)TOKENS * staged_stride4(args.cols) * sizeof(float4);
+    if ((state->fuse & CUDA_FUSE_NORM1) && staged_bytes <= STAGED_MAX_BYTES)
+        return launch_multi_kernel<T, TOKENS, NORM_STAGED>(state, args, silu_pair, total_rows);
+    return launch_multi_kernel<T, TOKENS, NORM_PER_WARP>(state, args, silu_pair, total_rows);
 }
 
 template <typename T>
@@ -219,12 +346,8 @@ static cudaError_t launch_multi(const cuda_backend *state, const multi_args &arg
     int total_rows = 0;
     for (int m = 0; m < args.n_matrices; m++) total_rows += args.rows[m];
     if (silu_pair) total_rows = args.rows[0];
-    dim3 grid((unsigned)((total_rows + MULTI_WARPS - 1) / MULTI_WARPS));
-    if (args.norm_weight)
-        return args.n <= 1 ? launch_multi_kernel<T, 1, true>(state, args, silu_pair, grid)
-                           : launch_multi_kernel<T, 2, true>(state, args, silu_pair, grid);
-    return args.n <= 1 ? launch_multi_kernel<T, 1, false>(state, args, silu_pair, grid)
-                       : launch_multi_kernel<T, 2, false>(state, args, silu_pair, grid);
+    return args.n <= 1 ? launch_multi_tokens<T, 1>(state, args, silu_pair, total_rows)
+                       : launch_multi_tokens<T, 2>(state, args, silu_pair, total_rows);
 }
 
 static int aligned16(const void *p) { return ((uintptr_t)p % 16) == 0; }
@@ -258,7 +381,11 @@ ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *co
                           "matmul_multi: %d matrices%s (1..3; silu_pair needs 2 of equal rows)",
                           n_matrices, silu_pair ? " with silu_pair" : "");
     if (n <= 0) return FERRY_OK;
-    if (norm && !state->fuse_small_ops) { /* measuring: the norm as its own kernel */
+    /* A fusion switched off (FERRY_CUDA_FUSE, to measure it): the norm as
+     * its own kernel in front. */
+    const unsigned folds = n <= MULTI_MAX_TOKENS ? CUDA_FUSE_NORM1 | CUDA_FUSE_NORM1_WARP
+                                                 : CUDA_FUSE_NORM16;
+    if (norm && !(state->fuse & folds)) {
         FERRY_TRY(cuda_rmsnorm(backend, norm->scratch, x, norm->weight, n, cols, norm->eps));
         x = norm->scratch;
         norm = NULL;

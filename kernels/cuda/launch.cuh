@@ -45,23 +45,33 @@ __device__ __forceinline__ void prefetch_l2(const void *address) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
 }
 
-/* kernel<<<grid, block, 0, state->stream>>>(args...), with the programmatic
- * stream serialization attribute when state->pdl; returns the launch's
- * error (a recorded launch also works: graphs keep PDL edges, CUDA 12.3+). */
+/* kernel<<<grid, block, shared_bytes, state->stream>>>(args...), with the
+ * programmatic stream serialization attribute when state->pdl; returns
+ * the launch's error (a recorded launch also works: graphs keep PDL
+ * edges, CUDA 12.3+).  shared_bytes: dynamic shared memory, at most 48 KiB
+ * (no kernel here opts in to more). */
 template <typename... Params, typename... Args>
-static inline cudaError_t cuda_launch(const cuda_backend *state, void (*kernel)(Params...),
-                                      dim3 grid, dim3 block, Args &&...args) {
+static inline cudaError_t cuda_launch_shared(const cuda_backend *state,
+                                             void (*kernel)(Params...), dim3 grid, dim3 block,
+                                             size_t shared_bytes, Args &&...args) {
     cudaLaunchAttribute attributes[1];
     attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attributes[0].val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t config = {};
     config.gridDim = grid;
     config.blockDim = block;
-    config.dynamicSmemBytes = 0;
+    config.dynamicSmemBytes = shared_bytes;
     config.stream = state->stream;
     config.attrs = attributes;
     config.numAttrs = state->pdl ? 1 : 0;
     return cudaLaunchKernelEx(&config, kernel, static_cast<Args &&>(args)...);
+}
+
+/* The same without dynamic shared memory. */
+template <typename... Params, typename... Args>
+static inline cudaError_t cuda_launch(const cuda_backend *state, void (*kernel)(Params...),
+                                      dim3 grid, dim3 block, Args &&...args) {
+    return cuda_launch_shared(state, kernel, grid, block, 0, static_cast<Args &&>(args)...);
 }
 
 #endif /* FERRY_KERNELS_CUDA_LAUNCH_CUH */
