@@ -447,14 +447,14 @@ Test(cuda_ops, decode_attention_matches_cpu_for_gqa_ratios_and_long_contexts) {
         }
 }
 
-/* The same with the splits merged by a second kernel (attnmerge off), and
- * with every split of an item taking part (attnmerge on, whatever the
- * context reaches: head_dim 128, a context of 2100 keys in 17 splits,
- * positions from 0 to the end). */
+/* The same with the splits merged by a second kernel (attnmerge off) or
+ * by an item's last block (on: only the splits the context reaches take
+ * part), with and without the K/V prefetch: head_dim 128, a context of
+ * 2100 keys in 17 splits, positions from 0 to the end. */
 Test(cuda_ops, decode_attention_matches_cpu_with_the_merge_kernel_or_the_last_block) {
     NEED_GPU();
-    static const char *const fusions[] = {"none", "attnmerge"};
-    for (int f = 0; f < 2; f++) {
+    static const char *const fusions[] = {"none", "attnmerge", "kvprefetch"};
+    for (int f = 0; f < 3; f++) {
         ferry_backend_free(gpu);
         gpu = NULL;
         setenv("FERRY_CUDA_FUSE", fusions[f], 1);

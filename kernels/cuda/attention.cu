@@ -8,7 +8,8 @@
  * (running max, running sum, weighted V).  The block of an item that
  * finishes last merges the blocks' partial results, and splits the
  * context does not reach yet exit at once (attnmerge; with it off a second
- * kernel merges every split, FERRY_CUDA_FUSE).  Bad slots or
+ * kernel merges every split, FERRY_CUDA_FUSE).  A warp asks for its 32
+ * keys' K and V rows (into L1) before it reads them (kvprefetch).  Bad slots or
  * positions raise the backend's error flag instead of touching memory.
  * Hot path: no allocation once the partials scratch has grown.
  */
@@ -201,12 +202,18 @@ template <> __device__ __forceinline__ void load_dims<8>(const __half *src, floa
     load_dims<4>(src + 4, v + 4);
 }
 
+/* Fetch the line holding *address into this SM's L1 (no register holds it). */
+__device__ __forceinline__ void prefetch_l1(const void *address) {
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(address));
+}
+
 struct attention_args {
     float *out;                 /* [n, n_heads, head_dim] (written when n_splits == 1) */
     float *partials;            /* [n * n_heads, n_splits, head_dim + 2] otherwise */
     unsigned *counters;         /* merge_here: [n * n_heads], zero between kernels */
     int merge_here;             /* the last block of an item merges; splits past the
                                    context exit (else attention_merge_kernel merges all) */
+    int prefetch;               /* head_dim 64/128: a key block's K and V rows into L1 first */
     const float *q;
     const __half *cache_k, *cache_v;
     const int32_t *positions, *slots;
@@ -271,6 +278,8 @@ __device__ __forceinline__ void merge_if_last(const attention_args &args, int it
  * g, g + G, ... */
 template <int DIMS_PER_LANE, bool CONTIGUOUS>
 __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attention_args args) {
+    /* CONTIGUOUS: bytes of one head's K (or V) row, f16 */
+    constexpr int CONTIGUOUS_ROW_BYTES = 32 * DIMS_PER_LANE * 2;
     pdl_trigger();
     pdl_wait();
     const int item = blockIdx.x, split = blockIdx.y;
@@ -309,6 +318,22 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
              block_start += block_stride) {
             const int p = block_start + lane;
             float score = -INFINITY;
+            if constexpr (CONTIGUOUS) {
+                /* this key's K and V rows on their way to L1 at once: the
+                 * loop below would wait for its K loads a few at a time
+                 * (ptxas does not keep a whole row in flight), and the
+                 * value loop reads the V row later, a lane per dims */
+                if (args.prefetch && p <= last) {
+                    const size_t at = base + (size_t)p * row_width;
+                    const char *key_row = reinterpret_cast<const char *>(args.cache_k + at);
+                    const char *value_row = reinterpret_cast<const char *>(args.cache_v + at);
+#pragma unroll
+                    for (int b = 0; b < CONTIGUOUS_ROW_BYTES; b += 128) {
+                        prefetch_l1(key_row + b);
+                        prefetch_l1(value_row + b);
+                    }
+                }
+            }
             if (p <= last) {
                 const __half *key = args.cache_k + base + (size_t)p * row_width;
                 float dot = 0.0f;
@@ -462,6 +487,7 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
     args.counters = state->attention_counters;
     args.merge_here = n_splits > 1 && (state->fuse & CUDA_FUSE_ATTN_MERGE) &&
                       items <= state->n_attention_counters;
+    args.prefetch = (state->fuse & CUDA_FUSE_KV_PREFETCH) != 0;
     args.scale = 1.0f / sqrtf((float)shape.head_dim);
     dim3 grid((unsigned)items, (unsigned)n_splits);
     const int threads = ATTENTION_WARPS * 32;

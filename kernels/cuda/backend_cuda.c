@@ -26,7 +26,8 @@ enum {
 
 /* What runs fused when FERRY_CUDA_FUSE is unset, "1" or "all". */
 static const unsigned DEFAULT_FUSIONS =
-    CUDA_FUSE_NORM1 | CUDA_FUSE_NORM16 | CUDA_FUSE_ROPEKV | CUDA_FUSE_ATTN_MERGE;
+    CUDA_FUSE_NORM1 | CUDA_FUSE_NORM16 | CUDA_FUSE_ROPEKV | CUDA_FUSE_ATTN_MERGE |
+    CUDA_FUSE_KV_PREFETCH;
 
 int ferry_cuda_available(void) {
     int count = 0;
@@ -338,7 +339,7 @@ static const struct {
 } fusion_names[] = {
     {"norm1", CUDA_FUSE_NORM1},   {"norm1warp", CUDA_FUSE_NORM1_WARP},
     {"norm16", CUDA_FUSE_NORM16}, {"ropekv", CUDA_FUSE_ROPEKV},
-    {"attnmerge", CUDA_FUSE_ATTN_MERGE},
+    {"attnmerge", CUDA_FUSE_ATTN_MERGE}, {"kvprefetch", CUDA_FUSE_KV_PREFETCH},
 };
 
 static ferry_status parse_fusions(const char *text, unsigned *out_bits) {
@@ -355,7 +356,7 @@ static ferry_status parse_fusions(const char *text, unsigned *out_bits) {
         if (i == n_names)
             return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
                               "FERRY_CUDA_FUSE='%s': unknown fusion '%.*s' (expected 0, 1, or a "
-                              "comma list of norm1, norm1warp, norm16, ropekv, attnmerge)",
+                              "comma list of norm1, norm1warp, norm16, ropekv, attnmerge, kvprefetch)",
                               text, (int)length, item);
         *out_bits |= fusion_names[i].bits;
         item += length;

@@ -59,6 +59,9 @@ enum {
     CUDA_FUSE_ATTN_MERGE = 1u << 4, /* decode attention: the last block of a (token, head)
                                        merges the splits (no merge kernel) and splits that
                                        the context does not reach exit at once */
+    CUDA_FUSE_KV_PREFETCH = 1u << 5, /* decode attention: each key block's K and V rows are
+                                        prefetched into L1 before the scores (not a fusion:
+                                        a switch to measure it by) */
 };
 
 typedef struct cuda_backend {
