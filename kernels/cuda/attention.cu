@@ -4,7 +4,8 @@
  * for the decode step), and causal grouped-query attention over
  * the cache.  Attention is split over the context (flash-decoding): the
  * keys of one query head are dealt out, 32 at a time (one per lane), to
- * every warp of n_splits blocks; each warp keeps an online softmax
+ * every warp of n_splits blocks (of 4 warps, or 8 with attn8); each warp
+ * keeps an online softmax
  * (running max, running sum, weighted V).  The block of an item that
  * finishes last merges the blocks' partial results, and splits the
  * context does not reach yet exit at once (attnmerge; with it off a second
@@ -19,7 +20,9 @@
 #include "kernels/cuda/launch.cuh"
 
 enum {
-    ATTENTION_WARPS = 4,            /* warps per block */
+    ATTENTION_WARPS = 4,            /* warps per block ... */
+    ATTENTION_WIDE_WARPS = 8,       /* ... or, with attn8, twice as many: a context of
+                                       256 keys fits one block, no merge */
     MAX_HEAD_DIM = 256,
     BLOCKS_PER_SM_TARGET = 4,       /* enough blocks in flight to cover the whole GPU */
     MIN_KEYS_PER_WARP = 32,         /* one key block: fewer leaves lanes idle */
@@ -274,10 +277,9 @@ __device__ __forceinline__ void merge_if_last(const attention_args &args, int it
  * dims l, l + 32, ... (up to DIMS_PER_LANE of them), or, when CONTIGUOUS
  * (head_dim == 32 * DIMS_PER_LANE), dims DIMS_PER_LANE * l .. + DIMS_PER_LANE
  * with one 4- or 8-byte load per value row.  Warp g of the
- * G = n_splits * ATTENTION_WARPS warps of this item takes key blocks
- * g, g + G, ... */
-template <int DIMS_PER_LANE, bool CONTIGUOUS>
-__global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attention_args args) {
+ * G = n_splits * WARPS warps of this item takes key blocks g, g + G, ... */
+template <int DIMS_PER_LANE, bool CONTIGUOUS, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) attention_kernel(attention_args args) {
     /* CONTIGUOUS: bytes of one head's K (or V) row, f16 */
     constexpr int CONTIGUOUS_ROW_BYTES = 32 * DIMS_PER_LANE * 2;
     pdl_trigger();
@@ -290,13 +292,13 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
     const int slot = args.slots[t], last = args.positions[t];
     const bool valid = place_ok(slot, last, args.n_slots, args.max_context);
     /* merge_here: only the splits the context reaches take part (split s
-     * sees its first keys at s * ATTENTION_WARPS * 32); one of them alone
-     * writes out itself.  The same count in every block of the item. */
-    const int reach = valid ? last / (ATTENTION_WARPS * 32) + 1 : 1;
+     * sees its first keys at s * WARPS * 32); one of them alone writes out
+     * itself.  The same count in every block of the item. */
+    const int reach = valid ? last / (WARPS * 32) + 1 : 1;
     const int n_parts = args.merge_here && reach < args.n_splits ? reach : args.n_splits;
     if (split >= n_parts) return;
-    __shared__ float warp_max[ATTENTION_WARPS], warp_sum_shared[ATTENTION_WARPS];
-    __shared__ float warp_acc[ATTENTION_WARPS][MAX_HEAD_DIM];
+    __shared__ float warp_max[WARPS], warp_sum_shared[WARPS];
+    __shared__ float warp_acc[WARPS][MAX_HEAD_DIM];
     __shared__ float q_shared[MAX_HEAD_DIM];
 
     /* q / sqrt(head_dim), so a dot product is the score */
@@ -312,9 +314,9 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
     if (valid) {
         const size_t row_width = (size_t)args.n_kv_heads * head_dim;
         const size_t base = (size_t)slot * args.max_context * row_width + (size_t)kv_head * head_dim;
-        const int block_stride = args.n_splits * ATTENTION_WARPS * 32;
+        const int block_stride = args.n_splits * WARPS * 32;
         const bool vector_rows = head_dim % 8 == 0; /* 16-byte aligned K rows */
-        for (int block_start = (split * ATTENTION_WARPS + warp) * 32; block_start <= last;
+        for (int block_start = (split * WARPS + warp) * 32; block_start <= last;
              block_start += block_stride) {
             const int p = block_start + lane;
             float score = -INFINITY;
@@ -402,16 +404,19 @@ __global__ void __launch_bounds__(ATTENTION_WARPS * 32) attention_kernel(attenti
     }
     __syncthreads();
     float block_max = -INFINITY;
-    for (int w = 0; w < ATTENTION_WARPS; w++) block_max = fmaxf(block_max, warp_max[w]);
+    #pragma unroll
+    for (int w = 0; w < WARPS; w++) block_max = fmaxf(block_max, warp_max[w]);
     float block_sum = 0.0f;
-    float factors[ATTENTION_WARPS];
-    for (int w = 0; w < ATTENTION_WARPS; w++) {
+    float factors[WARPS];
+    #pragma unroll
+    for (int w = 0; w < WARPS; w++) {
         factors[w] = warp_max[w] == -INFINITY ? 0.0f : __expf(warp_max[w] - block_max);
         block_sum += factors[w] * warp_sum_shared[w];
     }
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float value = 0.0f;
-        for (int w = 0; w < ATTENTION_WARPS; w++) value += factors[w] * warp_acc[w][d];
+        #pragma unroll
+        for (int w = 0; w < WARPS; w++) value += factors[w] * warp_acc[w][d];
         if (n_parts == 1) {
             args.out[(size_t)item * head_dim + d] = block_sum > 0.0f ? value / block_sum : 0.0f;
         } else {
@@ -436,6 +441,15 @@ __global__ void attention_merge_kernel(float *out, const float *partials, int n_
                    n_splits, head_dim);
 }
 
+/* The decode kernel for head_dim (1..MAX_HEAD_DIM), WARPS warps a block. */
+template <int WARPS> static void (*attention_kernel_for(int head_dim))(attention_args) {
+    return head_dim == 64    ? attention_kernel<2, true, WARPS>
+           : head_dim == 128 ? attention_kernel<4, true, WARPS>
+           : head_dim <= 64  ? attention_kernel<2, false, WARPS>
+           : head_dim <= 128 ? attention_kernel<4, false, WARPS>
+                             : attention_kernel<8, false, WARPS>;
+}
+
 ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
                             const ferry_kv_layer *cache, const ferry_token_batch *batch,
                             ferry_attention_shape shape) {
@@ -457,8 +471,9 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
      * to fill the GPU; never into pieces of fewer than a few keys per warp. */
     long target_blocks = (long)state->n_multiprocessors * BLOCKS_PER_SM_TARGET;
     long by_occupancy = (target_blocks + items - 1) / items;
-    long by_length = (cache->max_context + ATTENTION_WARPS * MIN_KEYS_PER_WARP - 1) /
-                     (ATTENTION_WARPS * MIN_KEYS_PER_WARP);
+    const int warps = state->fuse & CUDA_FUSE_ATTN_WIDE ? ATTENTION_WIDE_WARPS : ATTENTION_WARPS;
+    long by_length = (cache->max_context + warps * MIN_KEYS_PER_WARP - 1) /
+                     (warps * MIN_KEYS_PER_WARP);
     int n_splits = (int)(by_occupancy < by_length ? by_occupancy : by_length);
     if (n_splits < 1) n_splits = 1;
     if (n_splits > 1) {
@@ -490,13 +505,10 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
     args.prefetch = (state->fuse & CUDA_FUSE_KV_PREFETCH) != 0;
     args.scale = 1.0f / sqrtf((float)shape.head_dim);
     dim3 grid((unsigned)items, (unsigned)n_splits);
-    const int threads = ATTENTION_WARPS * 32;
-    void (*kernel)(attention_args) = shape.head_dim == 64    ? attention_kernel<2, true>
-                                     : shape.head_dim == 128 ? attention_kernel<4, true>
-                                     : shape.head_dim <= 64  ? attention_kernel<2, false>
-                                     : shape.head_dim <= 128 ? attention_kernel<4, false>
-                                                             : attention_kernel<8, false>;
-    CUDA_TRY(cuda_launch(state, kernel, grid, threads, args));
+    void (*kernel)(attention_args) = warps == ATTENTION_WIDE_WARPS
+                                         ? attention_kernel_for<ATTENTION_WIDE_WARPS>(shape.head_dim)
+                                         : attention_kernel_for<ATTENTION_WARPS>(shape.head_dim);
+    CUDA_TRY(cuda_launch(state, kernel, grid, warps * 32, args));
     if (n_splits > 1 && !args.merge_here)
         CUDA_TRY(cuda_launch(state, attention_merge_kernel, (unsigned)items, 128, out,
                              (const float *)state->attention_partials, n_splits, shape.head_dim));

@@ -62,6 +62,8 @@ enum {
     CUDA_FUSE_KV_PREFETCH = 1u << 5, /* decode attention: each key block's K and V rows are
                                         prefetched into L1 before the scores (not a fusion:
                                         a switch to measure it by) */
+    CUDA_FUSE_ATTN_WIDE = 1u << 6,   /* decode attention: blocks of 8 warps (256 keys a pass)
+                                        instead of 4, so half the splits */
 };
 
 typedef struct cuda_backend {
