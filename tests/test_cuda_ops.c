@@ -449,14 +449,14 @@ Test(cuda_ops, decode_attention_matches_cpu_for_gqa_ratios_and_long_contexts) {
 
 /* The same with the splits merged by a second kernel (attnmerge off) or
  * by an item's last block (on: only the splits the context reaches take
- * part), with and without the K/V prefetch, in blocks of 4 or 8 warps
- * (attn8): head_dim 128, a context of 2100 keys in 17 (or 9) splits,
- * positions from 0 to the end. */
+ * part), with and without the K/V prefetches (after and before the wait),
+ * in blocks of 4 or 8 warps (attn8): head_dim 128, a context of 2100 keys
+ * in 17 (or 9) splits, positions from 0 to the end. */
 Test(cuda_ops, decode_attention_matches_cpu_with_the_merge_kernel_or_the_last_block) {
     NEED_GPU();
-    static const char *const fusions[] = {"none", "attnmerge", "kvprefetch", "attn8",
-                                          "attn8,attnmerge,kvprefetch"};
-    for (int f = 0; f < 5; f++) {
+    static const char *const fusions[] = {"none", "attnmerge", "kvprefetch", "kvearly", "attn8",
+                                          "attn8,attnmerge,kvprefetch,kvearly"};
+    for (int f = 0; f < 6; f++) {
         ferry_backend_free(gpu);
         gpu = NULL;
         setenv("FERRY_CUDA_FUSE", fusions[f], 1);

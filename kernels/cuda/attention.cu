@@ -217,6 +217,8 @@ struct attention_args {
     int merge_here;             /* the last block of an item merges; splits past the
                                    context exit (else attention_merge_kernel merges all) */
     int prefetch;               /* head_dim 64/128: a key block's K and V rows into L1 first */
+    int early;                  /* read slots and positions and prefetch the first K and V
+                                   rows into L2 before pdl_wait */
     const float *q;
     const __half *cache_k, *cache_v;
     const int32_t *positions, *slots;
@@ -283,20 +285,37 @@ __global__ void __launch_bounds__(WARPS * 32) attention_kernel(attention_args ar
     /* CONTIGUOUS: bytes of one head's K (or V) row, f16 */
     constexpr int CONTIGUOUS_ROW_BYTES = 32 * DIMS_PER_LANE * 2;
     pdl_trigger();
-    pdl_wait();
     const int item = blockIdx.x, split = blockIdx.y;
     const int t = item / args.n_heads, head = item % args.n_heads;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int head_dim = args.head_dim;
     const int kv_head = head / (args.n_heads / args.n_kv_heads);
+    if (!args.early) pdl_wait();
     const int slot = args.slots[t], last = args.positions[t];
     const bool valid = place_ok(slot, last, args.n_slots, args.max_context);
     /* merge_here: only the splits the context reaches take part (split s
      * sees its first keys at s * WARPS * 32); one of them alone writes out
-     * itself.  The same count in every block of the item. */
+     * itself.  The same count in every block of the item.  (A block that
+     * leaves here before pdl_wait has read only slots and positions, and
+     * split 0 always waits.) */
     const int reach = valid ? last / (WARPS * 32) + 1 : 1;
     const int n_parts = args.merge_here && reach < args.n_splits ? reach : args.n_splits;
     if (split >= n_parts) return;
+    if (args.early) {
+        /* While the kernel before (rope_kv_store) still runs: this warp's
+         * first key block's K and V rows into L2 (only the newest row is
+         * that kernel's to write; a prefetch into L2 cannot go stale). */
+        const int p = (split * WARPS + warp) * 32 + lane;
+        if (valid && p <= last) {
+            const size_t at = ((size_t)slot * args.max_context + p) * args.n_kv_heads * head_dim +
+                              (size_t)kv_head * head_dim;
+            for (int b = 0; b < head_dim * 2; b += 128) {
+                prefetch_l2(reinterpret_cast<const char *>(args.cache_k + at) + b);
+                prefetch_l2(reinterpret_cast<const char *>(args.cache_v + at) + b);
+            }
+        }
+        pdl_wait();
+    }
     __shared__ float warp_max[WARPS], warp_sum_shared[WARPS];
     __shared__ float warp_acc[WARPS][MAX_HEAD_DIM];
     __shared__ float q_shared[MAX_HEAD_DIM];
@@ -503,6 +522,7 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
     args.merge_here = n_splits > 1 && (state->fuse & CUDA_FUSE_ATTN_MERGE) &&
                       items <= state->n_attention_counters;
     args.prefetch = (state->fuse & CUDA_FUSE_KV_PREFETCH) != 0;
+    args.early = (state->fuse & CUDA_FUSE_KV_EARLY) != 0;
     args.scale = 1.0f / sqrtf((float)shape.head_dim);
     dim3 grid((unsigned)items, (unsigned)n_splits);
     void (*kernel)(attention_args) = warps == ATTENTION_WIDE_WARPS

@@ -27,7 +27,7 @@ enum {
 /* What runs fused when FERRY_CUDA_FUSE is unset, "1" or "all". */
 static const unsigned DEFAULT_FUSIONS =
     CUDA_FUSE_NORM1 | CUDA_FUSE_NORM16 | CUDA_FUSE_ROPEKV | CUDA_FUSE_ATTN_MERGE |
-    CUDA_FUSE_KV_PREFETCH | CUDA_FUSE_ATTN_WIDE;
+    CUDA_FUSE_KV_PREFETCH | CUDA_FUSE_ATTN_WIDE | CUDA_FUSE_KV_EARLY;
 
 int ferry_cuda_available(void) {
     int count = 0;
@@ -340,7 +340,7 @@ static const struct {
     {"norm1", CUDA_FUSE_NORM1},   {"norm1warp", CUDA_FUSE_NORM1_WARP},
     {"norm16", CUDA_FUSE_NORM16}, {"ropekv", CUDA_FUSE_ROPEKV},
     {"attnmerge", CUDA_FUSE_ATTN_MERGE}, {"kvprefetch", CUDA_FUSE_KV_PREFETCH},
-    {"attn8", CUDA_FUSE_ATTN_WIDE},
+    {"attn8", CUDA_FUSE_ATTN_WIDE},     {"kvearly", CUDA_FUSE_KV_EARLY},
 };
 
 static ferry_status parse_fusions(const char *text, unsigned *out_bits) {
@@ -358,7 +358,7 @@ static ferry_status parse_fusions(const char *text, unsigned *out_bits) {
             return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
                               "FERRY_CUDA_FUSE='%s': unknown fusion '%.*s' (expected 0, 1, or a "
                               "comma list of norm1, norm1warp, norm16, ropekv, attnmerge, kvprefetch, "
-                              "attn8)",
+                              "attn8, kvearly)",
                               text, (int)length, item);
         *out_bits |= fusion_names[i].bits;
         item += length;

@@ -7,10 +7,13 @@
  * writes (or reads: a write before the wait could race with it).  Weights
  * are written by no kernel, so the matvec kernels load their first weights
  * before the wait, and a decode step's weight stream never drains between
- * kernels.  pdl_trigger() lets the next kernel be scheduled; it does not
- * publish anything (pdl_wait waits for the previous grid to finish and its
- * writes to be visible), so every kernel calls it first thing.  Both are
- * no-ops in a kernel launched without the attribute.
+ * kernels.  Token slots and positions are uploaded by the host (a copy on
+ * the stream, which no kernel overlaps) and written by no kernel either,
+ * so the decode attention may read them before the wait (kvearly).
+ * pdl_trigger() lets the next kernel be scheduled; it does not publish
+ * anything (pdl_wait waits for the previous grid to finish and its writes
+ * to be visible), so every kernel calls it first thing.  Both are no-ops
+ * in a kernel launched without the attribute.
  */
 #ifndef FERRY_KERNELS_CUDA_LAUNCH_CUH
 #define FERRY_KERNELS_CUDA_LAUNCH_CUH
