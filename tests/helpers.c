@@ -1,6 +1,6 @@
 /*
- * helpers.c — scratch directories, seeded randomness, running commands
- * and file I/O for the tests.
+ * helpers.c — scratch directories, seeded randomness, running commands,
+ * file I/O and environment-switched CUDA backends for the tests.
  */
 #include "helpers.h"
 
@@ -108,3 +108,10 @@ int test_write_file(const char *path, const void *data, size_t bytes) {
 }
 
 const char *test_cli(void) { return FERRY_CLI; }
+
+ferry_status test_cuda_backend_with(const char *name, const char *value, ferry_backend **out) {
+    setenv(name, value, 1);
+    ferry_status status = ferry_backend_cuda_new(0, out);
+    unsetenv(name);
+    return status;
+}

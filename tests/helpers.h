@@ -1,12 +1,15 @@
 /*
  * helpers.h — what the tests share: scratch directories, seeded random
- * data, running the `ferry` program, and reading whole files.
+ * data, running the `ferry` program, reading whole files, and a CUDA
+ * backend made under a given environment switch.
  */
 #ifndef FERRY_TESTS_HELPERS_H
 #define FERRY_TESTS_HELPERS_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "kernels/ops.h"
 
 /* A fresh directory under $TMPDIR (or /tmp), removed by test_rmtree. */
 char *test_tempdir(void);
@@ -33,5 +36,10 @@ int test_write_file(const char *path, const void *data, size_t bytes);
 
 /* Path of the built `ferry` program. */
 const char *test_cli(void);
+
+/* ferry_backend_cuda_new(0, out) with the environment variable `name` set
+ * to `value` for that call only (the backend reads its switches, such as
+ * FERRY_CUDA_FUSE, when it is made). */
+ferry_status test_cuda_backend_with(const char *name, const char *value, ferry_backend **out);
 
 #endif

@@ -211,9 +211,7 @@ Test(cuda_fused, projections_behind_a_folded_rmsnorm_match_float64) {
 static void use_fusions(const char *fusions) {
     ferry_backend_free(gpu);
     gpu = NULL;
-    setenv("FERRY_CUDA_FUSE", fusions, 1);
-    ferry_status status = ferry_backend_cuda_new(0, &gpu);
-    unsetenv("FERRY_CUDA_FUSE");
+    ferry_status status = test_cuda_backend_with("FERRY_CUDA_FUSE", fusions, &gpu);
     cr_assert_eq(status, FERRY_OK, "FERRY_CUDA_FUSE=%s: %s", fusions, ferry_last_error());
 }
 
@@ -252,9 +250,7 @@ Test(cuda_fused, the_norm_with_and_without_norm16_matches_float64) {
 /* (the list is read before the GPU is looked for: this runs anywhere) */
 Test(cuda_fused, an_unknown_fusion_name_is_refused_with_the_known_ones) {
     ferry_backend *backend = NULL;
-    setenv("FERRY_CUDA_FUSE", "norm1,fast", 1);
-    ferry_status status = ferry_backend_cuda_new(0, &backend);
-    unsetenv("FERRY_CUDA_FUSE");
+    ferry_status status = test_cuda_backend_with("FERRY_CUDA_FUSE", "norm1,fast", &backend);
     cr_assert_eq(status, FERRY_ERR_INVALID_ARGUMENT);
     cr_assert_null(backend);
     cr_assert(strstr(ferry_last_error(), "'fast'") && strstr(ferry_last_error(), "ropekv"), "%s",

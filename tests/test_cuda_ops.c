@@ -447,6 +447,14 @@ Test(cuda_ops, decode_attention_matches_cpu_for_gqa_ratios_and_long_contexts) {
         }
 }
 
+/* A backend made with FERRY_CUDA_FUSE=fusions in place of the suite's. */
+static void use_fusions(const char *fusions) {
+    ferry_backend_free(gpu);
+    gpu = NULL;
+    ferry_status status = test_cuda_backend_with("FERRY_CUDA_FUSE", fusions, &gpu);
+    cr_assert_eq(status, FERRY_OK, "FERRY_CUDA_FUSE=%s: %s", fusions, ferry_last_error());
+}
+
 /* The same with the splits merged by a second kernel (attnmerge off) or
  * by an item's last block (on: only the splits the context reaches take
  * part), with and without the K/V prefetches (after and before the wait),
@@ -457,12 +465,7 @@ Test(cuda_ops, decode_attention_matches_cpu_with_the_merge_kernel_or_the_last_bl
     static const char *const fusions[] = {"none", "attnmerge", "kvprefetch", "kvearly", "attn8",
                                           "attn8,attnmerge,kvprefetch,kvearly"};
     for (int f = 0; f < 6; f++) {
-        ferry_backend_free(gpu);
-        gpu = NULL;
-        setenv("FERRY_CUDA_FUSE", fusions[f], 1);
-        ferry_status status = ferry_backend_cuda_new(0, &gpu);
-        unsetenv("FERRY_CUDA_FUSE");
-        cr_assert_eq(status, FERRY_OK, "%s", ferry_last_error());
+        use_fusions(fusions[f]);
         for (int r = 1; r <= 8; r *= 8) {
             ferry_attention_shape shape = {2 * r, 2, 128};
             int lengths[2] = {2100, rand_int(129, 700)};
@@ -702,6 +705,18 @@ Test(cuda_ops, rope_kv_store_matches_cpu_rope_then_kv_store) {
                 ferry_attention_shape shape = {2 * ratios[r], 2, head_dims[i]};
                 check_rope_kv_store(shape, token_counts[c]);
             }
+}
+
+/* The fused kernel with its sines and cosines formed after the wait for
+ * the kernel before and before it (kvearly). */
+Test(cuda_ops, rope_kv_store_matches_cpu_with_and_without_kvearly) {
+    NEED_GPU();
+    static const char *const fusions[] = {"ropekv", "ropekv,kvearly"};
+    for (int f = 0; f < 2; f++) {
+        use_fusions(fusions[f]);
+        check_rope_kv_store((ferry_attention_shape){8, 2, 128}, 1);
+        check_rope_kv_store((ferry_attention_shape){2, 2, 64}, 3);
+    }
 }
 
 /* ---------------------------------------------------------- bad input */

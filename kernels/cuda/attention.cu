@@ -37,19 +37,30 @@ enum {
  * (fast-math sinf loses accuracy at angles of thousands of radians). */
 enum { ROPE_THREADS = 128 };
 
-/* Rotate the pair (x[i], x[i + half]) of one head by position * inv_freq[i];
- * the rotated values are also returned (rope_kv_store stores them). */
-__device__ __forceinline__ float2 rotate_pair(float *x, int i, int half, int32_t position,
-                                              const float *inv_freq) {
+/* (cos, sin) of the angle position * inv_freq[i]. */
+__device__ __forceinline__ float2 rotation_of(int i, int32_t position, const float *inv_freq) {
     float angle = (float)position * inv_freq[i];
     double sine, cosine;
     sincos((double)angle, &sine, &cosine);
-    float c = (float)cosine, s = (float)sine;
+    return make_float2((float)cosine, (float)sine);
+}
+
+/* Rotate the pair (x[i], x[i + half]) of one head by the angle whose
+ * (cos, sin) is given; the rotated values are also returned (rope_kv_store
+ * stores them). */
+__device__ __forceinline__ float2 rotate_by(float *x, int i, int half, float2 rotation) {
+    const float c = rotation.x, s = rotation.y;
     float x0 = x[i], x1 = x[i + half];
     float2 rotated = make_float2(x0 * c - x1 * s, x1 * c + x0 * s);
     x[i] = rotated.x;
     x[i + half] = rotated.y;
     return rotated;
+}
+
+/* Rotate the pair (x[i], x[i + half]) of one head by position * inv_freq[i]. */
+__device__ __forceinline__ float2 rotate_pair(float *x, int i, int half, int32_t position,
+                                              const float *inv_freq) {
+    return rotate_by(x, i, half, rotation_of(i, position, inv_freq));
 }
 
 __global__ void rope_kernel(float *q, float *k, const int32_t *positions, const float *inv_freq,
@@ -130,24 +141,30 @@ __global__ void rope_kv_store_kernel(float *q, float *k, const float *v, __half 
                                      __half *cache_v, const int32_t *positions,
                                      const int32_t *slots, const float *inv_freq, int n_heads,
                                      int n_kv_heads, int head_dim, int n_slots, int max_context,
-                                     int *error_flag) {
+                                     int *error_flag, int early) {
     pdl_trigger();
-    pdl_wait();
     const int t = blockIdx.x, half = head_dim / 2;
     const int item = blockIdx.y * blockDim.x + threadIdx.x;
-    if (item >= (n_heads + 2 * n_kv_heads) * half) return;
+    if (item >= (n_heads + 2 * n_kv_heads) * half) return; /* (item 0 always waits) */
     const int head = item / half, i = item % half;
+    if (!early) pdl_wait();
     const int slot = slots[t], position = positions[t];
+    /* a query or key pair's rotation: with early, its sine and cosine are
+     * formed while the kernel before (the Q/K/V projection) still runs
+     * (positions and inv_freq are written by no kernel, launch.cuh) */
+    const float2 rotation =
+        head < n_heads + n_kv_heads ? rotation_of(i, position, inv_freq) : make_float2(1.0f, 0.0f);
+    if (early) pdl_wait();
     const bool place = place_ok(slot, position, n_slots, max_context);
     if (!place && item == 0) atomicExch(error_flag, CUDA_BAD_KV_PLACE);
     const size_t row_width = (size_t)n_kv_heads * head_dim;
     const size_t cache_row = place ? ((size_t)slot * max_context + position) * row_width : 0;
     if (head < n_heads) {
-        rotate_pair(q + ((size_t)t * n_heads + head) * head_dim, i, half, position, inv_freq);
+        rotate_by(q + ((size_t)t * n_heads + head) * head_dim, i, half, rotation);
     } else if (head < n_heads + n_kv_heads) {
         const int kv_head = head - n_heads;
-        const float2 rotated = rotate_pair(k + ((size_t)t * n_kv_heads + kv_head) * head_dim, i,
-                                           half, position, inv_freq);
+        const float2 rotated =
+            rotate_by(k + ((size_t)t * n_kv_heads + kv_head) * head_dim, i, half, rotation);
         if (place) {
             __half *dst = cache_k + cache_row + (size_t)kv_head * head_dim;
             dst[i] = __float2half_rn(rotated.x);
@@ -178,7 +195,8 @@ ferry_status cuda_rope_kv_store(ferry_backend *backend, float *q, float *k, cons
     CUDA_TRY(cuda_launch(state, rope_kv_store_kernel, grid, ROPE_THREADS, q, k, v,
                          (__half *)cache->k, (__half *)cache->v, batch->positions, batch->slots,
                          inv_freq, shape.n_heads, shape.n_kv_heads, shape.head_dim,
-                         cache->n_slots, cache->max_context, state->error_flag));
+                         cache->n_slots, cache->max_context, state->error_flag,
+                         (state->fuse & CUDA_FUSE_KV_EARLY) ? 1 : 0));
     return FERRY_OK;
 }
 

@@ -64,8 +64,9 @@ enum {
                                         a switch to measure it by) */
     CUDA_FUSE_ATTN_WIDE = 1u << 6,   /* decode attention: blocks of 8 warps (256 keys a pass)
                                         instead of 4, so half the splits */
-    CUDA_FUSE_KV_EARLY = 1u << 7,    /* decode attention: reads slots and positions and asks
-                                        for its first K/V rows (into L2) before pdl_wait */
+    CUDA_FUSE_KV_EARLY = 1u << 7,    /* before pdl_wait, rope_kv_store forms its sines and
+                                        cosines and the decode attention asks for its first
+                                        K/V rows (into L2) (both read slots and positions) */
 };
 
 typedef struct cuda_backend {

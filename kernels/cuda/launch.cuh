@@ -9,7 +9,8 @@
  * before the wait, and a decode step's weight stream never drains between
  * kernels.  Token slots and positions are uploaded by the host (a copy on
  * the stream, which no kernel overlaps) and written by no kernel either,
- * so the decode attention may read them before the wait (kvearly).
+ * nor are the model's RoPE frequencies, so rope_kv_store and the decode
+ * attention may read them before the wait (kvearly).
  * pdl_trigger() lets the next kernel be scheduled; it does not publish
  * anything (pdl_wait waits for the previous grid to finish and its writes
  * to be visible), so every kernel calls it first thing.  Both are no-ops
