@@ -5,13 +5,14 @@
  * the cache.  Attention is split over the context (flash-decoding): the
  * keys of one query head are dealt out, 32 at a time (one per lane), to
  * every warp of n_splits blocks (of 4 warps, or 8 with attn8); each warp
- * keeps an online softmax
- * (running max, running sum, weighted V).  The block of an item that
- * finishes last merges the blocks' partial results, and splits the
- * context does not reach yet exit at once (attnmerge; with it off a second
- * kernel merges every split, FERRY_CUDA_FUSE).  A warp asks for its 32
- * keys' K and V rows (into L1) before it reads them (kvprefetch).  Bad slots or
- * positions raise the backend's error flag instead of touching memory.
+ * keeps an online softmax (running max, running sum, weighted V).  The
+ * block of an item that finishes last merges the blocks' partial results,
+ * and splits the context does not reach yet exit at once (attnmerge; with
+ * it off a second kernel merges every split; FERRY_CUDA_FUSE names these
+ * switches).  A warp asks for its 32 keys' K and V rows (into L1) before
+ * it reads them (kvprefetch), and its first ones (into L2) before the wait
+ * for rope_kv_store (kvearly).  Bad slots or positions raise the backend's
+ * error flag instead of touching memory.
  * Hot path: no allocation once the partials scratch has grown.
  */
 #include <cuda_fp16.h>
@@ -441,18 +442,18 @@ __global__ void __launch_bounds__(WARPS * 32) attention_kernel(attention_args ar
     }
     __syncthreads();
     float block_max = -INFINITY;
-    #pragma unroll
+#pragma unroll
     for (int w = 0; w < WARPS; w++) block_max = fmaxf(block_max, warp_max[w]);
     float block_sum = 0.0f;
     float factors[WARPS];
-    #pragma unroll
+#pragma unroll
     for (int w = 0; w < WARPS; w++) {
         factors[w] = warp_max[w] == -INFINITY ? 0.0f : __expf(warp_max[w] - block_max);
         block_sum += factors[w] * warp_sum_shared[w];
     }
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float value = 0.0f;
-        #pragma unroll
+#pragma unroll
         for (int w = 0; w < WARPS; w++) value += factors[w] * warp_acc[w][d];
         if (n_parts == 1) {
             args.out[(size_t)item * head_dim + d] = block_sum > 0.0f ? value / block_sum : 0.0f;
