@@ -19,7 +19,8 @@ if [ "${1:-}" = --pack ]; then
     rm -rf "$CARRIED" && mkdir -p "$CARRIED/tests" "$CARRIED/lib"
     cp "$BUILD/ferry" "$CARRIED/"
     cp "$BUILD"/tests/test_cuda_ops "$BUILD"/tests/test_cuda_graph "$BUILD"/tests/test_cuda_fused \
-        "$BUILD"/tests/test_cuda_engine "$BUILD"/tests/test_offload_cuda "$CARRIED/tests/"
+        "$BUILD"/tests/test_cuda_engine "$BUILD"/tests/test_cuda_matvec "$BUILD"/tests/test_offload_cuda \
+        "$BUILD"/tests/test_host_attention "$CARRIED/tests/"
     strip "$CARRIED/ferry" "$CARRIED"/tests/*
     basename "$BUILD" >"$CARRIED/BUILT_AS"
     # every library outside glibc and the CUDA toolkit (the GPU machine has those)
@@ -60,6 +61,10 @@ if has_step tests; then
     "$TESTS/test_cuda_fused" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
     step test_cuda_engine
     "$TESTS/test_cuda_engine" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
+    step test_cuda_matvec
+    "$TESTS/test_cuda_matvec" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
+    step test_host_attention
+    "$TESTS/test_host_attention" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
     step test_offload_cuda
     "$TESTS/test_offload_cuda" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
 fi
