@@ -136,6 +136,13 @@ typedef struct offload_plan {
     offload_bandwidth_origins bandwidths_from; /* set by the caller; printed */
 } offload_plan;
 
+/* Which layers the plan keeps resident when n_resident of n_layers fit:
+ * spread evenly over the step (layer i when floor((i + 1) R / L) >
+ * floor(i R / L); the last layer is always one), so every stretch of
+ * streamed layers is short and each resident layer's compute overlaps the
+ * copies of the streamed layers after it.  1: resident. */
+int offload_layer_spread_resident(int layer, int n_resident, int n_layers);
+
 /* Place the model for the request.  Never exceeds either budget; when the
  * budgets cannot hold even the minimum (globals, activations, the slot ring
  * and the KV cache or its per-layer staging) fails with

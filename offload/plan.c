@@ -110,6 +110,24 @@ static void predict(offload_plan *plan, const offload_model_shape *shape) {
     plan->tokens_per_s = plan->step_s > 0 ? plan->batch / plan->step_s : 0.0;
 }
 
+int offload_layer_spread_resident(int layer, int n_resident, int n_layers) {
+    if (n_layers < 1 || layer < 0 || layer >= n_layers) return 0;
+    /* Layer i is the k-th resident one when the running share i x R / L
+     * passes the integer k at i: R layers, one per L / R of the step. */
+    int64_t before = (int64_t)layer * n_resident / n_layers;
+    int64_t after = (int64_t)(layer + 1) * n_resident / n_layers;
+    return after > before;
+}
+
+/* Bytes of the layers offload_layer_spread_resident keeps for a count. */
+static uint64_t spread_bytes(const offload_model_shape *shape, int n_resident) {
+    uint64_t bytes = 0;
+    for (int i = 0; i < shape->n_layers; i++)
+        if (offload_layer_spread_resident(i, n_resident, shape->n_layers))
+            bytes = add_sat(bytes, shape->layer_bytes[i]);
+    return bytes;
+}
+
 /* Tokens a pass through the layers carries: every chunk of a call of up
  * to `tokens` tokens, in whole chunks of `chunk` (tokens in flight), up to
  * the shape's limit. */
@@ -202,13 +220,13 @@ static ferry_status place(const offload_model_shape *shape, const offload_reques
                           batch, SIZE_TEXT(fixed, 0), n_slots, SIZE_TEXT(largest_layer, 1),
                           SIZE_TEXT(base, 2), SIZE_TEXT(kv_total, 3), SIZE_TEXT(gpu_budget, 4));
 
-    /* Whole layers into what is left, first layers first. */
+    /* Whole layers into what is left, spread over the step (see
+     * offload_layer_spread_resident): as many as fit. */
     uint64_t room = gpu_budget - fixed, resident_bytes = 0;
     int n_resident = 0;
     if (request->resident_layers >= 0) {
         n_resident = request->resident_layers;
-        for (int i = 0; i < n_resident; i++)
-            resident_bytes = add_sat(resident_bytes, shape->layer_bytes[i]);
+        resident_bytes = spread_bytes(shape, n_resident);
         if (resident_bytes > room)
             return ferry_fail(FERRY_ERR_NO_MEMORY,
                               "plan: %d resident layers need %s of GPU memory; the budget "
@@ -217,9 +235,16 @@ static ferry_status place(const offload_model_shape *shape, const offload_reques
                               n_slots, SIZE_TEXT(largest_layer, 2),
                               SIZE_TEXT(plan->gpu_kv_bytes, 3));
     } else {
-        while (n_resident < n_layers - 1 &&
-               add_sat(resident_bytes, shape->layer_bytes[n_resident]) <= room)
-            resident_bytes += shape->layer_bytes[n_resident++];
+        /* The largest count whose layers fit (with layers of unequal
+         * sizes a larger count may pick smaller layers: try each). */
+        for (int count = n_layers - 1; count > 0; count--) {
+            uint64_t bytes = spread_bytes(shape, count);
+            if (bytes <= room) {
+                n_resident = count;
+                resident_bytes = bytes;
+                break;
+            }
+        }
     }
     plan->n_resident = n_resident;
     plan->gpu_resident_bytes = resident_bytes;
@@ -245,7 +270,7 @@ static ferry_status place(const offload_model_shape *shape, const offload_reques
         host_room -= plan->host_staging_bytes;
     }
     for (int i = 0; i < n_layers; i++) {
-        if (i < n_resident) {
+        if (offload_layer_spread_resident(i, n_resident, n_layers)) {
             tiers[i] = OFFLOAD_TIER_GPU;
         } else if (shape->layer_bytes[i] <= host_room) {
             tiers[i] = OFFLOAD_TIER_HOST;
@@ -348,6 +373,22 @@ void offload_plan_free(offload_plan *plan) {
 
 /* ------------------------------------------------------------ printing */
 
+/* One row per tier: its layers as runs, "0-4,6-9,11". */
+static void print_tier_layers(const offload_plan *plan, offload_tier tier, FILE *out) {
+    int printed = 0;
+    for (int first = 0; first < plan->n_layers; first++) {
+        if (plan->layer_tier[first] != tier) continue;
+        int last = first;
+        while (last + 1 < plan->n_layers && plan->layer_tier[last + 1] == tier) last++;
+        if (!printed) fprintf(out, "  %-14s ", offload_tier_name(tier));
+        fprintf(out, "%s%d", printed ? "," : "", first);
+        if (last > first) fprintf(out, "-%d", last);
+        printed = 1;
+        first = last;
+    }
+    if (printed) fprintf(out, "\n");
+}
+
 void offload_plan_print(const offload_plan *plan, FILE *out) {
     char text[5][32];
     fprintf(out, "plan: batch %d, context %d, ", plan->batch, plan->context);
@@ -355,17 +396,9 @@ void offload_plan_print(const offload_plan *plan, FILE *out) {
         fprintf(out, "%d GPU slots of %s\n", plan->n_slots, SIZE_TEXT(plan->slot_bytes, 0));
     else
         fprintf(out, "every layer resident (no slots)\n");
-    fprintf(out, "  %-14s %-5s\n", "layers", "tier");
-    for (int first = 0; first < plan->n_layers;) {
-        int last = first;
-        while (last + 1 < plan->n_layers && plan->layer_tier[last + 1] == plan->layer_tier[first])
-            last++;
-        char range[32];
-        if (first == last) snprintf(range, sizeof range, "%d", first);
-        else snprintf(range, sizeof range, "%d-%d", first, last);
-        fprintf(out, "  %-14s %-5s\n", range, offload_tier_name(plan->layer_tier[first]));
-        first = last + 1;
-    }
+    fprintf(out, "  %-14s %-5s\n", "tier", "layers");
+    for (int tier = 0; tier < OFFLOAD_TIER_COUNT; tier++)
+        print_tier_layers(plan, (offload_tier)tier, out);
     fprintf(out, "  %-14s %-5s %s\n", "kv cache", offload_tier_name(plan->kv_tier),
             plan->kv_tier == OFFLOAD_TIER_GPU ? "(device memory)"
             : plan->attention_on_host

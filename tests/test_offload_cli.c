@@ -29,7 +29,7 @@ Test(offload_cli, plan_prints_every_layer_streamed_from_dram_for_resident_layers
     cr_assert_eq(status, 0, "%s", out);
     const char *expected[] = {"model: llama2-7b (llama, 32 layers, f16)",
                               "plan: batch 1, context 256, 2 GPU slots of 386.03 MiB",
-                              "  0-31           dram", "kv cache       gpu",
+                              "  dram           0-31\n", "kv cache       gpu",
                               "(0 resident, 32 in DRAM, 0 on NVMe)", "tokens/s"};
     for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++)
         cr_assert(strstr(out, expected[i]), "missing '%s' in:\n%s", expected[i], out);
@@ -75,7 +75,9 @@ Test(offload_cli, plan_reads_the_layout_of_a_ferry_file) {
     snprintf(args, sizeof args, "--model %s --batch 2 --context 64 --resident-layers 1", model);
     int status = run_plan(dir, args, &out);
     cr_assert_eq(status, 0, "%s", out);
-    cr_assert(strstr(out, "  0              gpu") && strstr(out, "  1              dram"), "%s", out);
+    /* tiny has 2 layers: the one resident is the last (it ends the step's
+     * only stretch of streamed layers) */
+    cr_assert(strstr(out, "  gpu            1\n") && strstr(out, "  dram           0\n"), "%s", out);
     free(out);
     free(model);
     test_rmtree(dir);

@@ -94,10 +94,11 @@ Test(offload_plan, streams_every_layer_from_dram_when_no_whole_layer_fits_beside
     offload_plan_free(&plan);
 }
 
-Test(offload_plan, keeps_as_many_leading_layers_resident_as_the_budget_leaves_room_for) {
-    /* 450 - 340 = 110 B: one layer resident, three in DRAM (300 B). */
+Test(offload_plan, keeps_as_many_layers_resident_as_the_budget_leaves_room_for) {
+    /* 450 - 340 = 110 B: one layer resident (the last: one per 4 layers,
+     * ending the stretch), three in DRAM (300 B). */
     offload_plan plan = make_ok(small_shape(), request(450, 300, 1));
-    assert_tiers(&plan, "GHHH");
+    assert_tiers(&plan, "HHHG");
     cr_assert_eq(plan.gpu_total_bytes, 440);
     cr_assert_eq(plan.host_total_bytes, 300);
     cr_assert_eq(plan.host_staging_bytes, 0);
@@ -107,9 +108,9 @@ Test(offload_plan, keeps_as_many_leading_layers_resident_as_the_budget_leaves_ro
 
 Test(offload_plan, reads_from_nvme_through_staging_when_dram_is_short) {
     /* 300 B streamed > 250 B of DRAM: 2 staging buffers of 100 B leave
-     * 50 B, no room for a layer, so layers 1-3 come from the file. */
+     * 50 B, no room for a layer, so layers 0-2 come from the file. */
     offload_plan plan = make_ok(small_shape(), request(450, 250, 1));
-    assert_tiers(&plan, "GDDD");
+    assert_tiers(&plan, "DDDG");
     cr_assert_eq(plan.host_staging_bytes, 200);
     cr_assert_eq(plan.host_total_bytes, 200);
     cr_assert_eq(plan.step_disk_bytes, 300);
@@ -326,6 +327,23 @@ Test(offload_plan, random_plans_never_exceed_either_budget_and_add_up) {
         cr_assert_eq(host, plan.host_total_bytes, "trial %d", trial);
         cr_assert_leq(gpu, c.request.gpu_mem_bytes, "trial %d", trial);
         cr_assert_leq(host, c.request.host_mem_bytes, "trial %d", trial);
+        /* Resident layers spread over the step: layer i when the share
+         * i x R / L passes an integer at i (R of L layers) ... */
+        const int n_layers = c.shape.n_layers, count = plan.n_resident;
+        for (int i = 0; i < n_layers && count < n_layers; i++) {
+            int passes = (i + 1) * count / n_layers > i * count / n_layers;
+            cr_assert_eq(plan.layer_tier[i] == OFFLOAD_TIER_GPU, passes,
+                         "trial %d: layer %d of %d with %d resident", trial, i, n_layers, count);
+        }
+        /* ... and no larger spread set (short of all) fits beside the rest. */
+        for (int more = count + 1; count < n_layers && more < n_layers; more++) {
+            uint64_t bytes = 0;
+            for (int i = 0; i < n_layers; i++)
+                if ((i + 1) * more / n_layers > i * more / n_layers) bytes += c.layers[i];
+            cr_assert_gt(gpu - resident + bytes, c.request.gpu_mem_bytes,
+                         "trial %d: %d resident layers would fit, the plan kept %d", trial, more,
+                         count);
+        }
         cr_assert_eq(plan.step_disk_bytes,
                      streamed - in_dram, "trial %d: nvme bytes per step", trial);
         double lanes[] = {plan.link_s, plan.disk_s, plan.gpu_memory_s, plan.compute_s};
@@ -373,7 +391,7 @@ Test(offload_plan, prints_layer_ranges_tiers_and_the_prediction) {
     offload_plan_print(&plan, out);
     fclose(out);
     const char *expected[] = {"batch 1, context 10, 2 GPU slots of 100 B",
-                              "  0              dram", "  1-3            nvme",
+                              "  dram           0\n", "  nvme           1-3\n",
                               "kv cache       gpu", "nvme read 300 B", "tokens/s"};
     for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++)
         cr_assert(strstr(text, expected[i]), "missing '%s' in:\n%s", expected[i], text);

@@ -187,7 +187,7 @@ Test(offload_stream, every_tier_mix_gives_logits_bit_identical_to_all_resident) 
         {"every layer in DRAM, one slot", 0, 1, 0, 0, "HHHHH"},
         {"every layer read from the file", 0, 2, 2 * layer, 0, "DDDDD"},
         {"every layer read from the file, three slots", 0, 3, 3 * layer, 0, "DDDDD"},
-        {"resident, DRAM and file", 1, 2, 3 * layer, 0, "GHDDD"},
+        {"resident, DRAM and file", 1, 2, 3 * layer, 0, "HDDDG"},
         {"streaming asked, all fit", -1, 2, 0, 0, "GGGGG"},
     };
     for (size_t m = 0; m < sizeof mixes / sizeof mixes[0]; m++) {
@@ -252,7 +252,7 @@ Test(offload_stream, a_gpu_budget_picks_the_mix_and_the_logits_stay_identical) {
     options.stream_context = SESSION_CONTEXT;
     options.gpu_mem_bytes = fixed + 4 * layer + layer / 2;
     model = open_model(path, options);
-    assert_tiers(model, "GGHHH");
+    assert_tiers(model, "HHGHG"); /* 2 of 5 spread: layers 2 and 4 */
     const offload_plan *plan = offload_stream_plan(model->stream);
     cr_assert_leq(plan->gpu_total_bytes, options.gpu_mem_bytes);
     cr_assert_eq(run_model(model, &streamed), FERRY_OK, "%s", ferry_last_error());
@@ -342,7 +342,7 @@ Test(offload_stream, sessions_on_two_threads_share_a_streamed_model_and_agree_wi
     options.resident_layers = 1;
     options.host_mem_bytes = 3 * layer; /* resident, DRAM and file layers */
     model = open_model(path, options);
-    assert_tiers(model, "GHDDD");
+    assert_tiers(model, "HDDDG");
     forward_thread jobs[2] = {{model, &first, FERRY_OK}, {model, &second, FERRY_OK}};
     pthread_t threads[2];
     for (int i = 0; i < 2; i++) pthread_create(&threads[i], NULL, forward_in_thread, &jobs[i]);
@@ -435,9 +435,9 @@ Test(offload_stream, zigzag_calls_of_1_to_3000_tokens_take_one_pass_and_match_re
     } mixes[] = {
         {"every layer in DRAM, one slot", 0, 1, 0, "HHHHH", 0},
         {"every layer read from the file, three slots", 0, 3, 3 * layer, "DDDDD", 0},
-        {"resident, DRAM and file, two slots", 1, 2, 3 * layer, "GHDDD", 0},
+        {"resident, DRAM and file, two slots", 1, 2, 3 * layer, "HDDDG", 0},
         {"DRAM, two slots, passes of 2 chunks", 0, 2, 0, "HHHHH", 2 * FERRY_CHUNK_TOKENS},
-        {"resident and DRAM, passes of 1 chunk", 2, 2, 0, "GGHHH",
+        {"resident and DRAM, passes of 1 chunk", 2, 2, 0, "HHGHG",
          FERRY_CHUNK_TOKENS},
     };
     for (size_t m = 0; m < sizeof mixes / sizeof mixes[0]; m++) {
