@@ -131,6 +131,9 @@ typedef struct offload_plan {
     uint64_t step_host_read_bytes; /* host memory the CPU reads (KV cache, attention on the host) */
     /* predicted seconds per decode step, per concurrent lane, and overall */
     double link_s, disk_s, gpu_memory_s, compute_s, host_attention_s, step_s;
+    /* the step as the slot ring runs it (offload_pipeline_step_s): the
+     * lanes' sums above are lower bounds, this adds the waits between them */
+    double pipeline_s;
     double tokens_per_s;        /* batch / step_s */
     offload_bandwidths bandwidths;
     offload_bandwidth_origins bandwidths_from; /* set by the caller; printed */
@@ -156,6 +159,29 @@ void offload_plan_free(offload_plan *plan);
  * device exists); the placement stays as it is. */
 void offload_plan_predict(offload_plan *plan, const offload_model_shape *shape,
                           const offload_bandwidths *bandwidths);
+
+/* A decode step's lanes as the slot ring runs them (pipeline.c), for the
+ * plan's prediction.  Streamed layers (tier not GPU) are copied in step
+ * order, one at a time over the link, each into slot g mod n_slots once
+ * the compute of the layer n_slots streamed layers before it ended (DISK
+ * layers are first read into one of n_slots staging buffers, one read at
+ * a time); computes run one at a time in layer order, a streamed one once
+ * its copy landed; copies run on into the next step. */
+typedef struct offload_pipeline {
+    int n_layers;
+    const offload_tier *layer_tier;     /* [n_layers] */
+    const uint64_t *layer_bytes;        /* [n_layers] */
+    int n_slots;                        /* 1..64 */
+    double link_bytes_per_s, disk_bytes_per_s; /* > 0 */
+    /* A layer's compute: layer_bytes x compute_s_per_byte (the device)
+     * + compute_s_per_layer (e.g. its share of attention on the host). */
+    double compute_s_per_byte, compute_s_per_layer;
+    double tail_s;                      /* compute after the last layer (lm_head) */
+} offload_pipeline;
+
+/* Seconds per step once the ring runs steadily (the first step's empty
+ * slots left out): deterministic, a few steps simulated. */
+double offload_pipeline_step_s(const offload_pipeline *pipeline);
 
 /* A table: tiers of layer ranges, memory per tier, bytes per step per link,
  * predicted step time and tokens/s. */

@@ -84,13 +84,38 @@ static uint64_t mul_sat(uint64_t a, uint64_t b) {
     return ferry_mul_overflow(a, b, &product) ? UINT64_MAX : product;
 }
 
+/* The step as the ring runs it: the device's time split over the layers
+ * and the globals (after the last layer) by their bytes, the host's
+ * attention evenly over the layers (each attends over the same rows).
+ * Link bytes beyond the weights (a DRAM KV cache, host attention's q and
+ * output) stay in link_s only, a lower bound beside this. */
+static double pipeline_step_s(const offload_plan *plan, const offload_model_shape *shape,
+                              double gpu_s) {
+    double weight_bytes = (double)shape->globals_bytes;
+    for (int i = 0; i < shape->n_layers; i++) weight_bytes += (double)shape->layer_bytes[i];
+    offload_pipeline pipeline = {0};
+    pipeline.n_layers = plan->n_layers;
+    pipeline.layer_tier = plan->layer_tier;
+    pipeline.layer_bytes = shape->layer_bytes;
+    pipeline.n_slots = plan->n_slots;
+    pipeline.link_bytes_per_s = plan->bandwidths.host_to_gpu_gbps * 1e9;
+    pipeline.disk_bytes_per_s = plan->bandwidths.disk_read_gbps * 1e9;
+    pipeline.compute_s_per_byte = weight_bytes > 0 ? gpu_s / weight_bytes : 0.0;
+    pipeline.compute_s_per_layer = plan->host_attention_s / plan->n_layers;
+    pipeline.tail_s = pipeline.compute_s_per_byte * (double)shape->globals_bytes;
+    return offload_pipeline_step_s(&pipeline);
+}
+
 /* Predicted seconds per decode step: the lanes (NVMe reads, host->GPU
  * copies, the GPU itself) run concurrently in the pipeline, so the step
  * takes as long as the busiest; the GPU is busy for the larger of its
  * memory reads and its arithmetic (roofline).  Attention on the host runs
  * between a layer's projections and its output projection, so the device
  * waits for it: that lane is the device's time plus the host's (reading
- * the cache at host memory bandwidth), while the link copies ahead. */
+ * the cache at host memory bandwidth), while the link copies ahead.
+ * The lanes' sums are lower bounds; the pipeline simulation adds the
+ * waits between them (a compute waiting for its copy, a copy for a free
+ * slot), and the step takes the largest. */
 static void predict(offload_plan *plan, const offload_model_shape *shape) {
     const offload_bandwidths *bw = &plan->bandwidths;
     plan->link_s = (double)plan->step_link_bytes / (bw->host_to_gpu_gbps * 1e9);
@@ -104,9 +129,11 @@ static void predict(offload_plan *plan, const offload_model_shape *shape) {
                                        (bw->host_memory_gbps * 1e9)
                                  : 0.0;
     double gpu_s = plan->gpu_memory_s > plan->compute_s ? plan->gpu_memory_s : plan->compute_s;
+    plan->pipeline_s = pipeline_step_s(plan, shape, gpu_s);
     gpu_s += plan->host_attention_s;
     double step_s = plan->link_s > plan->disk_s ? plan->link_s : plan->disk_s;
-    plan->step_s = step_s > gpu_s ? step_s : gpu_s;
+    step_s = step_s > gpu_s ? step_s : gpu_s;
+    plan->step_s = step_s > plan->pipeline_s ? step_s : plan->pipeline_s;
     plan->tokens_per_s = plan->step_s > 0 ? plan->batch / plan->step_s : 0.0;
 }
 
@@ -439,5 +466,7 @@ void offload_plan_print(const offload_plan *plan, FILE *out) {
             plan->compute_s * 1e3);
     if (plan->attention_on_host)
         fprintf(out, ", + host attention %.3f ms", plan->host_attention_s * 1e3);
-    fprintf(out, " -> step %.3f ms, %.1f tokens/s\n", plan->step_s * 1e3, plan->tokens_per_s);
+    fprintf(out, "\n             as the slot ring runs them: pipeline %.3f ms -> step %.3f ms, %.1f "
+            "tokens/s\n",
+            plan->pipeline_s * 1e3, plan->step_s * 1e3, plan->tokens_per_s);
 }

@@ -106,6 +106,28 @@ Test(offload_plan, keeps_as_many_layers_resident_as_the_budget_leaves_room_for) 
     offload_plan_free(&plan);
 }
 
+Test(offload_plan, the_step_is_the_rings_pipeline_over_the_plans_layers_and_bandwidths) {
+    /* "HHHG" as above: copies of 100 B at 2 GB/s take 50 ns; the device's
+     * 530 B at 10 GB/s (53 ns) split over 450 B of weights is ~11.8 ns a
+     * layer: the 3 copies run back to back, 150 ns (offload_pipeline). */
+    offload_plan plan = make_ok(small_shape(), request(450, 300, 1));
+    assert_seconds(plan.pipeline_s, 150e-9, "pipeline");
+    assert_seconds(plan.step_s, 150e-9, "step");
+    /* With 0.2 GB/s of device memory (530 B in 2.65 us) each layer
+     * computes ~589 ns, far more than a copy: no compute waits, and the
+     * step is the device lane, 4 x 589 ns + the globals' 294 ns. */
+    offload_model_shape shape = small_shape();
+    offload_request r = request(450, 300, 1);
+    offload_bandwidths slow_device = slow_links;
+    slow_device.gpu_memory_gbps = 0.2;
+    offload_plan_free(&plan);
+    cr_assert_eq(offload_plan_make(&shape, &r, &slow_device, &plan), FERRY_OK);
+    assert_seconds(plan.gpu_memory_s, 2650e-9, "gpu memory");
+    assert_seconds(plan.pipeline_s, 2650e-9, "pipeline");
+    assert_seconds(plan.step_s, 2650e-9, "step");
+    offload_plan_free(&plan);
+}
+
 Test(offload_plan, reads_from_nvme_through_staging_when_dram_is_short) {
     /* 300 B streamed > 250 B of DRAM: 2 staging buffers of 100 B leave
      * 50 B, no room for a layer, so layers 0-2 come from the file. */
@@ -227,8 +249,12 @@ Test(offload_plan, auto_batch_stops_where_the_link_stops_being_the_bound) {
     /* Every layer in DRAM: the link takes 400 B / 0.1 GB/s = 4 us per
      * step; compute takes 1000 FLOP x batch / 1 GFLOP/s = batch us.  So
      * tokens/s = batch / max(4 us, batch us): rising until batch 4, flat
-     * after; the smallest batch of the best throughput is 4. */
+     * after; the smallest batch of the best throughput is 4.  No globals:
+     * no compute between steps, so the ring's pipeline (a copy of 1 us
+     * per layer, a compute of batch / 4 us) never leaves the link idle
+     * up to batch 4 nor the device after. */
     offload_model_shape shape = small_shape();
+    shape.globals_bytes = 0;
     shape.kv_bytes_per_token_layer = 0;
     shape.activation_bytes_per_token = 0;
     shape.flops_per_token = 1000;
@@ -346,10 +372,19 @@ Test(offload_plan, random_plans_never_exceed_either_budget_and_add_up) {
         }
         cr_assert_eq(plan.step_disk_bytes,
                      streamed - in_dram, "trial %d: nvme bytes per step", trial);
+        /* The step is the busiest lane, or the ring's pipeline where its
+         * waits make it longer; never more than every lane one after
+         * another, and the device lane is in the pipeline whole. */
         double lanes[] = {plan.link_s, plan.disk_s, plan.gpu_memory_s, plan.compute_s};
         double longest = 0;
         for (int i = 0; i < 4; i++) longest = lanes[i] > longest ? lanes[i] : longest;
-        cr_assert_eq(plan.step_s, longest, "trial %d", trial);
+        double gpu_s = plan.gpu_memory_s > plan.compute_s ? plan.gpu_memory_s : plan.compute_s;
+        cr_assert_eq(plan.step_s, plan.pipeline_s > longest ? plan.pipeline_s : longest,
+                     "trial %d", trial);
+        cr_assert_geq(plan.pipeline_s, gpu_s * (1 - 1e-9), "trial %d", trial);
+        cr_assert_leq(plan.step_s, (plan.link_s + plan.disk_s + gpu_s) * (1 + 1e-9),
+                      "trial %d: step %g s, link %g, nvme %g, device %g", trial, plan.step_s,
+                      plan.link_s, plan.disk_s, gpu_s);
         cr_assert(fabs(plan.tokens_per_s * plan.step_s - plan.batch) < 1e-6 * plan.batch);
         offload_plan_free(&plan);
     }
