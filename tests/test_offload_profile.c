@@ -48,7 +48,8 @@ static char *write_profile(const char *text) {
 /* `ferry ARGS` with stdout and stderr into one text (malloc'd). */
 static char *run_cli(const char *args, int *exit_status) {
     char *log = test_path(cache_dir, "cli.log"), command[2048];
-    snprintf(command, sizeof command, "{ %s %s 2>&1; }", test_cli(), args);
+    int length = snprintf(command, sizeof command, "{ %s %s 2>&1; }", test_cli(), args);
+    cr_assert(length > 0 && (size_t)length < sizeof command, "command too long: %s", args);
     *exit_status = test_run(command, log, NULL);
     char *text = test_read_file(log, NULL);
     free(log);
