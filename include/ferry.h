@@ -66,6 +66,12 @@ FERRY_API const char *ferry_version(void);
 
 typedef struct ferry_model ferry_model;
 
+/* ferry_model_options.streaming: choose at open from the free memory. */
+#define FERRY_STREAMING_AUTO (-1)
+/* ferry_model_options.streaming: always stream, resident_layers as given,
+ * and a budget left 0 is the share auto would take (not "no limit"). */
+#define FERRY_STREAMING_AUTO_BUDGETS (-2)
+
 typedef struct ferry_model_options {
     /* "cpu", "cuda", "cuda:N" or "auto" (NULL means "auto": CUDA when a GPU
      * is present and the CUDA backend is built, else the CPU). */
@@ -75,12 +81,28 @@ typedef struct ferry_model_options {
     /* Verify every tensor checksum while loading (slower, thorough). */
     int verify_checksums;
     /* Layer streaming.  0 keeps every layer resident in backend memory and
-     * ignores the fields below; nonzero places layers by the budgets: on
-     * the device, in DRAM, or read from the file each forward pass. */
+     * ignores the fields below; 1 (any positive value) places layers by
+     * the budgets (0: no limit): on the device, in DRAM, or read from the
+     * file each forward pass.
+     * FERRY_STREAMING_AUTO (what the ferry program uses) reads, once the
+     * backend exists, the device's free memory and the host's available
+     * memory and keeps a margin of each (see ferry_model_placement); when
+     * the whole model with the planned sessions' KV cache and activations
+     * (stream_batch x stream_context) fits the device's share it opens
+     * resident, exactly as 0 does (the fastest decode: CUDA Graph replay
+     * needs every layer resident), else it streams with gpu_mem_bytes the
+     * device's share and host_mem_bytes the host's.  A budget given (not 0)
+     * replaces the share it names, in the choice too; resident_layers is
+     * not read (as many layers stay resident as the budget holds).  The CPU
+     * backend has no device memory to stream into: there auto opens
+     * resident unless the model does not fit a gpu_mem_bytes given (its
+     * figures are not read; an unset budget stays "no limit").
+     * ferry_model_get_placement says what was chosen and from what. */
     int streaming;
-    uint64_t gpu_mem_bytes;     /* backend memory for layers; 0: no limit */
+    uint64_t gpu_mem_bytes;     /* backend memory for layers; 0: no limit (auto: the share) */
     uint64_t host_mem_bytes;    /* pinned DRAM for streamed layers, file staging and KV
-                                 * caches the GPU budget cannot hold; 0: no limit */
+                                 * caches the GPU budget cannot hold; 0: no limit (auto:
+                                 * the share) */
     int resident_layers;        /* -1: as many as gpu_mem_bytes holds; else exactly so many */
     int slots;                  /* depth of the slot ring that streamed layers pass through; 0: 2 */
     /* The sessions gpu_mem_bytes must leave room for (their KV cache and
@@ -138,6 +160,34 @@ typedef struct ferry_model_info {
 } ferry_model_info;
 
 FERRY_API ferry_status ferry_model_get_info(const ferry_model *model, ferry_model_info *out_info);
+
+/* How ferry_model_open placed the layers and, under FERRY_STREAMING_AUTO,
+ * the figures it chose from.  The margins kept back: on the device
+ * max(5% of the free memory, 512 MiB), for what the CUDA context, cuBLAS
+ * workspaces, CUDA Graphs and lazily loaded kernels take after the open,
+ * allocation rounding, and other processes; on the host max(10% of the
+ * available memory, 2 GiB), because pinned memory cannot be swapped out:
+ * the operating system, the page cache the file's reads go through and
+ * this process's unpinned buffers must still fit beside it.  The
+ * environment variable FERRY_FAKE_FREE_MEMORY="GPU,HOST" (sizes such as
+ * 6G,64G), optionally followed by ",GPU_MARGIN,HOST_MARGIN" (0: the usual
+ * margin), replaces the figures read (tests, or trying a smaller machine);
+ * on the CPU backend it makes auto choose as on a GPU. */
+typedef struct ferry_model_placement {
+    int streaming;              /* 1: layers stream (ferry_model_stream_report); 0: all resident */
+    int chosen_by_auto;         /* 1: FERRY_STREAMING_AUTO chose, from the figures below */
+    int figures_faked;          /* 1: the figures came from FERRY_FAKE_FREE_MEMORY */
+    uint64_t gpu_free_bytes;    /* device memory free once the backend started; 0: not read */
+    uint64_t host_available_bytes; /* host memory available (MemAvailable); 0: not read */
+    uint64_t gpu_margin_bytes, host_margin_bytes; /* kept back from the two figures */
+    /* Device memory the whole model resident needs: weights, and the KV
+     * cache and activations of stream_batch x stream_context tokens. */
+    uint64_t resident_bytes;
+    uint64_t gpu_mem_bytes, host_mem_bytes; /* the budgets streaming runs within; 0: no limit */
+} ferry_model_placement;
+
+FERRY_API ferry_status ferry_model_get_placement(const ferry_model *model,
+                                                 ferry_model_placement *out_placement);
 
 /* For a model opened with streaming: the placement plan (tier of each
  * layer, memory, bytes per pass, predicted time) and what was measured so

@@ -190,6 +190,56 @@ void offload_plan_print(const offload_plan *plan, FILE *out);
 /* "1.50 GiB", "512 MiB", "4 KiB", "17 B" into buf. */
 const char *offload_format_bytes(uint64_t bytes, char *buf, size_t size);
 
+/* ======================================================= auto budgets */
+
+/* budget.c: the budgets when the caller gave none, from what the machine
+ * has free (FERRY_STREAMING_AUTO), and the choice between an all-resident
+ * model and a streamed one.  The choice is pure arithmetic over the plan. */
+
+/* The host's available memory: MemAvailable of /proc/meminfo (what can be
+ * allocated without swapping), else sysconf's available pages. */
+ferry_status offload_host_available_bytes(uint64_t *out);
+
+/* The margins kept back from a free figure: max(5%, 512 MiB) of a
+ * device's, max(10%, 2 GiB) of the host's (include/ferry.h says why). */
+uint64_t offload_gpu_margin_bytes(uint64_t gpu_free_bytes);
+uint64_t offload_host_margin_bytes(uint64_t host_available_bytes);
+
+/* FERRY_FAKE_FREE_MEMORY="GPU,HOST[,GPU_MARGIN,HOST_MARGIN]" (sizes as
+ * ferry_parse_size reads them; the free figures nonzero): *out_set 1 and
+ * figures[] = {gpu free, host available, gpu margin, host margin} (margins
+ * 0 when not given: the usual ones), or *out_set 0 when unset or empty;
+ * FERRY_ERR_INVALID_ARGUMENT naming the value when malformed. */
+ferry_status offload_fake_free_memory(int *out_set, uint64_t figures[4]);
+
+typedef struct offload_auto_memory {
+    uint64_t gpu_free_bytes;        /* 0: unknown (no device memory to stream into) */
+    uint64_t host_available_bytes;  /* 0: unknown (no host limit) */
+    uint64_t gpu_margin_bytes, host_margin_bytes;
+    /* Budgets the caller gave; 0: the free figure less its margin. */
+    uint64_t gpu_mem_bytes, host_mem_bytes;
+    int always_stream;              /* stream even when everything fits (only budgets chosen) */
+} offload_auto_memory;
+
+typedef struct offload_auto_choice {
+    int stream;                 /* 0: open every layer resident; 1: stream */
+    uint64_t resident_bytes;    /* device memory all resident needs (globals, layers, KV,
+                                 * activations) */
+    uint64_t gpu_share_bytes;   /* what the device offers the model; 0: unknown */
+    /* Budgets for the stream (0: no limit); set when stream is 1. */
+    uint64_t gpu_mem_bytes, host_mem_bytes;
+} offload_auto_choice;
+
+/* Resident when the device's share (the given budget, else free less
+ * margin) holds the whole model and the sessions of `sessions` (its batch,
+ * context, slots and host_attention are read, resident_layers only under
+ * always_stream, budgets never), or when the share is unknown; else (and
+ * always under always_stream) streamed within the shares (an unknown one:
+ * no limit), checked by offload_plan_make, whose "needs at least" error
+ * comes back prefixed with the figures when they cannot hold the stream. */
+ferry_status offload_auto_choose(const offload_model_shape *shape, const offload_request *sessions,
+                                 const offload_auto_memory *memory, offload_auto_choice *out);
+
 /* ============================================================ device */
 
 /* An event the device recorded: completion of a copy or a compute.  Its
@@ -367,6 +417,12 @@ typedef struct offload_stream_options {
     int batch, context;         /* sessions to leave room for; 0: 1 and min(model, 2048) */
     int host_attention;         /* sessions attend over a DRAM KV cache on the host */
 } offload_stream_options;
+
+/* The plan's request for these options on a model trained for
+ * max_position tokens: 0 budgets become no limit (UINT64_MAX), batch 0
+ * becomes 1 and context 0 min(max_position, 2048). */
+void offload_stream_request(const offload_stream_options *options, int max_position,
+                            offload_request *out);
 
 /* Plan the placement of the source's layers leaving room for sessions of
  * batch x context tokens (their KV cache and activations), set

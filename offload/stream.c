@@ -94,6 +94,20 @@ static void describe_profile(int used, char *note, size_t size) {
     else snprintf(note, size, "no profile at %s (`ferry iobench --save` makes one)", path);
 }
 
+void offload_stream_request(const offload_stream_options *options, int max_position,
+                            offload_request *out) {
+    memset(out, 0, sizeof *out);
+    out->gpu_mem_bytes = options->gpu_mem_bytes ? options->gpu_mem_bytes : UINT64_MAX;
+    out->host_mem_bytes = options->host_mem_bytes ? options->host_mem_bytes : UINT64_MAX;
+    out->batch = options->batch > 0 ? options->batch : 1;
+    out->context = options->context > 0 ? options->context
+                   : max_position < 2048 ? max_position
+                                         : 2048;
+    out->n_slots = options->n_slots;
+    out->resident_layers = options->resident_layers;
+    out->host_attention = options->host_attention;
+}
+
 ferry_status offload_stream_open(ferry_weight_source *source,
                                  const offload_stream_options *options, offload_stream **out) {
     *out = NULL;
@@ -125,16 +139,8 @@ ferry_status offload_stream_open(ferry_weight_source *source,
     offload_model_shape *shape = &stream->shape;
     FERRY_TRY_GOTO(offload_shape_from_layout(layout, options->kv_element_bytes,
                                              stream->layer_bytes, shape));
-    offload_request request = {0};
-    request.gpu_mem_bytes = options->gpu_mem_bytes ? options->gpu_mem_bytes : UINT64_MAX;
-    request.host_mem_bytes = options->host_mem_bytes ? options->host_mem_bytes : UINT64_MAX;
-    request.batch = options->batch > 0 ? options->batch : 1;
-    request.context = options->context > 0 ? options->context
-                      : layout->config.max_position < 2048 ? layout->config.max_position
-                                                           : 2048;
-    request.n_slots = options->n_slots;
-    request.resident_layers = options->resident_layers;
-    request.host_attention = options->host_attention;
+    offload_request request;
+    offload_stream_request(options, layout->config.max_position, &request);
     stream->request = request;
     offload_bandwidths bandwidths;
     offload_bandwidth_origins origins;

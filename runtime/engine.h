@@ -57,6 +57,7 @@ struct ferry_model {
     uint64_t weight_bytes;
     /* Layers streamed through offload/ (NULL: every layer is in tensors). */
     struct offload_stream *stream;
+    ferry_model_placement placement; /* how it was opened (runtime/placement.c) */
 };
 
 /* Index of (layer, kind) in model->tensors; layer -1 is the globals. */
@@ -68,6 +69,17 @@ static inline const void *ferry_model_tensor(const ferry_model *model, int layer
                                              ferry_tensor_kind kind) {
     return model->tensors[ferry_model_tensor_slot(layer, kind)];
 }
+
+/* placement.c: resolve opts->streaming for a model whose backend exists:
+ * fills model->placement, and *out_stream with the options to open the
+ * stream with when model->placement.streaming is 1.  Under
+ * FERRY_STREAMING_AUTO reads the free memory and may fail with the plan's
+ * "needs at least" error when not even a streamed model fits. */
+struct ferry_layout;
+struct offload_stream_options;
+ferry_status ferry_model_choose_placement(ferry_model *model, const struct ferry_layout *layout,
+                                          const ferry_model_options *opts,
+                                          struct offload_stream_options *out_stream);
 
 /* Is token one of the config's end-of-sequence ids? */
 static inline int ferry_is_eos(const ferry_config *config, int32_t token) {

@@ -197,14 +197,13 @@ ferry_status ferry_model_open(const char *path, const ferry_model_options *opts,
     status = ferry_model_create(&source.layout->config, source.layout->dtype, backend, &model);
     backend = NULL; /* the model owns it, or freed it on failure */
     if (status != FERRY_OK) goto fail;
-    if (opts->streaming) {
-        int host_attention = 0;
-        status = ferry_attention_on_host(model->backend, 1, &host_attention);
-        if (status != FERRY_OK) goto fail;
-        offload_stream_options stream_options = {
-            opts->gpu_mem_bytes, opts->host_mem_bytes, opts->resident_layers, opts->slots,
-            ferry_dtype_bytes(model->backend->ops->kv_dtype), opts->stream_batch,
-            opts->stream_context, host_attention};
+    offload_stream_options stream_options;
+    status = ferry_model_choose_placement(model, source.layout, opts, &stream_options);
+    if (status != FERRY_OK) {
+        ferry_fail_prefix(status, "%s: ", path);
+        goto fail;
+    }
+    if (model->placement.streaming) {
         status = offload_stream_open(&source, &stream_options, &model->stream);
         if (status != FERRY_OK) {
             ferry_fail_prefix(status, "%s: ", path);

@@ -237,6 +237,7 @@ int cmd_batch(int argc, char **argv) {
         {"--backend", CLI_OPTION_STRING, &opts.backend, 0, 0, 0},
         {"--threads", CLI_OPTION_INT, &opts.n_threads, 0, 1024, 0},
         CLI_MEMORY_OPTIONS(&memory),
+        CLI_NO_STREAM_OPTION(&memory),
     };
     const int n_options = (int)(sizeof options / sizeof options[0]);
     int parsed = cli_parse_options(command, argc, argv, options, n_options, print_help);
@@ -244,6 +245,8 @@ int cmd_batch(int argc, char **argv) {
     if (parsed != CLI_PARSED) return CLI_USAGE;
     if (!opts.model_path || !opts.input_path || !opts.output_path)
         return cli_usage_error(command, "--model, --input and --output are required");
+    ferry_model_options flags_check = {0};
+    if (cli_memory_flags_apply(command, &memory, &flags_check) != CLI_OK) return CLI_USAGE;
 
     batch_run run = {.output_path = opts.output_path, .progress_tty = cli_stderr_is_tty()};
     ferry_id_set done = {0};
@@ -278,7 +281,7 @@ int cmd_batch(int argc, char **argv) {
         goto done;
     }
     ferry_model_options model_options = {.backend = opts.backend, .n_threads = opts.n_threads};
-    cli_memory_flags_apply(&memory, &model_options);
+    cli_memory_flags_apply(command, &memory, &model_options); /* checked above */
     /* the session's shape first: a streamed model leaves room for it */
     ferry_file *file = NULL;
     int max_context = opts.max_context, batch = opts.batch;
@@ -304,6 +307,7 @@ int cmd_batch(int argc, char **argv) {
         rc = cli_fail(command, status, "cannot load the model");
         goto done;
     }
+    cli_print_placement(command, model, &memory);
     status = ferry_session_new(model, batch, max_context, &session);
     if (status != FERRY_OK) {
         rc = cli_fail(command, status, "cannot make a session of %d x %d tokens", batch, max_context);

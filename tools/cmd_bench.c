@@ -487,6 +487,7 @@ int cmd_bench(int argc, char **argv) {
     int prompt_len = 128, gen_len = 32, n_threads = 0, json = 0, kernels = 0;
     cli_option options[] = {
         CLI_MEMORY_OPTIONS(&memory),
+        CLI_NO_STREAM_OPTION(&memory),
         {"--model", CLI_OPTION_STRING, &model_path, 0, 0, 0},
         {"--batch", CLI_OPTION_STRING, &batch_text, 0, 0, 0},
         {"--prompt-len", CLI_OPTION_INT, &prompt_len, 1, 1 << 20, 0},
@@ -518,7 +519,10 @@ int cmd_bench(int argc, char **argv) {
                                          .stream_context = prompt_len + gen_len + 1,
                                          .on_progress = cli_load_progress,
                                          .progress_user = (void *)command};
-    cli_memory_flags_apply(&memory, &model_options);
+    if (cli_memory_flags_apply(command, &memory, &model_options) != CLI_OK) {
+        rc = CLI_USAGE;
+        goto done;
+    }
     for (int i = 0; i < n_batches; i++)
         if (batches[i] > model_options.stream_batch) model_options.stream_batch = batches[i];
     ferry_status status = ferry_model_open(model_path, &model_options, &model);
@@ -526,6 +530,7 @@ int cmd_bench(int argc, char **argv) {
         rc = cli_fail(command, status, "cannot load the model");
         goto done;
     }
+    cli_print_placement(command, model, &memory);
     ferry_model_info info;
     ferry_model_get_info(model, &info);
     ferry_backend *backend = model->backend;

@@ -76,6 +76,7 @@ int cmd_generate(int argc, char **argv) {
         {"--threads", CLI_OPTION_INT, &n_threads, 0, 1024, 0},
         {"--verify", CLI_OPTION_FLAG, &verify, 0, 0, 0},
         CLI_MEMORY_OPTIONS(&memory),
+        CLI_NO_STREAM_OPTION(&memory),
     };
     const int n_options = (int)(sizeof options / sizeof options[0]);
     int parsed = cli_parse_options(command, argc, argv, options, n_options, print_help);
@@ -128,7 +129,10 @@ int cmd_generate(int argc, char **argv) {
                                          .verify_checksums = verify,
                                          .on_progress = cli_load_progress,
                                          .progress_user = (void *)command};
-    cli_memory_flags_apply(&memory, &model_options);
+    if (cli_memory_flags_apply(command, &memory, &model_options) != CLI_OK) {
+        rc = CLI_USAGE;
+        goto done;
+    }
     model_options.stream_batch = 1;
     model_options.stream_context = max_context;
     ferry_status status = ferry_model_open(model_path, &model_options, &model);
@@ -137,6 +141,7 @@ int cmd_generate(int argc, char **argv) {
         rc = cli_fail(command, status, "cannot load the model");
         goto done;
     }
+    cli_print_placement(command, model, &memory);
     cli_print_stream_report(command, model, "streaming plan");
     generate_timing timing = {0, 0};
     ferry_generate_params params = {.sampling = sampling, .max_new_tokens = max_new_tokens,

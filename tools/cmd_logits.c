@@ -55,6 +55,7 @@ int cmd_logits(int argc, char **argv) {
         {"--threads", CLI_OPTION_INT, &n_threads, 0, 1024, 0},
         {"--verify", CLI_OPTION_FLAG, &verify, 0, 0, 0},
         CLI_MEMORY_OPTIONS(&memory),
+        CLI_NO_STREAM_OPTION(&memory),
     };
     int parsed = cli_parse_options(command, argc, argv, options,
                                    (int)(sizeof options / sizeof options[0]), print_help);
@@ -76,7 +77,10 @@ int cmd_logits(int argc, char **argv) {
                                          .verify_checksums = verify,
                                          .on_progress = cli_load_progress,
                                          .progress_user = (void *)command};
-    cli_memory_flags_apply(&memory, &model_options);
+    if (cli_memory_flags_apply(command, &memory, &model_options) != CLI_OK) {
+        rc = CLI_USAGE;
+        goto done;
+    }
     model_options.stream_batch = 1;
     model_options.stream_context = n_tokens;
     ferry_status status = ferry_model_open(model_path, &model_options, &model);
@@ -84,6 +88,7 @@ int cmd_logits(int argc, char **argv) {
         rc = cli_fail(command, status, "cannot load the model");
         goto done;
     }
+    cli_print_placement(command, model, &memory);
     cli_print_stream_report(command, model, "streaming plan");
     ferry_model_info info;
     ferry_model_get_info(model, &info);

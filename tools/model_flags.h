@@ -16,13 +16,14 @@
 #include "tools/options.h"
 
 typedef struct cli_memory_flags {
-    uint64_t gpu_mem_bytes;     /* 0: not given (no limit) */
-    uint64_t host_mem_bytes;    /* 0: not given (no limit) */
+    uint64_t gpu_mem_bytes;     /* 0: not given (the run commands: what is free) */
+    uint64_t host_mem_bytes;    /* 0: not given (the run commands: what is available) */
     int resident_layers;        /* -1: as many as fit */
     int slots;                  /* 0: the default ring depth (2) */
+    int no_stream;              /* --no-stream: every layer resident, whatever is free */
 } cli_memory_flags;
 
-#define CLI_MEMORY_FLAGS_DEFAULT ((cli_memory_flags){0, 0, -1, 0})
+#define CLI_MEMORY_FLAGS_DEFAULT ((cli_memory_flags){0, 0, -1, 0, 0})
 
 /* The four rows, to list inside a command's cli_option table.  A size of
  * 0 bytes is refused (leave the flag out for no limit), so a nonzero
@@ -33,18 +34,31 @@ typedef struct cli_memory_flags {
     {"--resident-layers", CLI_OPTION_INT, &(flags)->resident_layers, 0, 1 << 20, 0},      \
     {"--slots", CLI_OPTION_INT, &(flags)->slots, 1, 64, 0}
 
+/* The run commands' fifth row (not `ferry plan`'s). */
+#define CLI_NO_STREAM_OPTION(flags) {"--no-stream", CLI_OPTION_FLAG, &(flags)->no_stream, 0, 0, 0}
+
 /* Their --help lines after a blank line and `heading` (NULL: the one the
- * run commands share), the flag names padded to `name_width` columns after
- * a two-space indent (so they line up with the command's other lines). */
+ * run commands share, with --no-stream and the defaults), the flag names
+ * padded to `name_width` columns after a two-space indent (so they line up
+ * with the command's other lines). */
 void cli_memory_flags_help(FILE *out, const char *heading, int name_width);
 
 /* Did the user give any of the four (streaming wanted)? */
 int cli_memory_flags_given(const cli_memory_flags *flags);
 
-/* Turn streaming on in `options` when any flag was given and copy the
- * budgets, resident layer count and slot count.  The caller sets
- * stream_batch and stream_context to the sessions it will make. */
-void cli_memory_flags_apply(const cli_memory_flags *flags, ferry_model_options *options);
+/* Fill `options` for a run command: --no-stream keeps every layer
+ * resident; --resident-layers or --slots stream, as they ask
+ * (FERRY_STREAMING_AUTO_BUDGETS); else FERRY_STREAMING_AUTO.  Either way
+ * the budgets given, the others default to what is free less a margin.  --no-stream beside any of the four is a
+ * usage error: returns CLI_USAGE after saying so, else CLI_OK.  The caller
+ * sets stream_batch and stream_context to the sessions it will make. */
+int cli_memory_flags_apply(const char *command, const cli_memory_flags *flags,
+                           ferry_model_options *options);
+
+/* When auto chose to stream: one line on stderr saying why and within
+ * which budgets.  Nothing otherwise. */
+void cli_print_placement(const char *command, const ferry_model *model,
+                         const cli_memory_flags *flags);
 
 /* For a streamed model: "ferry <command>: <title>:" and the placement
  * plan (with what was measured, if any passes ran) on stderr.  Nothing for
