@@ -363,18 +363,27 @@ Test(offload_auto_cpu, auto_streams_what_does_not_fit_with_logits_identical_to_r
 }
 
 /* Run `ferry ARGUMENTS` with FERRY_FAKE_FREE_MEMORY=fake (NULL: unset);
- * stderr into *err. */
-static int run_cli(const char *fake_text, const char *arguments, char **err) {
+ * stderr into *err, stdout into *out unless out is NULL. */
+static int run_cli_out(const char *fake_text, const char *arguments, char **out, char **err) {
     char command[4096];
-    char *err_path = test_path(dir, "stderr.txt");
+    char *err_path = test_path(dir, "stderr.txt"), *out_path = test_path(dir, "stdout.txt");
     snprintf(command, sizeof command, "%s%s%s '%s' %s", fake_text ? "FERRY_FAKE_FREE_MEMORY=" : "",
              fake_text ? fake_text : "", fake_text ? "" : "unset FERRY_FAKE_FREE_MEMORY;",
              test_cli(), arguments);
-    int exit_status = test_run(command, NULL, err_path);
+    int exit_status = test_run(command, out_path, err_path);
     *err = test_read_file(err_path, NULL);
     cr_assert_not_null(*err);
+    if (out) {
+        *out = test_read_file(out_path, NULL);
+        cr_assert_not_null(*out);
+    }
     free(err_path);
+    free(out_path);
     return exit_status;
+}
+
+static int run_cli(const char *fake_text, const char *arguments, char **err) {
+    return run_cli_out(fake_text, arguments, NULL, err);
 }
 
 Test(offload_auto_cpu, the_cli_defaults_to_auto_and_says_when_it_streams) {
@@ -420,4 +429,28 @@ Test(offload_auto_cpu, the_cli_defaults_to_auto_and_says_when_it_streams) {
     free(err);
     free(resident_out);
     free(streamed_out);
+}
+
+Test(offload_auto_cpu, every_run_command_states_the_defaults_and_plan_keeps_its_own) {
+    const char *const commands[] = {"logits", "generate", "bench", "batch"};
+    const char *const lines[] = {"(default: the GPU's free memory less max(5%, 512M))",
+                                 "(default: available memory less max(10%, 2G))", "--no-stream",
+                                 "fit the GPU's free memory less a"};
+    for (size_t c = 0; c < sizeof commands / sizeof commands[0]; c++) {
+        char arguments[64], *out = NULL, *err = NULL;
+        snprintf(arguments, sizeof arguments, "%s --help", commands[c]);
+        cr_assert_eq(run_cli_out(NULL, arguments, &out, &err), 0, "%s: %s", commands[c], err);
+        for (size_t l = 0; l < sizeof lines / sizeof lines[0]; l++)
+            cr_assert(strstr(out, lines[l]), "ferry %s --help lacks '%s':\n%s", commands[c],
+                      lines[l], out);
+        free(out);
+        free(err);
+    }
+    char *out = NULL, *err = NULL;
+    cr_assert_eq(run_cli_out(NULL, "plan --help", &out, &err), 0, "%s", err);
+    cr_assert(strstr(out, "defaults to 80G") && !strstr(out, "--no-stream") &&
+                  !strstr(out, "free memory less"),
+              "%s", out);
+    free(out);
+    free(err);
 }

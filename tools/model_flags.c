@@ -40,7 +40,8 @@ void cli_memory_flags_help(FILE *out, const char *heading, int name_width) {
                     : "Layer streaming (default: every layer stays in device memory when the\n"
                       "model, its KV cache and activations fit the GPU's free memory less a\n"
                       "margin; otherwise layers stream within the defaults below, and a line\n"
-                      "on stderr says so; the CPU backend streams only under --gpu-mem):");
+                      "on stderr says so; --resident-layers and --slots always stream; the\n"
+                      "CPU backend reads no free memory: it streams what does not fit --gpu-mem):");
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         if (rows[i].row_for == RUN_COMMANDS && !run_command) continue;
         const char *lines[3] = {rows[i].lines[0], rows[i].lines[1], NULL};
