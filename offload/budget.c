@@ -148,7 +148,8 @@ ferry_status offload_auto_choose(const offload_model_shape *shape, const offload
                           "auto budgets: the GPU has %s free and keeps a margin of %s: nothing "
                           "left for a model (all resident it needs %s)",
                           SIZE_TEXT(memory->gpu_free_bytes, 0),
-                          SIZE_TEXT(memory->gpu_margin_bytes, 1), SIZE_TEXT(out->resident_bytes, 2));
+                          SIZE_TEXT(memory->gpu_margin_bytes, 1),
+                          SIZE_TEXT(out->resident_bytes, 2));
     if (host_known && host == 0)
         return ferry_fail(FERRY_ERR_NO_MEMORY,
                           "auto budgets: the model (%s all resident) does not fit the GPU's %s, "

@@ -348,6 +348,23 @@ Test(offload_auto_cpu, auto_streams_what_does_not_fit_with_logits_identical_to_r
               "streamed logits differ from the resident run");
     ferry_model_close(model);
 
+    /* --resident-layers 0 (FERRY_STREAMING_AUTO_BUDGETS): streams though
+     * everything fits, within the shares, with exactly 0 layers resident */
+    fake(4 * need + gpu_margin, 64 * MIB, gpu_margin, host_margin);
+    model = open_auto(FERRY_STREAMING_AUTO_BUDGETS);
+    cr_assert_eq(ferry_model_get_placement(model, &placement), FERRY_OK);
+    cr_assert(!placement.chosen_by_auto && placement.streaming);
+    cr_assert_eq(placement.gpu_mem_bytes, 4 * need);
+    cr_assert_eq(placement.host_mem_bytes, 63 * MIB);
+    cr_assert_not_null(model->stream);
+    plan = offload_stream_plan(model->stream);
+    cr_assert_eq(plan->n_resident, 0);
+    cr_assert_eq(plan->gpu_budget_bytes, 4 * need);
+    run(model, tokens, got);
+    cr_assert(memcmp(got, reference, sizeof *got) == 0,
+              "logits streamed with no resident layer differ from the resident run");
+    ferry_model_close(model);
+
     /* a host whose share cannot hold the staging buffers: the plan's error */
     fake(gpu_share + gpu_margin, host_margin + 1024, gpu_margin, host_margin);
     ferry_model_options options = {.backend = "cpu", .streaming = FERRY_STREAMING_AUTO,

@@ -1,6 +1,7 @@
 /*
  * model_flags.c — the shared layer-streaming flags (tools/model_flags.h):
- * help text, filling ferry_model_options, printing the stream plan.
+ * help text, filling ferry_model_options (auto by default), the line that
+ * says auto chose to stream, printing the stream plan.
  * Parsing itself is the option table walker's (tools/options.c).
  */
 #include <stdlib.h>
@@ -66,9 +67,10 @@ int cli_memory_flags_apply(const char *command, const cli_memory_flags *flags,
     if (flags->no_stream && cli_memory_flags_given(flags))
         return cli_usage_error(command, "--no-stream cannot be combined with --gpu-mem, "
                                         "--host-mem, --resident-layers or --slots");
-    options->streaming = flags->no_stream                                 ? 0
-                         : flags->resident_layers >= 0 || flags->slots ? FERRY_STREAMING_AUTO_BUDGETS
-                                                                        : FERRY_STREAMING_AUTO;
+    int stream_asked = flags->resident_layers >= 0 || flags->slots;
+    options->streaming = flags->no_stream ? 0
+                         : stream_asked   ? FERRY_STREAMING_AUTO_BUDGETS
+                                          : FERRY_STREAMING_AUTO;
     options->gpu_mem_bytes = flags->gpu_mem_bytes;
     options->host_mem_bytes = flags->host_mem_bytes;
     options->resident_layers = flags->resident_layers;
@@ -97,8 +99,9 @@ void cli_print_placement(const char *command, const ferry_model *model,
                  margin, placement.figures_faked ? " (FERRY_FAKE_FREE_MEMORY)" : "");
     }
     fprintf(stderr,
-            "ferry %s: the model needs %s of GPU memory to stay resident %s: streaming layers within "
-            "GPU %s, host %s (--gpu-mem/--host-mem set these, --no-stream refuses)\n",
+            "ferry %s: the model needs %s of GPU memory to stay resident %s: streaming "
+            "layers within GPU %s, host %s (--gpu-mem/--host-mem set these, --no-stream "
+            "refuses)\n",
             command, need, why, gpu, host);
 }
 

@@ -1,8 +1,9 @@
 /*
  * model_flags.h — the layer-streaming flags every command that runs or
- * plans a model shares (--gpu-mem, --host-mem, --resident-layers, --slots):
- * their option-table rows, their --help lines, how they fill
- * ferry_model_options, and the plan printed before a streamed run.  One
+ * plans a model shares (--gpu-mem, --host-mem, --resident-layers, --slots,
+ * and --no-stream for the run commands): their option-table rows, their
+ * --help lines, how they fill ferry_model_options (FERRY_STREAMING_AUTO
+ * unless told otherwise), and what is printed before a streamed run.  One
  * place, so the four run commands and `ferry plan` agree on names, ranges
  * and messages.
  */
@@ -43,15 +44,16 @@ typedef struct cli_memory_flags {
  * with the command's other lines). */
 void cli_memory_flags_help(FILE *out, const char *heading, int name_width);
 
-/* Did the user give any of the four (streaming wanted)? */
+/* Did the user give any of the four budget flags? */
 int cli_memory_flags_given(const cli_memory_flags *flags);
 
 /* Fill `options` for a run command: --no-stream keeps every layer
  * resident; --resident-layers or --slots stream, as they ask
  * (FERRY_STREAMING_AUTO_BUDGETS); else FERRY_STREAMING_AUTO.  Either way
- * the budgets given, the others default to what is free less a margin.  --no-stream beside any of the four is a
- * usage error: returns CLI_USAGE after saying so, else CLI_OK.  The caller
- * sets stream_batch and stream_context to the sessions it will make. */
+ * with the budgets given; the others default to what is free less a
+ * margin.  --no-stream beside any of the four is a usage error: returns
+ * CLI_USAGE after saying so, else CLI_OK.  The caller sets stream_batch
+ * and stream_context to the sessions it will make. */
 int cli_memory_flags_apply(const char *command, const cli_memory_flags *flags,
                            ferry_model_options *options);
 
