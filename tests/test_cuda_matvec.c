@@ -1,7 +1,8 @@
 /*
- * test_cuda_matvec.c — the tensor-core matvec that serves 3..16 tokens
- * (kernels/cuda/matvec_tc.cu, and the older kernel kept behind
- * FERRY_CUDA_TC_MATVEC=old) against float64 sums of the same rounded
+ * test_cuda_matvec.c — the tensor-core matvecs that serve 3..16 tokens
+ * (the default in kernels/cuda/matmul.cu, also FERRY_CUDA_TC_MATVEC=old;
+ * the split-K cluster kernel of matvec_tc.cu behind =split and =rows32)
+ * against float64 sums of the same rounded
  * operands: K = 11008 (long rows, the split-K clusters), K = 4104 (not a
  * multiple of 32 or 64: partial chunks), 100 / 520 / 4096 / 4104 rows,
  * 3, 5, 12 and 16 tokens, bias, accumulate into a residual, x given as
@@ -200,10 +201,24 @@ static void use_kernel(const char *choice) {
     cr_assert_eq(ferry_backend_cuda_new(0, &gpu), FERRY_OK, "%s", ferry_last_error());
 }
 
+/* The kernel in matmul.cu takes cols % 32 == 0 only (other widths go to
+ * the float32 vector kernel, which does not round x). */
+static void check_cases_of_width32(const matvec_case *cases, size_t n_cases) {
+    for (size_t i = 0; i < n_cases; i++)
+        if (cases[i].cols % 32 == 0) check_cases(&cases[i], 1);
+}
+
 Test(cuda_matvec, default_kernel_matches_float64_at_llama_and_odd_shapes) {
     NEED_GPU();
     unsetenv("FERRY_CUDA_TC_MATVEC");
+    check_cases_of_width32(llama_and_odd_cases, N_LLAMA_AND_ODD_CASES);
+}
+
+Test(cuda_matvec, split_k_cluster_kernel_matches_float64) {
+    NEED_GPU();
+    use_kernel("split");
     check_cases(llama_and_odd_cases, N_LLAMA_AND_ODD_CASES);
+    unsetenv("FERRY_CUDA_TC_MATVEC");
 }
 
 Test(cuda_matvec, two_tiles_per_warp_variant_matches_float64) {
@@ -213,27 +228,23 @@ Test(cuda_matvec, two_tiles_per_warp_variant_matches_float64) {
     unsetenv("FERRY_CUDA_TC_MATVEC");
 }
 
-/* The older kernel takes cols % 32 == 0 only (other widths go to the
- * float32 vector kernel, which does not round x). */
 Test(cuda_matvec, old_kernel_stays_selectable_and_matches_float64) {
     NEED_GPU();
     use_kernel("old");
-    for (size_t i = 0; i < N_LLAMA_AND_ODD_CASES; i++)
-        if (llama_and_odd_cases[i].cols % 32 == 0) check_cases(&llama_and_odd_cases[i], 1);
+    check_cases_of_width32(llama_and_odd_cases, N_LLAMA_AND_ODD_CASES);
     unsetenv("FERRY_CUDA_TC_MATVEC");
 }
 
-/* Random shapes: every token count 3..16, rows and widths (cols % 8 == 0)
- * that land on every split and on partial row tiles. */
-Test(cuda_matvec, default_kernel_matches_float64_at_random_shapes) {
-    NEED_GPU();
-    unsetenv("FERRY_CUDA_TC_MATVEC");
+/* Random shapes: every token count 3..16, rows and widths (cols % 8 == 0,
+ * or % 32 for the default kernel) that land on every split and on partial
+ * row tiles. */
+static void check_random_shapes(int col_multiple) {
     for (int n = 3; n <= 16; n++) {
         const matvec_case shape = {
             .dtype = n % 2 ? FERRY_DTYPE_F16 : FERRY_DTYPE_BF16,
             .n = n,
             .rows = 1 + (int)(test_rand_u64(&rng) % 700),
-            .cols = 8 * (1 + (int)(test_rand_u64(&rng) % 700)),
+            .cols = col_multiple * (1 + (int)(test_rand_u64(&rng) % (5600 / col_multiple))),
             .with_bias = n % 3 == 0,
             .accumulate = n % 4 < 2,
         };
@@ -241,10 +252,21 @@ Test(cuda_matvec, default_kernel_matches_float64_at_random_shapes) {
     }
 }
 
-/* Same inputs, same bits: the split-K partial sums meet in a fixed order. */
-Test(cuda_matvec, repeated_calls_give_identical_bits) {
+Test(cuda_matvec, default_kernel_matches_float64_at_random_shapes) {
     NEED_GPU();
     unsetenv("FERRY_CUDA_TC_MATVEC");
+    check_random_shapes(32);
+}
+
+Test(cuda_matvec, split_k_cluster_kernel_matches_float64_at_random_shapes) {
+    NEED_GPU();
+    use_kernel("split");
+    check_random_shapes(8);
+    unsetenv("FERRY_CUDA_TC_MATVEC");
+}
+
+/* Same inputs, same bits: the split-K partial sums meet in a fixed order. */
+static void check_repeats_identical(void) {
     static const matvec_case shapes[] = {
         {FERRY_DTYPE_F16, 16, 4096, 11008, 1, 1},
         {FERRY_DTYPE_BF16, 7, 520, 4104, 0, 0},
@@ -261,4 +283,17 @@ Test(cuda_matvec, repeated_calls_give_identical_bits) {
         free(first);
         free_operands(&op);
     }
+}
+
+Test(cuda_matvec, repeated_calls_give_identical_bits) {
+    NEED_GPU();
+    unsetenv("FERRY_CUDA_TC_MATVEC");
+    check_repeats_identical();
+}
+
+Test(cuda_matvec, split_k_cluster_kernel_repeats_identical_bits) {
+    NEED_GPU();
+    use_kernel("split");
+    check_repeats_identical();
+    unsetenv("FERRY_CUDA_TC_MATVEC");
 }

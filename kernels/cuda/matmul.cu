@@ -5,9 +5,9 @@
  *   product in float32 registers, warp-shuffle reductions, bias and
  *   residual accumulate in the epilogue, so W is read from HBM once;
  * - 3..16 tokens: a tensor-core matvec (mma.sync, float32 accumulate),
- *   on sm_90+ the split-K cluster kernel of matvec_tc.cu, else (or with
- *   FERRY_CUDA_TC_MATVEC=old) the one here, split-K over 8 warps, x first
- *   rounded to the weight dtype;
+ *   by default the one here, split-K over 8 warps, x first rounded to the
+ *   weight dtype; on sm_90+ FERRY_CUDA_TC_MATVEC=split|rows32 picks the
+ *   split-K cluster kernel of matvec_tc.cu;
  * - more tokens (above state->matvec_max_tokens): cuBLAS (cublasGemmEx,
  *   float32 compute), x converted to the weight dtype in a scratch buffer.
  * Odd shapes or f32 weights fall back to a plain warp-per-row kernel.
