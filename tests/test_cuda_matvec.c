@@ -1,8 +1,8 @@
 /*
  * test_cuda_matvec.c — the tensor-core matvecs that serve 3..16 tokens
  * (the default in kernels/cuda/matmul.cu, also FERRY_CUDA_TC_MATVEC=old;
- * the split-K cluster kernel of matvec_tc.cu behind =split and =rows32)
- * against float64 sums of the same rounded
+ * the split-K cluster kernel of matvec_tc.cu behind =split and =rows32,
+ * its v2 kernel behind =v2 and =v2m2) against float64 sums of the same rounded
  * operands: K = 11008 (long rows, the split-K clusters), K = 4104 (not a
  * multiple of 32 or 64: partial chunks), 100 / 520 / 4096 / 4104 rows,
  * 3, 5, 12 and 16 tokens, bias, accumulate into a residual, x given as
@@ -214,13 +214,6 @@ Test(cuda_matvec, default_kernel_matches_float64_at_llama_and_odd_shapes) {
     check_cases_of_width32(llama_and_odd_cases, N_LLAMA_AND_ODD_CASES);
 }
 
-Test(cuda_matvec, split_k_cluster_kernel_matches_float64) {
-    NEED_GPU();
-    use_kernel("split");
-    check_cases(llama_and_odd_cases, N_LLAMA_AND_ODD_CASES);
-    unsetenv("FERRY_CUDA_TC_MATVEC");
-}
-
 Test(cuda_matvec, two_tiles_per_warp_variant_matches_float64) {
     NEED_GPU();
     use_kernel("rows32");
@@ -258,13 +251,6 @@ Test(cuda_matvec, default_kernel_matches_float64_at_random_shapes) {
     check_random_shapes(32);
 }
 
-Test(cuda_matvec, split_k_cluster_kernel_matches_float64_at_random_shapes) {
-    NEED_GPU();
-    use_kernel("split");
-    check_random_shapes(8);
-    unsetenv("FERRY_CUDA_TC_MATVEC");
-}
-
 /* Same inputs, same bits: the split-K partial sums meet in a fixed order. */
 static void check_repeats_identical(void) {
     static const matvec_case shapes[] = {
@@ -291,9 +277,27 @@ Test(cuda_matvec, repeated_calls_give_identical_bits) {
     check_repeats_identical();
 }
 
-Test(cuda_matvec, split_k_cluster_kernel_repeats_identical_bits) {
-    NEED_GPU();
-    use_kernel("split");
+/* A kernel of matvec_tc.cu (cols % 8 == 0): the Llama and odd shapes,
+ * random shapes, and the same bits when called again. */
+static void check_kernel_everywhere(const char *choice) {
+    use_kernel(choice);
+    check_cases(llama_and_odd_cases, N_LLAMA_AND_ODD_CASES);
+    check_random_shapes(8);
     check_repeats_identical();
     unsetenv("FERRY_CUDA_TC_MATVEC");
+}
+
+Test(cuda_matvec, split_k_cluster_kernel_matches_float64_and_repeats_its_bits) {
+    NEED_GPU();
+    check_kernel_everywhere("split");
+}
+
+Test(cuda_matvec, v2_kernel_matches_float64_and_repeats_its_bits) {
+    NEED_GPU();
+    check_kernel_everywhere("v2");
+}
+
+Test(cuda_matvec, v2_two_tiles_per_warp_matches_float64_and_repeats_its_bits) {
+    NEED_GPU();
+    check_kernel_everywhere("v2m2");
 }

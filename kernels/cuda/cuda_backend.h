@@ -95,7 +95,7 @@ typedef struct cuda_backend {
                                    FERRY_CUDA_PDL=0 turns it off); see launch.cuh */
     unsigned fuse;              /* CUDA_FUSE_* bits: which fusions run (FERRY_CUDA_FUSE) */
     int tc_matvec_kernel;       /* 3..16 tokens: 0 until first use, then which kernel
-                                   (matvec_tc.cu; FERRY_CUDA_TC_MATVEC=split|rows32) */
+                                   (matvec_tc.cu; FERRY_CUDA_TC_MATVEC=split|rows32|v2|v2m2) */
 } cuda_backend;
 
 static inline cuda_backend *cuda_state(ferry_backend *backend) {
@@ -135,13 +135,16 @@ ferry_status cuda_x16_prepare(cuda_backend *state, const float *x, const float *
 ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, const void *w,
                              ferry_dtype dtype, const float *bias, int n, int rows, int cols,
                              int accumulate);
-/* matvec_tc.cu: the split-K cluster kernel (sm_90+) behind the two calls
+/* matvec_tc.cu: the split-K cluster kernel or v2 (sm_90+) behind the two calls
  * above; x is float (x_is_f32, rounded to dtype while it is staged) or
  * dtype, 16-byte aligned.  _fits: f16/bf16, 3..16 tokens, cols % 8 == 0,
  * w 16-byte aligned. */
 int cuda_tc_matvec_fits(const void *w, ferry_dtype dtype, int n, int cols);
-/* Is it the kernel for 3..16 tokens (sm_90+, FERRY_CUDA_TC_MATVEC=split|rows32)? */
+/* Is it the kernel for 3..16 tokens (sm_90+, FERRY_CUDA_TC_MATVEC=split|rows32|v2|v2m2)?
+ * _takes_f32: does it take float x (split|rows32; v2 takes x rounded by
+ * cuda_x16_prepare only)? */
 int cuda_tc_matvec_enabled(const cuda_backend *state);
+int cuda_tc_matvec_takes_f32(const cuda_backend *state);
 ferry_status cuda_tc_matvec(cuda_backend *state, float *out, const void *x, int x_is_f32,
                             const void *w, ferry_dtype dtype, const float *bias, int n, int rows,
                             int cols, int accumulate);

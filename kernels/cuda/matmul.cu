@@ -7,7 +7,8 @@
  * - 3..16 tokens: a tensor-core matvec (mma.sync, float32 accumulate),
  *   by default the one here, split-K over 8 warps, x first rounded to the
  *   weight dtype; on sm_90+ FERRY_CUDA_TC_MATVEC=split|rows32 picks the
- *   split-K cluster kernel of matvec_tc.cu;
+ *   split-K cluster kernel of matvec_tc.cu, =v2|v2m2 its reworked copy of
+ *   the one here;
  * - more tokens (above state->matvec_max_tokens): cuBLAS (cublasGemmEx,
  *   float32 compute), x converted to the weight dtype in a scratch buffer.
  * Odd shapes or f32 weights fall back to a plain warp-per-row kernel.
@@ -507,7 +508,7 @@ ferry_status cuda_matmul(ferry_backend *backend, float *out, const float *x, con
     /* 3..16 tokens: tensor cores (x rounded to the weight dtype, as cuBLAS;
      * the cluster kernel rounds it as it stages it, no separate kernel) */
     if (cuda_mma_matvec_fits(state, w, dtype, n, cols)) {
-        if (cuda_tc_matvec_enabled(state) && ((uintptr_t)x % 16) == 0)
+        if (cuda_tc_matvec_takes_f32(state) && ((uintptr_t)x % 16) == 0)
             return cuda_tc_matvec(state, out, x, 1, w, dtype, bias, n, rows, cols, accumulate);
         const void *x16 = NULL;
         FERRY_TRY(cuda_x16_prepare(state, x, NULL, 0.0f, dtype, n, cols, &x16));

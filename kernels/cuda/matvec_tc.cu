@@ -82,10 +82,13 @@ template <> struct tc_mma<__nv_bfloat16> {
 };
 
 /* A weight load that streams past L1 (each byte is used once) and asks L2
- * for the neighbouring sectors the next chunks will want. */
+ * for the neighbouring sectors the next chunks will want.  Volatile, so
+ * the compiler keeps it in program order with pdl_wait (an asm without
+ * side effects may move anywhere); ptxas then needs a block boundary too
+ * (tc_v2_kernel's first ring). */
 __device__ __forceinline__ uint4 load_streaming(const uint4 *address) {
     uint4 v;
-    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(address));
     return v;
@@ -261,14 +264,202 @@ __global__ void __launch_bounds__(TC_THREADS, 4) tc_matvec_kernel(const tc_args 
 }
 #undef TC_LOAD_SLOT
 
+/* ------------------------------------------- v2: the original, deeper */
+
+/* FERRY_CUDA_TC_MATVEC=v2 (v2m2: two m16 tiles per warp): the kernel of
+ * matmul.cu, reworked for bytes in flight, no clusters.
+ * - A block of WARPS warps owns 16 * M_TILES rows; warp w takes chunks
+ *   w, w + WARPS, ... of 32 columns (the block reads a contiguous front of
+ *   every row), and the warps' partial sums are added in shared memory in
+ *   warp order (deterministic).  4096 rows: 256 blocks of 8 warps (v2), so
+ *   every SM holds about 16 warps in one wave.
+ * - Each lane keeps 16 weight loads of 16 bytes in flight, a register ring
+ *   of 16 / (2 M_TILES) chunks refilled as each chunk is consumed; the
+ *   first ring is issued before pdl_wait (weights are written by no kernel).
+ * - Weights bypass L1 (each byte is used once), so x (rounded to the weight
+ *   dtype once per step by the caller: half the bytes of float32) stays in
+ *   L1 for the blocks of an SM, which sweep K at about the same pace; x is
+ *   loaded V2_X_AHEAD chunks before its mma.
+ * - cols % 8 == 0: a lane whose 8 columns of a chunk lie past the end loads
+ *   zero weights and zero x (never memory past the rows).
+ * Fragments as tc_matvec_kernel: lane (g, q) holds columns 8q .. 8q+7 of a
+ * chunk for rows g and g + 8 (A) and token g (B), as two k16 steps. */
+enum { V2_LOADS_IN_FLIGHT = 16, V2_X_AHEAD = 2 };
+
+/* Chunk `chunk` (32 columns; 4 16-byte words) of the lane's weight rows. */
+template <int M_TILES>
+__device__ __forceinline__ void v2_load_weights(uint4 (&lo)[M_TILES], uint4 (&hi)[M_TILES],
+                                                const uint4 *const (&w_lo)[M_TILES],
+                                                const uint4 *const (&w_hi)[M_TILES], int chunk,
+                                                bool live) {
+#pragma unroll
+    for (int m = 0; m < M_TILES; m++) {
+        lo[m] = live ? load_streaming(w_lo[m] + 4 * chunk) : make_uint4(0, 0, 0, 0);
+        hi[m] = live ? load_streaming(w_hi[m] + 4 * chunk) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+/* Chunk `chunk` of the lane's token in each token tile (zero past n),
+ * through L1: the SM's other blocks read it too. */
+template <int N_TILES>
+__device__ __forceinline__ void v2_load_x(uint4 (&xv)[N_TILES],
+                                          const uint4 *const (&x_rows)[N_TILES],
+                                          const bool (&x_live)[N_TILES], int chunk, bool live) {
+#pragma unroll
+    for (int tile = 0; tile < N_TILES; tile++)
+        xv[tile] = live && x_live[tile] ? __ldg(x_rows[tile] + 4 * chunk)
+                                        : make_uint4(0, 0, 0, 0);
+}
+
+template <typename T, int N_TILES, int M_TILES, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, 512 / (WARPS * 32))
+    tc_v2_kernel(float *out, const T *x16, const T *w, const float *bias, int n, int rows,
+                 int cols, int accumulate) {
+    constexpr int TOKENS = 8 * N_TILES, BLOCK_ROWS = TC_TILE_ROWS * M_TILES;
+    constexpr int DEPTH = V2_LOADS_IN_FLIGHT / (2 * M_TILES); /* chunks in the ring */
+    static_assert(DEPTH % V2_X_AHEAD == 0, "x slots follow the ring slots");
+    __shared__ float partial[WARPS][BLOCK_ROWS][TOKENS];
+    pdl_trigger();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
+    const int row0 = blockIdx.x * BLOCK_ROWS;
+    /* rows past the end re-read the last row; their sums are dropped */
+    const uint4 *w_lo[M_TILES], *w_hi[M_TILES];
+#pragma unroll
+    for (int m = 0; m < M_TILES; m++) {
+        const int first = row0 + m * TC_TILE_ROWS + g;
+        const int row_lo = min(first, rows - 1), row_hi = min(first + 8, rows - 1);
+        w_lo[m] = reinterpret_cast<const uint4 *>(w + (size_t)row_lo * cols + 8 * q);
+        w_hi[m] = reinterpret_cast<const uint4 *>(w + (size_t)row_hi * cols + 8 * q);
+    }
+    /* the warp's i-th chunk is warp + WARPS i; it is the lane's iff its
+     * first column 32 (warp + WARPS i) + 8q is below cols */
+    const int lane_cols = cols - 8 * q;
+    const int n_chunks = (cols + TC_CHUNK_COLS - 1) / TC_CHUNK_COLS;
+    const int my_chunks = warp < n_chunks ? (n_chunks - warp + WARPS - 1) / WARPS : 0;
+
+    /* The first ring, issued before pdl_wait.  ptxas hoists
+     * griddepcontrol.wait to the top of its basic block, above any load
+     * there (SASS: ACQBULK before the LDGs); loads in a block of their own,
+     * behind a branch it does not if-convert, stay above it. */
+    uint4 lo[DEPTH][M_TILES], hi[DEPTH][M_TILES];
+    if (my_chunks > 0) {
+#pragma unroll
+        for (int u = 0; u < DEPTH; u++) {
+            const int chunk = warp + WARPS * u;
+            v2_load_weights<M_TILES>(lo[u], hi[u], w_lo, w_hi, chunk,
+                                     chunk * TC_CHUNK_COLS < lane_cols);
+        }
+    } else {
+#pragma unroll
+        for (int u = 0; u < DEPTH; u++)
+            v2_load_weights<M_TILES>(lo[u], hi[u], w_lo, w_hi, 0, false);
+    }
+    pdl_wait();
+
+    const uint4 *x_rows[N_TILES];
+    bool x_live[N_TILES];
+#pragma unroll
+    for (int tile = 0; tile < N_TILES; tile++) {
+        const int token = 8 * tile + g;
+        x_live[tile] = token < n;
+        const size_t at = (size_t)(x_live[tile] ? token : 0) * cols + 8 * q;
+        x_rows[tile] = reinterpret_cast<const uint4 *>(x16 + at);
+    }
+    uint4 xr[V2_X_AHEAD][N_TILES];
+#pragma unroll
+    for (int a = 0; a < V2_X_AHEAD; a++) {
+        const int chunk = warp + WARPS * a;
+        v2_load_x<N_TILES>(xr[a], x_rows, x_live, chunk, chunk * TC_CHUNK_COLS < lane_cols);
+    }
+    float c[M_TILES][N_TILES][4] = {};
+
+    /* the warp's chunk i sits in ring slot i % DEPTH and x slot
+     * i % V2_X_AHEAD; each slot is refilled with chunk i + DEPTH (or
+     * i + V2_X_AHEAD) as soon as it is consumed */
+    for (int base = 0; base < my_chunks; base += DEPTH) {
+#pragma unroll
+        for (int u = 0; u < DEPTH; u++) {
+            const int i = base + u;
+            if (i < my_chunks) {
+                const int a = u % V2_X_AHEAD;
+#pragma unroll
+                for (int m = 0; m < M_TILES; m++) {
+                    const uint32_t a0[4] = {lo[u][m].x, hi[u][m].x, lo[u][m].y, hi[u][m].y};
+                    const uint32_t a1[4] = {lo[u][m].z, hi[u][m].z, lo[u][m].w, hi[u][m].w};
+#pragma unroll
+                    for (int tile = 0; tile < N_TILES; tile++) {
+                        tc_mma<T>::run(c[m][tile], a0, xr[a][tile].x, xr[a][tile].y);
+                        tc_mma<T>::run(c[m][tile], a1, xr[a][tile].z, xr[a][tile].w);
+                    }
+                }
+                const int next_w = warp + WARPS * (i + DEPTH);
+                v2_load_weights<M_TILES>(lo[u], hi[u], w_lo, w_hi, next_w,
+                                         next_w * TC_CHUNK_COLS < lane_cols);
+                const int next_x = warp + WARPS * (i + V2_X_AHEAD);
+                v2_load_x<N_TILES>(xr[a], x_rows, x_live, next_x,
+                                   next_x * TC_CHUNK_COLS < lane_cols);
+            }
+        }
+    }
+
+    /* C fragment: c[0], c[1] = row g, tokens 2q, 2q+1; c[2], c[3] = row g+8 */
+#pragma unroll
+    for (int m = 0; m < M_TILES; m++)
+#pragma unroll
+        for (int tile = 0; tile < N_TILES; tile++) {
+            const int r = m * TC_TILE_ROWS + g, t = 8 * tile + 2 * q;
+            partial[warp][r][t] = c[m][tile][0];
+            partial[warp][r][t + 1] = c[m][tile][1];
+            partial[warp][r + 8][t] = c[m][tile][2];
+            partial[warp][r + 8][t + 1] = c[m][tile][3];
+        }
+    __syncthreads();
+    /* epilogue: the warps' split-K parts in warp order, bias, accumulate */
+    for (int e = threadIdx.x; e < BLOCK_ROWS * TOKENS; e += WARPS * 32) {
+        const int r = e / TOKENS, token = e % TOKENS, row = row0 + r;
+        if (token >= n || row >= rows) continue;
+        float sum = 0.0f;
+#pragma unroll
+        for (int k = 0; k < WARPS; k++) sum += partial[k][r][token];
+        if (bias) sum += bias[row];
+        float *dst = out + (size_t)token * rows + row;
+        *dst = accumulate ? *dst + sum : sum;
+    }
+}
+
+/* v2: 8 warps of one m16 tile; v2m2: 16 warps of two (32 rows a block). */
+template <typename T>
+static cudaError_t v2_launch(const cuda_backend *state, float *out, const void *x16,
+                             const void *w, const float *bias, int n, int rows, int cols,
+                             int accumulate, int two_tiles) {
+    void (*kernel)(float *, const T *, const T *, const float *, int, int, int, int);
+    if (two_tiles)
+        kernel = n <= 8 ? tc_v2_kernel<T, 1, 2, 16> : tc_v2_kernel<T, 2, 2, 16>;
+    else
+        kernel = n <= 8 ? tc_v2_kernel<T, 1, 1, 8> : tc_v2_kernel<T, 2, 1, 8>;
+    const int block_rows = two_tiles ? 2 * TC_TILE_ROWS : TC_TILE_ROWS;
+    const dim3 grid((unsigned)((rows + block_rows - 1) / block_rows));
+    return cuda_launch(state, kernel, grid, two_tiles ? 16 * 32 : 8 * 32, out,
+                       static_cast<const T *>(x16), static_cast<const T *>(w), bias, n, rows,
+                       cols, accumulate);
+}
+
 /* ------------------------------------------------------------- host */
 
 /* Which kernel serves 3..16 tokens, chosen once per backend (the choice
  * is a cache, hence the cast): the one in matmul.cu by default (faster on
  * the H100: 7.13 against 8.65 ms a batch-16 step), before Hopper, or with
  * FERRY_CUDA_TC_MATVEC=old; this file's on sm_90+ with
- * FERRY_CUDA_TC_MATVEC=split (one m16 tile per warp) or rows32 (two). */
-enum { TC_CHOICE_UNSET = 0, TC_CHOICE_ROWS16 = 1, TC_CHOICE_ROWS32 = 2, TC_CHOICE_OLD = 3 };
+ * FERRY_CUDA_TC_MATVEC=split (one m16 tile per warp), rows32 (two), v2
+ * (tc_v2_kernel, one m16 tile per warp, 8 warps) or v2m2 (two, 16 warps). */
+enum {
+    TC_CHOICE_UNSET = 0,
+    TC_CHOICE_ROWS16 = 1,
+    TC_CHOICE_ROWS32 = 2,
+    TC_CHOICE_OLD = 3,
+    TC_CHOICE_V2 = 4,
+    TC_CHOICE_V2M2 = 5,
+};
 
 static int tc_choice(const cuda_backend *state) {
     cuda_backend *cache = const_cast<cuda_backend *>(state);
@@ -284,6 +475,10 @@ static int tc_choice(const cuda_backend *state) {
             cache->tc_matvec_kernel = TC_CHOICE_ROWS16;
         else if (major >= 9 && choice && strcmp(choice, "rows32") == 0)
             cache->tc_matvec_kernel = TC_CHOICE_ROWS32;
+        else if (major >= 9 && choice && strcmp(choice, "v2") == 0)
+            cache->tc_matvec_kernel = TC_CHOICE_V2;
+        else if (major >= 9 && choice && strcmp(choice, "v2m2") == 0)
+            cache->tc_matvec_kernel = TC_CHOICE_V2M2;
         else
             cache->tc_matvec_kernel = TC_CHOICE_OLD;
     }
@@ -291,6 +486,11 @@ static int tc_choice(const cuda_backend *state) {
 }
 
 int cuda_tc_matvec_enabled(const cuda_backend *state) { return tc_choice(state) != TC_CHOICE_OLD; }
+
+int cuda_tc_matvec_takes_f32(const cuda_backend *state) {
+    const int choice = tc_choice(state);
+    return choice == TC_CHOICE_ROWS16 || choice == TC_CHOICE_ROWS32;
+}
 
 /* K columns per rank for a split, a multiple of the chunk. */
 static int tc_slice_cols(int cols, int split) {
@@ -409,6 +609,20 @@ ferry_status cuda_tc_matvec(cuda_backend *state, float *out, const void *x, int 
     args.cols = cols;
     args.accumulate = accumulate;
     cudaError_t error;
+    const int choice = tc_choice(state);
+    if (choice == TC_CHOICE_V2 || choice == TC_CHOICE_V2M2) {
+        if (x_is_f32)
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                              "tensor-core matvec v2: x must be rounded to the weight dtype");
+        const int two_tiles = choice == TC_CHOICE_V2M2;
+        if (dtype == FERRY_DTYPE_F16)
+            error = v2_launch<__half>(state, out, x, w, bias, n, rows, cols, accumulate, two_tiles);
+        else
+            error = v2_launch<__nv_bfloat16>(state, out, x, w, bias, n, rows, cols, accumulate,
+                                             two_tiles);
+        CUDA_TRY(error);
+        return FERRY_OK;
+    }
     if (dtype == FERRY_DTYPE_F16)
         error = x_is_f32 ? tc_launch_shape<__half, float>(state, args)
                          : tc_launch_shape<__half, __half>(state, args);
