@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/mma.cuh"
 
 /*
  * mma.sync.m16n8k16 fragments (PTX ISA, "Matrix fragments for mma.m16n8k16"),
@@ -80,21 +81,6 @@ __device__ __forceinline__ void load_matrix_x4_trans(uint32_t (&r)[4], uint32_t 
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(address));
-}
-
-/* d += a b (16x16 f16 times 16x8 f16, f32 accumulate) */
-__device__ __forceinline__ void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                            uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_f16x2(float low, float high) {
-    __half2 pair = __floats2half2_rn(low, high);
-    return *reinterpret_cast<uint32_t *>(&pair);
 }
 
 struct flash_args {
@@ -181,7 +167,7 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32, 3) flash_prefill_kernel(flas
                     if (token[i] < t_end)
                         pair = *reinterpret_cast<const float2 *>(q_row[i] + step * 16 + upper * 8);
                     q_frag[step][upper * 2 + i] =
-                        pack_f16x2(pair.x * args.q_factor, pair.y * args.q_factor);
+                        mma_m16n8k16<__half>::pack(pair.x * args.q_factor, pair.y * args.q_factor);
                 }
     }
 
@@ -241,8 +227,8 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32, 3) flash_prefill_kernel(flas
                     uint32_t b[4];
                     load_matrix_x4(b, shared_address(k_tile + (kb * 8 + lane % 8) * ROW_HALVES +
                                                      step * 16 + (lane / 8) * 8));
-                    mma_16x8x16(s[kb], q_frag[step], b[0], b[1]);
-                    mma_16x8x16(s[kb], q_frag[step + 1], b[2], b[3]);
+                    mma_m16n8k16<__half>::run(s[kb], q_frag[step], b[0], b[1]);
+                    mma_m16n8k16<__half>::run(s[kb], q_frag[step + 1], b[2], b[3]);
                 }
             }
             /* causal mask, only where some row of the warp ends inside the tile */
@@ -289,16 +275,16 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32, 3) flash_prefill_kernel(flas
                         p[half][e] = exp2f(s[2 * step + half][e] - reference[e / 2]);
                         row_sum[e / 2] += p[half][e];
                     }
-                const uint32_t a[4] = {pack_f16x2(p[0][0], p[0][1]), pack_f16x2(p[0][2], p[0][3]),
-                                       pack_f16x2(p[1][0], p[1][1]), pack_f16x2(p[1][2], p[1][3])};
+                const uint32_t a[4] = {mma_m16n8k16<__half>::pack(p[0][0], p[0][1]), mma_m16n8k16<__half>::pack(p[0][2], p[0][3]),
+                                       mma_m16n8k16<__half>::pack(p[1][0], p[1][1]), mma_m16n8k16<__half>::pack(p[1][2], p[1][3])};
                 const __half *v_rows = v_tile + (step * 16 + lane % 8 + ((lane / 8) % 2) * 8) * ROW_HALVES +
                                        (lane / 16) * 8;
 #pragma unroll
                 for (int b = 0; b < DIM_BLOCKS; b += 2) {
                     uint32_t v[4];
                     load_matrix_x4_trans(v, shared_address(v_rows + b * 8));
-                    mma_16x8x16(o[b], a, v[0], v[1]);
-                    mma_16x8x16(o[b + 1], a, v[2], v[3]);
+                    mma_m16n8k16<__half>::run(o[b], a, v[0], v[1]);
+                    mma_m16n8k16<__half>::run(o[b + 1], a, v[2], v[3]);
                 }
             }
         }

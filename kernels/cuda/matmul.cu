@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mma.cuh"
 
 enum {
     MATVEC_THREADS = 128,               /* 4 warps */
@@ -223,26 +224,6 @@ static cudaError_t launch_matvec(const cuda_backend *state, float *out, const fl
  * two mma steps (columns 8q+0..3, then 8q+4..7) for A and B alike. */
 enum { MMA_WARPS = 8, MMA_ROWS = 16, MMA_CHUNK_COLS = 32, MMA_UNROLL = 4 };
 
-template <typename T> struct mma_op;
-template <> struct mma_op<__half> {
-    static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0,
-                                               uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-};
-template <> struct mma_op<__nv_bfloat16> {
-    static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0,
-                                               uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-};
-
 /* N_TILES tiles of 8 tokens (1: n <= 8, 2: n <= 16).  cols % 32 == 0;
  * W and x16 16-byte aligned. */
 template <typename T, int N_TILES>
@@ -305,8 +286,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
             const uint32_t a1[4] = {lo[u].z, hi[u].z, lo[u].w, hi[u].w};
 #pragma unroll
             for (int tile = 0; tile < N_TILES; tile++) {
-                mma_op<T>::run(c[tile], a0, xv[u][tile].x, xv[u][tile].y);
-                mma_op<T>::run(c[tile], a1, xv[u][tile].z, xv[u][tile].w);
+                mma_m16n8k16<T>::run(c[tile], a0, xv[u][tile].x, xv[u][tile].y);
+                mma_m16n8k16<T>::run(c[tile], a1, xv[u][tile].z, xv[u][tile].w);
             }
         }
     }
@@ -318,8 +299,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
 #pragma unroll
         for (int tile = 0; tile < N_TILES; tile++) {
             const uint4 xv = x_live[tile] ? __ldg(x_rows[tile] + at) : zero;
-            mma_op<T>::run(c[tile], a0, xv.x, xv.y);
-            mma_op<T>::run(c[tile], a1, xv.z, xv.w);
+            mma_m16n8k16<T>::run(c[tile], a0, xv.x, xv.y);
+            mma_m16n8k16<T>::run(c[tile], a1, xv.z, xv.w);
         }
     }
     /* C fragment: c[0], c[1] = rows g, tokens 2q, 2q+1; c[2], c[3] = row g+8 */

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mma.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -53,34 +54,6 @@ struct tc_args {
     int accumulate;
 };
 
-template <typename T> struct tc_mma;
-template <> struct tc_mma<__half> {
-    static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0,
-                                               uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __half2 h = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&h);
-    }
-};
-template <> struct tc_mma<__nv_bfloat16> {
-    static __device__ __forceinline__ void run(float *c, const uint32_t *a, uint32_t b0,
-                                               uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&h);
-    }
-};
-
 /* A weight load that streams past L1 (each byte is used once) and asks L2
  * for the neighbouring sectors the next chunks will want.  Volatile, so
  * the compiler keeps it in program order with pdl_wait (an asm without
@@ -101,10 +74,10 @@ template <typename T> struct x_group<T, float> {
     static __device__ __forceinline__ uint4 narrow(const uint4 (&raw)[WORDS]) {
         const uint4 a = raw[0], b = raw[1];
         return make_uint4(
-            tc_mma<T>::pack(__uint_as_float(a.x), __uint_as_float(a.y)),
-            tc_mma<T>::pack(__uint_as_float(a.z), __uint_as_float(a.w)),
-            tc_mma<T>::pack(__uint_as_float(b.x), __uint_as_float(b.y)),
-            tc_mma<T>::pack(__uint_as_float(b.z), __uint_as_float(b.w)));
+            mma_m16n8k16<T>::pack(__uint_as_float(a.x), __uint_as_float(a.y)),
+            mma_m16n8k16<T>::pack(__uint_as_float(a.z), __uint_as_float(a.w)),
+            mma_m16n8k16<T>::pack(__uint_as_float(b.x), __uint_as_float(b.y)),
+            mma_m16n8k16<T>::pack(__uint_as_float(b.z), __uint_as_float(b.w)));
     }
 };
 template <typename T> struct x_group<T, T> {
@@ -215,8 +188,8 @@ __global__ void __launch_bounds__(TC_THREADS, 4) tc_matvec_kernel(const tc_args 
                     for (int m = 0; m < M_TILES; m++) {
                         const uint32_t a0[4] = {lo[u][m].x, hi[u][m].x, lo[u][m].y, hi[u][m].y};
                         const uint32_t a1[4] = {lo[u][m].z, hi[u][m].z, lo[u][m].w, hi[u][m].w};
-                        tc_mma<T>::run(c[m][tile], a0, xv.x, xv.y);
-                        tc_mma<T>::run(c[m][tile], a1, xv.z, xv.w);
+                        mma_m16n8k16<T>::run(c[m][tile], a0, xv.x, xv.y);
+                        mma_m16n8k16<T>::run(c[m][tile], a1, xv.z, xv.w);
                     }
                 }
                 TC_LOAD_SLOT(u, chunk + DEPTH);
@@ -388,8 +361,8 @@ __global__ void __launch_bounds__(WARPS * 32, 512 / (WARPS * 32))
                     const uint32_t a1[4] = {lo[u][m].z, hi[u][m].z, lo[u][m].w, hi[u][m].w};
 #pragma unroll
                     for (int tile = 0; tile < N_TILES; tile++) {
-                        tc_mma<T>::run(c[m][tile], a0, xr[a][tile].x, xr[a][tile].y);
-                        tc_mma<T>::run(c[m][tile], a1, xr[a][tile].z, xr[a][tile].w);
+                        mma_m16n8k16<T>::run(c[m][tile], a0, xr[a][tile].x, xr[a][tile].y);
+                        mma_m16n8k16<T>::run(c[m][tile], a1, xr[a][tile].z, xr[a][tile].w);
                     }
                 }
                 const int next_w = warp + WARPS * (i + DEPTH);
