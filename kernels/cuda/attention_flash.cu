@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/cuda_backend.h"
-#include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/warp.cuh"
 
 /*
  * mma.sync.m16n8k16 fragments (PTX ISA, "Matrix fragments for mma.m16n8k16"),

@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/warp.cuh"
 
 enum { ROW_THREADS = 1024 }; /* a row of 4096 in one pass of 4 per thread */
 
@@ -21,8 +22,7 @@ __device__ __forceinline__ float load_weight(const void *data, ferry_dtype dtype
 /* Sum over a block of ROW_THREADS threads (all threads get the total). */
 __device__ float block_sum(float value) {
     __shared__ float warp_sums[ROW_THREADS / 32];
-    for (int offset = 16; offset > 0; offset >>= 1)
-        value += __shfl_xor_sync(0xffffffffu, value, offset);
+    value = warp_sum(value);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (lane == 0) warp_sums[warp] = value;
     __syncthreads();

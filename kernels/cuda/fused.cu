@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/warp.cuh"
 
 enum {
     MULTI_THREADS = 128,        /* 4 warps, one row (or row pair) each */
@@ -64,13 +65,6 @@ typedef struct multi_args {
     float norm_eps;
     int n, cols;
 } multi_args;
-
-__device__ __forceinline__ float lane_sum(float value) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1)
-        value += __shfl_xor_sync(0xffffffffu, value, offset);
-    return value;
-}
 
 /* Eight x values x[c .. c+8) of one token (times w_norm[c .. c+8) when
  * NORM, their squares added to *sum_squares). */
@@ -138,7 +132,7 @@ __device__ __forceinline__ void stage_x(float4 *staged, const float *x, const fl
     }
 #pragma unroll
     for (int t = 0; t < TOKENS; t++) {
-        const float warp_total = lane_sum(partial[t]);
+        const float warp_total = warp_sum(partial[t]);
         if (threadIdx.x % 32 == 0) warp_sums[t][threadIdx.x / 32] = warp_total;
     }
     __syncthreads();
@@ -248,7 +242,7 @@ __device__ __forceinline__ void stream_rows(const uint4 *const *w_rows, const fl
 template <int MODE>
 __device__ __forceinline__ float norm_scale(float sum_squares, int cols, float eps) {
     if (MODE == NORM_NONE) return 1.0f;
-    const float total = MODE == NORM_PER_WARP ? lane_sum(sum_squares) : sum_squares;
+    const float total = MODE == NORM_PER_WARP ? warp_sum(sum_squares) : sum_squares;
     return 1.0f / sqrtf(total / (float)cols + eps);
 }
 
@@ -282,7 +276,7 @@ __global__ void MULTI_BOUNDS(MODE) stacked_matvec_kernel(multi_args args) {
 #pragma unroll
     for (int t = 0; t < TOKENS; t++) {
         const float scale = norm_scale<MODE>(sum_squares[t], args.cols, args.norm_eps);
-        float sum = lane_sum(acc[0][t]);
+        float sum = warp_sum(acc[0][t]);
         if (threadIdx.x % 32 == 0 && t < args.n) out[(size_t)t * rows_m + row] = sum * scale + bias;
     }
 }
@@ -309,7 +303,7 @@ __global__ void MULTI_BOUNDS(MODE) gate_up_matvec_kernel(multi_args args) {
 #pragma unroll
     for (int t = 0; t < TOKENS; t++) {
         const float scale = norm_scale<MODE>(sum_squares[t], args.cols, args.norm_eps);
-        float g = lane_sum(acc[0][t]) * scale, u = lane_sum(acc[1][t]) * scale;
+        float g = warp_sum(acc[0][t]) * scale, u = warp_sum(acc[1][t]) * scale;
         if (threadIdx.x % 32 == 0 && t < args.n)
             args.outs[0][(size_t)t * args.rows[0] + row] = g / (1.0f + expf(-g)) * u;
     }

@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/launch.cuh"
-#include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/warp.cuh"
 
 enum {
     MATVEC_THREADS = 128,               /* 4 warps */
@@ -51,13 +51,6 @@ __device__ __forceinline__ void widen8(const uint4 packed, __nv_bfloat16, float 
         w[2 * i] = f.x;
         w[2 * i + 1] = f.y;
     }
-}
-
-__device__ __forceinline__ float warp_sum(float value) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1)
-        value += __shfl_xor_sync(0xffffffffu, value, offset);
-    return value;
 }
 
 /* acc[t][r] += x[t][c .. c+8) · wf[r] for the tile's n tokens: one 8-wide
@@ -373,8 +366,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
     T *result = dst + (size_t)blockIdx.x * dim;
     float sum_squares = 0.0f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) sum_squares += row[i] * row[i];
-    for (int offset = 16; offset > 0; offset >>= 1)
-        sum_squares += __shfl_xor_sync(0xffffffffu, sum_squares, offset);
+    sum_squares = warp_sum(sum_squares);
     if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum_squares;
     __syncthreads();
     float total = 0.0f;

@@ -26,7 +26,7 @@
 #include <string.h>
 
 #include "kernels/cuda/launch.cuh"
-#include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/warp.cuh"
 
 namespace cg = cooperative_groups;
 

@@ -1,5 +1,7 @@
 /*
- * mma.cuh — the one warp-level tensor-core step the CUDA kernels share:
+ * warp.cuh — the warp-level pieces the CUDA kernels share: the sum of a
+ * value over a warp's 32 lanes (butterfly shuffles: every lane gets the
+ * total, added in the same order on every lane), and the tensor-core step
  * D += A·B for a 16x16 A (row-major) and a 16x8 B (column-major) in f16 or
  * bf16 with f32 accumulation (mma.sync m16n8k16), and the packing of two
  * floats into the 32-bit register pair those operands travel in.  The
@@ -10,6 +12,13 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+
+__device__ __forceinline__ float warp_sum(float value) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1)
+        value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
+}
 
 template <typename T> struct mma_m16n8k16;
 
