@@ -19,19 +19,6 @@ __device__ __forceinline__ float load_weight(const void *data, ferry_dtype dtype
     }
 }
 
-/* Sum over a block of ROW_THREADS threads (all threads get the total). */
-__device__ float block_sum(float value) {
-    __shared__ float warp_sums[ROW_THREADS / 32];
-    value = warp_sum(value);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) warp_sums[warp] = value;
-    __syncthreads();
-    float total = 0.0f;
-    for (int w = 0; w < ROW_THREADS / 32; w++) total += warp_sums[w];
-    __syncthreads(); /* warp_sums may be reused by the next call */
-    return total;
-}
-
 /* --------------------------------------------------------------- embed */
 
 /* One block per token: out[t] = table[token[t]]. */
@@ -72,7 +59,7 @@ __global__ void rmsnorm_kernel(float *out, const float *x, const float *weight, 
     float *result = out + (size_t)blockIdx.x * dim;
     float sum_squares = 0.0f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) sum_squares += row[i] * row[i];
-    float total = block_sum(sum_squares);
+    float total = block_sum<ROW_THREADS>(sum_squares);
     float inv_rms = 1.0f / sqrtf(total / (float)dim + eps);
     for (int i = threadIdx.x; i < dim; i += blockDim.x) result[i] = weight[i] * (row[i] * inv_rms);
 }

@@ -359,18 +359,13 @@ enum { NORM_THREADS = 1024 };
 template <typename T>
 __global__ void __launch_bounds__(NORM_THREADS)
     norm_convert_kernel(T *dst, const float *x, const float *weight, int dim, float eps) {
-    __shared__ float warp_sums[NORM_THREADS / 32];
     pdl_trigger();
     pdl_wait();
     const float *row = x + (size_t)blockIdx.x * dim;
     T *result = dst + (size_t)blockIdx.x * dim;
     float sum_squares = 0.0f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) sum_squares += row[i] * row[i];
-    sum_squares = warp_sum(sum_squares);
-    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum_squares;
-    __syncthreads();
-    float total = 0.0f;
-    for (int w = 0; w < NORM_THREADS / 32; w++) total += warp_sums[w];
+    const float total = block_sum<NORM_THREADS>(sum_squares);
     const float inv_rms = 1.0f / sqrtf(total / (float)dim + eps);
     for (int i = threadIdx.x; i < dim; i += blockDim.x)
         result[i] = from_float<T>(weight[i] * (row[i] * inv_rms));

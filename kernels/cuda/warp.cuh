@@ -1,7 +1,8 @@
 /*
  * warp.cuh — the warp-level pieces the CUDA kernels share: the sum of a
  * value over a warp's 32 lanes (butterfly shuffles: every lane gets the
- * total, added in the same order on every lane), and the tensor-core step
+ * total, added in the same order on every lane) and over a block, and
+ * the tensor-core step
  * D += A·B for a 16x16 A (row-major) and a 16x8 B (column-major) in f16 or
  * bf16 with f32 accumulation (mma.sync m16n8k16), and the packing of two
  * floats into the 32-bit register pair those operands travel in.  The
@@ -18,6 +19,20 @@ __device__ __forceinline__ float warp_sum(float value) {
     for (int offset = 16; offset > 0; offset >>= 1)
         value += __shfl_xor_sync(0xffffffffu, value, offset);
     return value;
+}
+
+/* The sum of a value over a block of THREADS threads (a multiple of 32):
+ * warp sums, then those added in warp order; every thread gets the total.
+ * Called by all threads of the block. */
+template <int THREADS> __device__ __forceinline__ float block_sum(float value) {
+    __shared__ float warp_sums[THREADS / 32];
+    value = warp_sum(value);
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = value;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < THREADS / 32; w++) total += warp_sums[w];
+    __syncthreads(); /* warp_sums may be reused by the next call */
+    return total;
 }
 
 template <typename T> struct mma_m16n8k16;
