@@ -96,26 +96,29 @@ static void free_scratch(ferry_backend *backend, ferry_scratch *scratch) {
 
 /* ------------------------------------------------------------ KV cache */
 
-/* One K or V array where the session's caches live: backend memory, or
- * host memory the device maps (a backend without that hook, the CPU, has
- * only host memory: alloc). */
+/* `bytes` of host memory the device maps when `mapped` and the backend
+ * has that hook, else backend memory (a backend without the hook, the
+ * CPU, has only host memory). */
+static ferry_status mapped_alloc(ferry_backend *backend, int mapped, size_t bytes, void **out) {
+    return mapped && backend->ops->host_mapped_alloc
+               ? backend->ops->host_mapped_alloc(backend, bytes, out)
+               : backend->ops->alloc(backend, bytes, out);
+}
+
+static void mapped_free(ferry_backend *backend, int mapped, void *ptr) {
+    if (!ptr) return;
+    if (mapped && backend->ops->host_mapped_free) backend->ops->host_mapped_free(backend, ptr);
+    else backend->ops->free(backend, ptr);
+}
+
+/* One K or V array where the session's caches live. */
 static ferry_status kv_alloc(ferry_session *session, size_t bytes, const char *what, void **out) {
-    ferry_backend *backend = session->model->backend;
-    ferry_status status = session->kv_in_host_memory && backend->ops->host_mapped_alloc
-                              ? backend->ops->host_mapped_alloc(backend, bytes, out)
-                              : backend->ops->alloc(backend, bytes, out);
+    ferry_status status =
+        mapped_alloc(session->model->backend, session->kv_in_host_memory, bytes, out);
     if (status != FERRY_OK)
         return ferry_fail_prefix(status, "session: %s (%zu bytes%s): ", what, bytes,
                                  session->kv_in_host_memory ? ", pinned host memory" : "");
     return FERRY_OK;
-}
-
-static void kv_free(ferry_session *session, void *ptr) {
-    ferry_backend *backend = session->model->backend;
-    if (!ptr) return;
-    if (session->kv_in_host_memory && backend->ops->host_mapped_free)
-        backend->ops->host_mapped_free(backend, ptr);
-    else backend->ops->free(backend, ptr);
 }
 
 /* K and V per layer: [max_batch, max_context, n_kv_heads, head_dim] each.
@@ -161,8 +164,10 @@ static ferry_status alloc_kv(ferry_session *session) {
 static void free_kv(ferry_session *session) {
     if (session->kv)
         for (int layer = 0; layer < session->model->config.n_layers; layer++) {
-            kv_free(session, session->kv[layer].k);
-            kv_free(session, session->kv[layer].v);
+            mapped_free(session->model->backend, session->kv_in_host_memory,
+                        session->kv[layer].k);
+            mapped_free(session->model->backend, session->kv_in_host_memory,
+                        session->kv[layer].v);
         }
     free(session->kv);
     session->kv = NULL;
@@ -199,19 +204,11 @@ ferry_status ferry_attention_place_from_env(ferry_attention_place *out) {
  * memory (the CPU's is host memory). */
 static ferry_status host_buffer(ferry_backend *backend, size_t bytes, const char *what,
                                 void **out) {
-    ferry_status status = backend->ops->host_mapped_alloc
-                              ? backend->ops->host_mapped_alloc(backend, bytes, out)
-                              : backend->ops->alloc(backend, bytes, out);
+    ferry_status status = mapped_alloc(backend, 1, bytes, out);
     if (status != FERRY_OK)
         return ferry_fail_prefix(status, "session: %s for attention on the host (%zu bytes): ",
                                  what, bytes);
     return FERRY_OK;
-}
-
-static void host_buffer_free(ferry_backend *backend, void *ptr) {
-    if (!ptr) return;
-    if (backend->ops->host_mapped_free) backend->ops->host_mapped_free(backend, ptr);
-    else backend->ops->free(backend, ptr);
 }
 
 /* Decide where the session attends and, for the host, make its threads
@@ -249,8 +246,8 @@ static ferry_status setup_host_attention(ferry_session *session) {
 
 static void free_host_attention(ferry_session *session) {
     ferry_backend *backend = session->model->backend;
-    host_buffer_free(backend, session->host_q);
-    host_buffer_free(backend, session->host_attention);
+    mapped_free(backend, 1, session->host_q);
+    mapped_free(backend, 1, session->host_attention);
     if (session->host_threads && session->host_threads != backend)
         ferry_backend_free(session->host_threads);
     session->host_q = session->host_attention = NULL;
