@@ -87,9 +87,9 @@ ferry_status offload_shape_from_layout(const ferry_layout *layout, size_t kv_ele
 
 /* The report's line on the profile: used, absent, or why it was not. */
 static void describe_profile(int used, char *note, size_t size) {
+    if (note[0]) return; /* the loader's warning says it */
     char path[1024];
     offload_profile_path(path, sizeof path);
-    if (note[0]) return; /* the loader's warning says it */
     if (used) snprintf(note, size, "profile %s", path);
     else snprintf(note, size, "no profile at %s (`ferry iobench --save` makes one)", path);
 }
