@@ -91,6 +91,18 @@ static ferry_batch_request waiting_pop(waiting_heap *heap) {
     return top;
 }
 
+/* Read requests from the caller until `window` wait or it has no more
+ * (*more_requests 0). */
+static ferry_status read_ahead(const ferry_batch_callbacks *callbacks, int window,
+                               waiting_heap *waiting, int *more_requests) {
+    while (*more_requests && waiting->count < window) {
+        ferry_batch_request request;
+        *more_requests = callbacks->next_request(callbacks->user, &request);
+        if (*more_requests) FERRY_TRY(waiting_push(waiting, &request));
+    }
+    return FERRY_OK;
+}
+
 /* ---------------------------------------------------------------- slots */
 
 static ferry_status deliver(const ferry_batch_callbacks *callbacks, ferry_batch_stats *stats,
@@ -204,11 +216,7 @@ ferry_status ferry_batch_run(ferry_session *session, const ferry_batch_options *
         /* admit waiting requests into free slots, the longest first */
         for (int seq = 0; seq < max_batch && !stopping; seq++) {
             while (!slots[seq].active) {
-                while (more_requests && waiting.count < window) {
-                    ferry_batch_request request;
-                    more_requests = callbacks->next_request(callbacks->user, &request);
-                    if (more_requests) FERRY_TRY_GOTO(waiting_push(&waiting, &request));
-                }
+                FERRY_TRY_GOTO(read_ahead(callbacks, window, &waiting, &more_requests));
                 if (waiting.count == 0) break;
                 ferry_batch_request request = waiting_pop(&waiting);
                 FERRY_TRY_GOTO(admit(session, seq, &slots[seq], &request, callbacks, stats));
