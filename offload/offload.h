@@ -146,6 +146,11 @@ typedef struct offload_plan {
  * copies of the streamed layers after it.  1: resident. */
 int offload_layer_spread_resident(int layer, int n_resident, int n_layers);
 
+/* Tokens one pass through the layers carries: every chunk of a call of up
+ * to `tokens` tokens, at most `limit` of them (0: no limit), in whole
+ * chunks of `chunk` (the plan's budget and the session's scratch). */
+uint64_t offload_tokens_carried(uint64_t tokens, uint64_t limit, uint64_t chunk);
+
 /* Place the model for the request.  Never exceeds either budget; when the
  * budgets cannot hold even the minimum (globals, activations, the slot ring
  * and the KV cache or its per-layer staging) fails with

@@ -155,13 +155,8 @@ static uint64_t spread_bytes(const offload_model_shape *shape, int n_resident) {
     return bytes;
 }
 
-/* Tokens a pass through the layers carries: every chunk of a call of up
- * to `tokens` tokens, in whole chunks of `chunk` (tokens in flight), up to
- * the shape's limit. */
-static uint64_t tokens_carried(const offload_model_shape *shape, uint64_t tokens, uint64_t chunk) {
-    uint64_t carried = tokens;
-    if (shape->max_tokens_carried > 0 && carried > (uint64_t)shape->max_tokens_carried)
-        carried = (uint64_t)shape->max_tokens_carried;
+uint64_t offload_tokens_carried(uint64_t tokens, uint64_t limit, uint64_t chunk) {
+    uint64_t carried = limit > 0 && tokens > limit ? limit : tokens;
     uint64_t partial = chunk ? carried % chunk : 0;
     return partial ? add_sat(carried, chunk - partial) : carried;
 }
@@ -181,12 +176,15 @@ static ferry_status place(const offload_model_shape *shape, const offload_reques
     uint64_t tokens_in_flight = tokens;
     if (shape->max_tokens_per_pass > 0 && tokens_in_flight > (uint64_t)shape->max_tokens_per_pass)
         tokens_in_flight = (uint64_t)shape->max_tokens_per_pass;
+    const uint64_t carry_limit =
+        shape->max_tokens_carried > 0 ? (uint64_t)shape->max_tokens_carried : 0;
     uint64_t kv_layer = mul_sat(tokens, shape->kv_bytes_per_token_layer);
     uint64_t kv_total = mul_sat(kv_layer, (uint64_t)n_layers);
     uint64_t activations = add_sat(
         add_sat(shape->activation_fixed_bytes,
                 mul_sat(tokens_in_flight, shape->activation_bytes_per_token)),
-        mul_sat(tokens_carried(shape, tokens, tokens_in_flight), shape->carried_bytes_per_token));
+        mul_sat(offload_tokens_carried(tokens, carry_limit, tokens_in_flight),
+                shape->carried_bytes_per_token));
     uint64_t base = add_sat(shape->globals_bytes, activations);
     const uint64_t gpu_budget = request->gpu_mem_bytes, host_budget = request->host_mem_bytes;
 

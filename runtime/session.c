@@ -30,10 +30,8 @@ int ferry_zigzag_tokens(void) {
  * zig-zag limit (no call holds more than max_batch x max_context tokens). */
 static int carried_tokens(const ferry_model *model, int chunk_tokens, uint64_t total_tokens) {
     if (!model->stream) return chunk_tokens;
-    uint64_t limit = (uint64_t)ferry_zigzag_tokens();
-    uint64_t carried = total_tokens < limit ? total_tokens : limit;
-    return (int)((carried + (uint64_t)chunk_tokens - 1) / (uint64_t)chunk_tokens *
-                 (uint64_t)chunk_tokens);
+    return (int)offload_tokens_carried(total_tokens, (uint64_t)ferry_zigzag_tokens(),
+                                       (uint64_t)chunk_tokens);
 }
 
 /* Allocate `count` elements of `element_bytes` in backend memory, checking
