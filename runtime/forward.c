@@ -126,15 +126,14 @@ typedef struct layer_pass {
     int n_tokens;
 } layer_pass;
 
-/* Fill the host arrays with the next pass's chunks: one for a resident
- * model, as many whole chunks as the carried arrays hold for a streamed
- * one.  Returns the pass's number of tokens (0: the batch is done). */
+/* Fill the host arrays with the next pass's chunks: as many whole chunks
+ * as the carried arrays hold (one for a resident model: session.c carries
+ * one chunk).  Returns the pass's number of tokens (0: the batch is done). */
 static int next_pass(ferry_session *session, const ferry_batch *batch, ferry_logits_mode mode,
                      batch_cursor *cursor) {
     const int chunk = session->chunk_tokens;
-    const int capacity = session->model->stream ? session->carried_tokens : chunk;
     int n = 0;
-    while (n + chunk <= capacity) {
+    while (n + chunk <= session->carried_tokens) {
         int n_chunk = next_chunk(session, batch, mode, cursor, n);
         n += n_chunk;
         if (n_chunk < chunk) break; /* the batch ran out */
