@@ -65,6 +65,10 @@ float test_rand_uniform(uint64_t *state, float lo, float hi) {
     return (float)(lo + (hi - lo) * unit);
 }
 
+int test_rand_int(uint64_t *state, int lo, int hi) {
+    return lo + (int)(test_rand_u64(state) % (uint64_t)(hi - lo + 1));
+}
+
 void test_fill_uniform(uint64_t *state, float *data, size_t n, float lo, float hi) {
     for (size_t i = 0; i < n; i++) data[i] = test_rand_uniform(state, lo, hi);
 }

@@ -24,6 +24,8 @@ uint64_t test_seed(void);
 uint64_t test_rand_u64(uint64_t *state);
 /* Uniform in [lo, hi). */
 float test_rand_uniform(uint64_t *state, float lo, float hi);
+/* A whole number in [lo, hi], both included. */
+int test_rand_int(uint64_t *state, int lo, int hi);
 void test_fill_uniform(uint64_t *state, float *data, size_t n, float lo, float hi);
 
 /* Run a shell command line; returns its exit status (-1 if it did not exit
