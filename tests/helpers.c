@@ -113,6 +113,21 @@ int test_write_file(const char *path, const void *data, size_t bytes) {
 
 const char *test_cli(void) { return FERRY_CLI; }
 
+int test_cli_capture(const char *dir, const char *env, const char *arguments, char **out,
+                     char **err) {
+    size_t bytes = (env ? strlen(env) : 0) + strlen(test_cli()) + strlen(arguments) + 8;
+    char *command = malloc(bytes);
+    snprintf(command, bytes, "%s%s'%s' %s", env ? env : "", env ? " " : "", test_cli(), arguments);
+    char *out_path = test_path(dir, "cli.stdout"), *err_path = test_path(dir, "cli.stderr");
+    int status = test_run(command, out_path, err_path);
+    if (out) *out = test_read_file(out_path, NULL);
+    if (err) *err = test_read_file(err_path, NULL);
+    free(out_path);
+    free(err_path);
+    free(command);
+    return status;
+}
+
 ferry_status test_cuda_backend_with(const char *name, const char *value, ferry_backend **out) {
     setenv(name, value, 1);
     ferry_status status = ferry_backend_cuda_new(0, out);

@@ -39,6 +39,13 @@ int test_write_file(const char *path, const void *data, size_t bytes);
 /* Path of the built `ferry` program. */
 const char *test_cli(void);
 
+/* Run `ferry ARGUMENTS`, after the shell text `env` when not NULL (such
+ * as "NAME=value" or "unset NAME;"), with stdout and stderr sent to files
+ * in `dir` and read back into *out and *err (malloc'd, NULL if unreadable;
+ * a NULL out or err leaves that one unread).  Returns what test_run does. */
+int test_cli_capture(const char *dir, const char *env, const char *arguments, char **out,
+                     char **err);
+
 /* ferry_backend_cuda_new(0, out) with the environment variable `name` set
  * to `value` for that call only (the backend reads its switches, such as
  * FERRY_CUDA_FUSE, when it is made). */
