@@ -343,7 +343,7 @@ int cmd_batch(int argc, char **argv) {
                 (unsigned long long)run.stats.n_passes,
                 (double)run.stats.n_passes / (double)run.stats.n_steps);
     fputs(")\n", stderr);
-    cli_print_stream_report(command, model, "streaming plan and measured passes");
+    cli_print_stream_report(stderr, command, model, "streaming plan and measured passes");
     if (status == FERRY_ERR_CANCELLED) {
         rc = cli_fail(command, FERRY_OK, "stopped by a signal after %zu of %zu requests; rerun "
                       "with the same --output to finish", run.n_done, run.n_requests);

@@ -105,15 +105,18 @@ void cli_print_placement(const char *command, const ferry_model *model,
             command, need, why, gpu, host);
 }
 
-void cli_print_stream_report(const char *command, const ferry_model *model, const char *title) {
+void cli_print_stream_report(FILE *out, const char *command, const ferry_model *model,
+                             const char *title) {
     size_t needed = ferry_model_stream_report(model, NULL, 0);
     if (needed == 0) return;
     char *report = malloc(needed + 1);
     if (!report) {
-        fprintf(stderr, "ferry %s: %s: out of memory for the report\n", command, title);
+        fprintf(stderr, "ferry %s: %s: out of memory for the report\n", command,
+                title ? title : "streaming plan");
         return;
     }
     ferry_model_stream_report(model, report, needed + 1);
-    fprintf(stderr, "ferry %s: %s:\n%s", command, title, report);
+    if (title) fprintf(out, "ferry %s: %s:\n", command, title);
+    fputs(report, out);
     free(report);
 }

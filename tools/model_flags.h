@@ -62,9 +62,11 @@ int cli_memory_flags_apply(const char *command, const cli_memory_flags *flags,
 void cli_print_placement(const char *command, const ferry_model *model,
                          const cli_memory_flags *flags);
 
-/* For a streamed model: "ferry <command>: <title>:" and the placement
- * plan (with what was measured, if any passes ran) on stderr.  Nothing for
- * a model whose layers are all resident. */
-void cli_print_stream_report(const char *command, const ferry_model *model, const char *title);
+/* For a streamed model: the placement plan (with what was measured, if
+ * any passes ran) on `out`, after the line "ferry <command>: <title>:"
+ * unless title is NULL.  Nothing for a model whose layers are all
+ * resident.  The report is as long as it needs to be. */
+void cli_print_stream_report(FILE *out, const char *command, const ferry_model *model,
+                             const char *title);
 
 #endif /* FERRY_TOOLS_MODEL_FLAGS_H */
