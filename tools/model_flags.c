@@ -57,14 +57,15 @@ void cli_memory_flags_help(FILE *out, const char *heading, int name_width) {
     }
 }
 
-int cli_memory_flags_given(const cli_memory_flags *flags) {
+/* Did the user give any of the four budget flags? */
+static int memory_flags_given(const cli_memory_flags *flags) {
     return flags->gpu_mem_bytes || flags->host_mem_bytes || flags->resident_layers >= 0 ||
            flags->slots;
 }
 
 int cli_memory_flags_apply(const char *command, const cli_memory_flags *flags,
                            ferry_model_options *options) {
-    if (flags->no_stream && cli_memory_flags_given(flags))
+    if (flags->no_stream && memory_flags_given(flags))
         return cli_usage_error(command, "--no-stream cannot be combined with --gpu-mem, "
                                         "--host-mem, --resident-layers or --slots");
     int stream_asked = flags->resident_layers >= 0 || flags->slots;

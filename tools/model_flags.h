@@ -44,9 +44,6 @@ typedef struct cli_memory_flags {
  * with the command's other lines). */
 void cli_memory_flags_help(FILE *out, const char *heading, int name_width);
 
-/* Did the user give any of the four budget flags? */
-int cli_memory_flags_given(const cli_memory_flags *flags);
-
 /* Fill `options` for a run command: --no-stream keeps every layer
  * resident; --resident-layers or --slots stream, as they ask
  * (FERRY_STREAMING_AUTO_BUDGETS); else FERRY_STREAMING_AUTO.  Either way
