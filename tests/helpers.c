@@ -65,6 +65,10 @@ float test_rand_uniform(uint64_t *state, float lo, float hi) {
     return (float)(lo + (hi - lo) * unit);
 }
 
+int test_rand_int(uint64_t *state, int lo, int hi) {
+    return lo + (int)(test_rand_u64(state) % (uint64_t)(hi - lo + 1));
+}
+
 void test_fill_uniform(uint64_t *state, float *data, size_t n, float lo, float hi) {
     for (size_t i = 0; i < n; i++) data[i] = test_rand_uniform(state, lo, hi);
 }
@@ -108,6 +112,21 @@ int test_write_file(const char *path, const void *data, size_t bytes) {
 }
 
 const char *test_cli(void) { return FERRY_CLI; }
+
+int test_cli_capture(const char *dir, const char *env, const char *arguments, char **out,
+                     char **err) {
+    size_t bytes = (env ? strlen(env) : 0) + strlen(test_cli()) + strlen(arguments) + 8;
+    char *command = malloc(bytes);
+    snprintf(command, bytes, "%s%s'%s' %s", env ? env : "", env ? " " : "", test_cli(), arguments);
+    char *out_path = test_path(dir, "cli.stdout"), *err_path = test_path(dir, "cli.stderr");
+    int status = test_run(command, out_path, err_path);
+    if (out) *out = test_read_file(out_path, NULL);
+    if (err) *err = test_read_file(err_path, NULL);
+    free(out_path);
+    free(err_path);
+    free(command);
+    return status;
+}
 
 ferry_status test_cuda_backend_with(const char *name, const char *value, ferry_backend **out) {
     setenv(name, value, 1);

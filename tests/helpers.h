@@ -24,6 +24,8 @@ uint64_t test_seed(void);
 uint64_t test_rand_u64(uint64_t *state);
 /* Uniform in [lo, hi). */
 float test_rand_uniform(uint64_t *state, float lo, float hi);
+/* A whole number in [lo, hi], both included. */
+int test_rand_int(uint64_t *state, int lo, int hi);
 void test_fill_uniform(uint64_t *state, float *data, size_t n, float lo, float hi);
 
 /* Run a shell command line; returns its exit status (-1 if it did not exit
@@ -36,6 +38,13 @@ int test_write_file(const char *path, const void *data, size_t bytes);
 
 /* Path of the built `ferry` program. */
 const char *test_cli(void);
+
+/* Run `ferry ARGUMENTS`, after the shell text `env` when not NULL (such
+ * as "NAME=value" or "unset NAME;"), with stdout and stderr sent to files
+ * in `dir` and read back into *out and *err (malloc'd, NULL if unreadable;
+ * a NULL out or err leaves that one unread).  Returns what test_run does. */
+int test_cli_capture(const char *dir, const char *env, const char *arguments, char **out,
+                     char **err);
 
 /* ferry_backend_cuda_new(0, out) with the environment variable `name` set
  * to `value` for that call only (the backend reads its switches, such as

@@ -236,14 +236,7 @@ Test(api, sampled_generation_repeats_with_the_same_seed) {
 
 /* Run the CLI; returns its exit status and its stderr (malloc'd). */
 static int run_cli(const char *arguments, char **out_stdout, char **out_stderr) {
-    char command[8192];
-    snprintf(command, sizeof command, "%s %s", test_cli(), arguments);
-    char *out = test_path(scratch_dir, "cli.out"), *err = test_path(scratch_dir, "cli.err");
-    int rc = test_run(command, out, err);
-    if (out_stdout) *out_stdout = test_read_file(out, NULL);
-    if (out_stderr) *out_stderr = test_read_file(err, NULL);
-    free(out), free(err);
-    return rc;
+    return test_cli_capture(scratch_dir, NULL, arguments, out_stdout, out_stderr);
 }
 
 Test(api, logits_command_writes_every_position_as_the_api_computes_it) {

@@ -31,10 +31,6 @@ static void poison(float *data, size_t n) {
     for (size_t i = 0; i < n; i++) data[i] = NAN;
 }
 
-static int rand_int(uint64_t *rng, int lo, int hi) { /* inclusive */
-    return lo + (int)(test_rand_u64(rng) % (uint64_t)(hi - lo + 1));
-}
-
 /* Weights stored in `dtype`, plus the exact float64 values they hold. */
 static void *weights_in(ferry_dtype dtype, const float *values, size_t n, double **out_exact) {
     void *stored = malloc(n * ferry_dtype_bytes(dtype) + 1);
@@ -63,13 +59,13 @@ Test(cpu_ops, embed_copies_the_rows_of_each_token_in_every_dtype) {
     uint64_t rng = test_seed();
     ferry_backend *backend = make_cpu(2);
     for (size_t d = 0; d < 3; d++) {
-        int vocab = rand_int(&rng, 5, 300), dim = rand_int(&rng, 1, 200);
-        int n = rand_int(&rng, 1, 40);
+        int vocab = test_rand_int(&rng, 5, 300), dim = test_rand_int(&rng, 1, 200);
+        int n = test_rand_int(&rng, 1, 40);
         float *table_values = random_floats(&rng, (size_t)vocab * dim, -2, 2);
         double *exact;
         void *table = weights_in(all_dtypes[d], table_values, (size_t)vocab * dim, &exact);
         int32_t *tokens = malloc(sizeof *tokens * (size_t)n);
-        for (int t = 0; t < n; t++) tokens[t] = rand_int(&rng, 0, vocab - 1);
+        for (int t = 0; t < n; t++) tokens[t] = test_rand_int(&rng, 0, vocab - 1);
         ferry_token_batch batch = {.n_tokens = n, .tokens = tokens};
         float *out = malloc(sizeof *out * (size_t)n * dim);
         poison(out, (size_t)n * dim);
@@ -88,7 +84,7 @@ Test(cpu_ops, rmsnorm_matches_float64_also_in_place) {
     uint64_t rng = test_seed();
     ferry_backend *backend = make_cpu(2);
     for (int round = 0; round < 6; round++) {
-        int n = rand_int(&rng, 1, 37), dim = rand_int(&rng, 1, 999);
+        int n = test_rand_int(&rng, 1, 37), dim = test_rand_int(&rng, 1, 999);
         float eps = round % 2 ? 1e-5f : 1e-6f;
         float *x = random_floats(&rng, (size_t)n * dim, -3, 3);
         float *weight = random_floats(&rng, (size_t)dim, -1.5f, 1.5f);
@@ -155,8 +151,8 @@ Test(cpu_ops, matmul_matches_float64_for_every_dtype_bias_and_accumulate) {
     ferry_backend *backend = make_cpu(2);
     for (size_t d = 0; d < 3; d++)
         for (int variant = 0; variant < 4; variant++)
-            check_matmul(backend, &rng, all_dtypes[d], rand_int(&rng, 1, 70),
-                         rand_int(&rng, 1, 150), rand_int(&rng, 1, 1100), variant & 1,
+            check_matmul(backend, &rng, all_dtypes[d], test_rand_int(&rng, 1, 70),
+                         test_rand_int(&rng, 1, 150), test_rand_int(&rng, 1, 1100), variant & 1,
                          variant >> 1);
     ferry_backend_free(backend);
 }
@@ -188,7 +184,7 @@ Test(cpu_ops, matmul_result_does_not_depend_on_thread_count) {
 Test(cpu_ops, silu_mul_matches_float64_also_in_place) {
     uint64_t rng = test_seed();
     ferry_backend *backend = make_cpu(2);
-    int n = rand_int(&rng, 1, 9), dim = rand_int(&rng, 1, 3001);
+    int n = test_rand_int(&rng, 1, 9), dim = test_rand_int(&rng, 1, 3001);
     size_t total = (size_t)n * dim;
     float *gate = random_floats(&rng, total, -12, 12);
     float *up = random_floats(&rng, total, -3, 3);
@@ -212,13 +208,13 @@ Test(cpu_ops, rope_matches_float64_rotation_for_each_head_size) {
     ferry_backend *backend = make_cpu(2);
     for (int hd = 0; hd < 3; hd++) {
         int head_dim = head_dims[hd], half = head_dim / 2;
-        int n_kv_heads = rand_int(&rng, 1, 3), n_heads = n_kv_heads * gqa_ratios[hd];
-        int n = rand_int(&rng, 1, 20);
+        int n_kv_heads = test_rand_int(&rng, 1, 3), n_heads = n_kv_heads * gqa_ratios[hd];
+        int n = test_rand_int(&rng, 1, 20);
         ferry_attention_shape shape = {n_heads, n_kv_heads, head_dim};
         float *inv_freq = malloc(sizeof *inv_freq * (size_t)half);
         for (int i = 0; i < half; i++) inv_freq[i] = (float)pow(10000.0, -2.0 * i / head_dim);
         int32_t *positions = malloc(sizeof *positions * (size_t)n);
-        for (int t = 0; t < n; t++) positions[t] = rand_int(&rng, 0, 400);
+        for (int t = 0; t < n; t++) positions[t] = test_rand_int(&rng, 0, 400);
         ferry_token_batch batch = {.n_tokens = n, .positions = positions};
         size_t q_count = (size_t)n * n_heads * head_dim, k_count = (size_t)n * n_kv_heads * head_dim;
         float *q = random_floats(&rng, q_count, -1, 1), *k = random_floats(&rng, k_count, -1, 1);
@@ -297,15 +293,15 @@ Test(cpu_ops, attention_matches_float64_softmax_for_gqa_ratios_and_head_sizes) {
     for (int hd = 0; hd < 3; hd++)
         for (int g = 0; g < 3; g++) {
             int head_dim = head_dims[hd];
-            int n_kv_heads = rand_int(&rng, 1, 2), n_heads = n_kv_heads * gqa_ratios[g];
+            int n_kv_heads = test_rand_int(&rng, 1, 2), n_heads = n_kv_heads * gqa_ratios[g];
             ferry_attention_shape shape = {n_heads, n_kv_heads, head_dim};
-            int n_slots = rand_int(&rng, 1, 3), max_context = rand_int(&rng, 1, 300);
+            int n_slots = test_rand_int(&rng, 1, 3), max_context = test_rand_int(&rng, 1, 300);
             ferry_kv_layer cache = random_cache(&rng, n_slots, max_context, shape);
-            int n = rand_int(&rng, 1, 12);
+            int n = test_rand_int(&rng, 1, 12);
             int32_t *slots = malloc(sizeof(int32_t) * n), *positions = malloc(sizeof(int32_t) * n);
             for (int t = 0; t < n; t++) {
-                slots[t] = rand_int(&rng, 0, n_slots - 1);
-                positions[t] = rand_int(&rng, 0, max_context - 1);
+                slots[t] = test_rand_int(&rng, 0, n_slots - 1);
+                positions[t] = test_rand_int(&rng, 0, max_context - 1);
             }
             ferry_token_batch batch = {.n_tokens = n, .slots = slots, .positions = positions};
             size_t q_count = (size_t)n * n_heads * head_dim;
@@ -394,7 +390,7 @@ Test(cpu_ops, portable_code_matches_float64_too) {
     uint64_t rng = test_seed();
     ferry_backend *backend = make_cpu(2);
     for (size_t d = 0; d < 3; d++)
-        check_matmul(backend, &rng, all_dtypes[d], rand_int(&rng, 1, 40), rand_int(&rng, 1, 90),
-                     rand_int(&rng, 1, 700), 1, 1);
+        check_matmul(backend, &rng, all_dtypes[d], test_rand_int(&rng, 1, 40),
+                     test_rand_int(&rng, 1, 90), test_rand_int(&rng, 1, 700), 1, 1);
     ferry_backend_free(backend);
 }

@@ -27,10 +27,6 @@ static ferry_backend *make_cpu(int n_threads) {
     return backend;
 }
 
-static int rand_int(uint64_t *rng, int lo, int hi) { /* inclusive */
-    return lo + (int)(test_rand_u64(rng) % (uint64_t)(hi - lo + 1));
-}
-
 /* A cache filled with random values in kv_dtype, and their exact values. */
 typedef struct test_cache {
     ferry_kv_layer layer;
@@ -119,10 +115,10 @@ static void check_case(const attention_case *c, uint64_t seed) {
     int32_t *positions = malloc((size_t)c->n_tokens * sizeof *positions);
     int32_t *slots = malloc((size_t)c->n_tokens * sizeof *slots);
     for (int t = 0; t < c->n_tokens; t++) {
-        slots[t] = rand_int(&rng, 0, c->n_slots - 1);
+        slots[t] = test_rand_int(&rng, 0, c->n_slots - 1);
         positions[t] = t > 0 && slots[t - 1] == slots[t] && positions[t - 1] + 1 < c->max_context
                            ? positions[t - 1] + 1
-                           : rand_int(&rng, 0, c->max_context - 1);
+                           : test_rand_int(&rng, 0, c->max_context - 1);
     }
     positions[0] = c->max_context - 1; /* the longest context is always there */
     double *want = malloc(n_out * sizeof *want), *tolerance = malloc(n_out * sizeof *tolerance);

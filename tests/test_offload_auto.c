@@ -382,20 +382,12 @@ Test(offload_auto_cpu, auto_streams_what_does_not_fit_with_logits_identical_to_r
 /* Run `ferry ARGUMENTS` with FERRY_FAKE_FREE_MEMORY=fake (NULL: unset);
  * stderr into *err, stdout into *out unless out is NULL. */
 static int run_cli_out(const char *fake_text, const char *arguments, char **out, char **err) {
-    char command[4096];
-    char *err_path = test_path(dir, "stderr.txt"), *out_path = test_path(dir, "stdout.txt");
-    snprintf(command, sizeof command, "%s%s%s '%s' %s", fake_text ? "FERRY_FAKE_FREE_MEMORY=" : "",
-             fake_text ? fake_text : "", fake_text ? "" : "unset FERRY_FAKE_FREE_MEMORY;",
-             test_cli(), arguments);
-    int exit_status = test_run(command, out_path, err_path);
-    *err = test_read_file(err_path, NULL);
+    char env[256];
+    if (fake_text) snprintf(env, sizeof env, "FERRY_FAKE_FREE_MEMORY=%s", fake_text);
+    else snprintf(env, sizeof env, "unset FERRY_FAKE_FREE_MEMORY;");
+    int exit_status = test_cli_capture(dir, env, arguments, out, err);
     cr_assert_not_null(*err);
-    if (out) {
-        *out = test_read_file(out_path, NULL);
-        cr_assert_not_null(*out);
-    }
-    free(err_path);
-    free(out_path);
+    if (out) cr_assert_not_null(*out);
     return exit_status;
 }
 

@@ -56,6 +56,22 @@ static char *run_cli(const char *args, int *exit_status) {
     return text;
 }
 
+/* `ferry synth --preset tiny` into the cache directory (its exit status
+ * in *synth_status), opened with every layer streamed on the CPU. */
+static ferry_model *open_streamed_tiny(int *synth_status) {
+    char args[2048];
+    snprintf(args, sizeof args, "synth --preset tiny %s/tiny.ferry", cache_dir);
+    free(run_cli(args, synth_status));
+    char *model_path = test_path(cache_dir, "tiny.ferry");
+    ferry_model_options options = {.backend = "cpu", .n_threads = 1, .streaming = 1,
+                                   .resident_layers = 0};
+    ferry_model *model = NULL;
+    cr_assert_eq(ferry_model_open(model_path, &options, &model), FERRY_OK, "%s",
+                 ferry_last_error());
+    free(model_path);
+    return model;
+}
+
 static void assert_defaults(const offload_bandwidths *got) {
     offload_bandwidths want = offload_bandwidths_default();
     cr_assert(got->host_to_gpu_gbps == want.host_to_gpu_gbps &&
@@ -111,16 +127,8 @@ Test(offload_profile, a_saved_profile_gives_the_link_and_disk_figures) {
     free(out);
 
     /* A streaming model plans with the profile and its report names it. */
-    char args[2048];
-    snprintf(args, sizeof args, "synth --preset tiny %s/tiny.ferry", cache_dir);
-    free(run_cli(args, &exit_status));
+    ferry_model *model = open_streamed_tiny(&exit_status);
     cr_assert_eq(exit_status, 0);
-    char *model_path = test_path(cache_dir, "tiny.ferry");
-    ferry_model_options options = {.backend = "cpu", .n_threads = 1, .streaming = 1,
-                                   .resident_layers = 0};
-    ferry_model *model = NULL;
-    cr_assert_eq(ferry_model_open(model_path, &options, &model), FERRY_OK, "%s",
-                 ferry_last_error());
     const offload_plan *plan = offload_stream_plan(model->stream);
     cr_assert_float_eq(plan->bandwidths.host_to_gpu_gbps, 23.5, 1e-12);
     cr_assert_eq(plan->bandwidths_from.host_to_gpu, OFFLOAD_FROM_PROFILE);
@@ -130,7 +138,6 @@ Test(offload_profile, a_saved_profile_gives_the_link_and_disk_figures) {
     cr_assert(strstr(report, expected), "%s", report);
     cr_assert(strstr(report, "host->gpu 23.5 GB/s (profile)"), "%s", report);
     ferry_model_close(model);
-    free(model_path);
     free(path);
 }
 
@@ -165,19 +172,10 @@ Test(offload_profile, a_corrupt_profile_is_a_warning_and_the_defaults) {
     cr_assert_eq(origins.disk_read, OFFLOAD_FROM_PROFILE);
 
     /* Opening a streaming model is not affected, and the report says why. */
-    char args[2048];
-    snprintf(args, sizeof args, "synth --preset tiny %s/tiny.ferry", cache_dir);
-    free(run_cli(args, &exit_status));
-    char *model_path = test_path(cache_dir, "tiny.ferry");
-    ferry_model_options options = {.backend = "cpu", .n_threads = 1, .streaming = 1,
-                                   .resident_layers = 0};
-    ferry_model *model = NULL;
-    cr_assert_eq(ferry_model_open(model_path, &options, &model), FERRY_OK, "%s",
-                 ferry_last_error());
+    ferry_model *model = open_streamed_tiny(&exit_status);
     char report[4096];
     ferry_model_stream_report(model, report, sizeof report);
     cr_assert(strstr(report, "\"h2d_gbps\" is not a positive number"), "%s", report);
     ferry_model_close(model);
-    free(model_path);
     free(path);
 }

@@ -21,15 +21,8 @@ static char prompt[256];    /* fresh random token ids, "a,b,c" */
 
 /* Run `ferry ARGUMENTS`; stdout and stderr into *out and *err (malloc'd). */
 static int run_cli(const char *arguments, char **out, char **err) {
-    char command[4096];
-    char *out_path = test_path(dir, "stdout.txt"), *err_path = test_path(dir, "stderr.txt");
-    snprintf(command, sizeof command, "'%s' %s", test_cli(), arguments);
-    int exit_status = test_run(command, out_path, err_path);
-    *out = test_read_file(out_path, NULL);
-    *err = test_read_file(err_path, NULL);
-    cr_assert(*out && *err, "cannot read the output of: %s", command);
-    free(out_path);
-    free(err_path);
+    int exit_status = test_cli_capture(dir, NULL, arguments, out, err);
+    cr_assert(*out && *err, "cannot read the output of: ferry %s", arguments);
     return exit_status;
 }
 

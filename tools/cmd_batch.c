@@ -245,8 +245,8 @@ int cmd_batch(int argc, char **argv) {
     if (parsed != CLI_PARSED) return CLI_USAGE;
     if (!opts.model_path || !opts.input_path || !opts.output_path)
         return cli_usage_error(command, "--model, --input and --output are required");
-    ferry_model_options flags_check = {0};
-    if (cli_memory_flags_apply(command, &memory, &flags_check) != CLI_OK) return CLI_USAGE;
+    ferry_model_options model_options = {.backend = opts.backend, .n_threads = opts.n_threads};
+    if (cli_memory_flags_apply(command, &memory, &model_options) != CLI_OK) return CLI_USAGE;
 
     batch_run run = {.output_path = opts.output_path, .progress_tty = cli_stderr_is_tty()};
     ferry_id_set done = {0};
@@ -280,8 +280,6 @@ int cmd_batch(int argc, char **argv) {
         rc = CLI_OK;
         goto done;
     }
-    ferry_model_options model_options = {.backend = opts.backend, .n_threads = opts.n_threads};
-    cli_memory_flags_apply(command, &memory, &model_options); /* checked above */
     /* the session's shape first: a streamed model leaves room for it */
     ferry_file *file = NULL;
     int max_context = opts.max_context, batch = opts.batch;
@@ -345,7 +343,7 @@ int cmd_batch(int argc, char **argv) {
                 (unsigned long long)run.stats.n_passes,
                 (double)run.stats.n_passes / (double)run.stats.n_steps);
     fputs(")\n", stderr);
-    cli_print_stream_report(command, model, "streaming plan and measured passes");
+    cli_print_stream_report(stderr, command, model, "streaming plan and measured passes");
     if (status == FERRY_ERR_CANCELLED) {
         rc = cli_fail(command, FERRY_OK, "stopped by a signal after %zu of %zu requests; rerun "
                       "with the same --output to finish", run.n_done, run.n_requests);

@@ -555,11 +555,7 @@ int cmd_bench(int argc, char **argv) {
                prompt_len, gen_len);
         if (copy_gbps > 0)
             printf("device-to-device copy: %.0f GB/s (bytes read + written)\n", copy_gbps);
-        if (model->stream) {
-            char report[16384];
-            ferry_model_stream_report(model, report, sizeof report);
-            fputs(report, stdout);
-        }
+        cli_print_stream_report(stdout, command, model, NULL);
         printf("%5s %12s %8s %12s %9s %9s %8s %8s %7s %8s", "batch", "prefill t/s", "TFLOP/s",
                "decode t/s", "step ms", "weight GB", "KV GB", "GB/s", "of copy", "GPU GiB");
         if (model->stream) printf(" %9s %10s %8s", "plan ms", "plan t/s", "of plan");
@@ -578,9 +574,10 @@ int cmd_bench(int argc, char **argv) {
     }
     /* A streamed model: the plan (where layers and KV caches lived) and
      * what the passes measured. */
-    char stream_report[8192];
-    if (!json && ferry_model_stream_report(model, stream_report, sizeof stream_report) > 0)
-        printf("\n%s", stream_report);
+    if (!json && model->stream) {
+        putchar('\n');
+        cli_print_stream_report(stdout, command, model, NULL);
+    }
     if (kernels) {
         status = bench_matmul_shapes(model, copy_gbps, json);
         if (status != FERRY_OK) {

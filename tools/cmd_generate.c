@@ -142,7 +142,7 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     cli_print_placement(command, model, &memory);
-    cli_print_stream_report(command, model, "streaming plan");
+    cli_print_stream_report(stderr, command, model, "streaming plan");
     generate_timing timing = {0, 0};
     ferry_generate_params params = {.sampling = sampling, .max_new_tokens = max_new_tokens,
                                     .ignore_eos = ignore_eos, .on_token = note_token,

@@ -89,7 +89,7 @@ int cmd_logits(int argc, char **argv) {
         goto done;
     }
     cli_print_placement(command, model, &memory);
-    cli_print_stream_report(command, model, "streaming plan");
+    cli_print_stream_report(stderr, command, model, "streaming plan");
     ferry_model_info info;
     ferry_model_get_info(model, &info);
     status = ferry_session_new(model, 1, n_tokens, &session);

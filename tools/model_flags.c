@@ -57,14 +57,15 @@ void cli_memory_flags_help(FILE *out, const char *heading, int name_width) {
     }
 }
 
-int cli_memory_flags_given(const cli_memory_flags *flags) {
+/* Did the user give any of the four budget flags? */
+static int memory_flags_given(const cli_memory_flags *flags) {
     return flags->gpu_mem_bytes || flags->host_mem_bytes || flags->resident_layers >= 0 ||
            flags->slots;
 }
 
 int cli_memory_flags_apply(const char *command, const cli_memory_flags *flags,
                            ferry_model_options *options) {
-    if (flags->no_stream && cli_memory_flags_given(flags))
+    if (flags->no_stream && memory_flags_given(flags))
         return cli_usage_error(command, "--no-stream cannot be combined with --gpu-mem, "
                                         "--host-mem, --resident-layers or --slots");
     int stream_asked = flags->resident_layers >= 0 || flags->slots;
@@ -105,15 +106,18 @@ void cli_print_placement(const char *command, const ferry_model *model,
             command, need, why, gpu, host);
 }
 
-void cli_print_stream_report(const char *command, const ferry_model *model, const char *title) {
+void cli_print_stream_report(FILE *out, const char *command, const ferry_model *model,
+                             const char *title) {
     size_t needed = ferry_model_stream_report(model, NULL, 0);
     if (needed == 0) return;
     char *report = malloc(needed + 1);
     if (!report) {
-        fprintf(stderr, "ferry %s: %s: out of memory for the report\n", command, title);
+        fprintf(stderr, "ferry %s: %s: out of memory for the report\n", command,
+                title ? title : "streaming plan");
         return;
     }
     ferry_model_stream_report(model, report, needed + 1);
-    fprintf(stderr, "ferry %s: %s:\n%s", command, title, report);
+    if (title) fprintf(out, "ferry %s: %s:\n", command, title);
+    fputs(report, out);
     free(report);
 }

@@ -44,9 +44,6 @@ typedef struct cli_memory_flags {
  * with the command's other lines). */
 void cli_memory_flags_help(FILE *out, const char *heading, int name_width);
 
-/* Did the user give any of the four budget flags? */
-int cli_memory_flags_given(const cli_memory_flags *flags);
-
 /* Fill `options` for a run command: --no-stream keeps every layer
  * resident; --resident-layers or --slots stream, as they ask
  * (FERRY_STREAMING_AUTO_BUDGETS); else FERRY_STREAMING_AUTO.  Either way
@@ -62,9 +59,11 @@ int cli_memory_flags_apply(const char *command, const cli_memory_flags *flags,
 void cli_print_placement(const char *command, const ferry_model *model,
                          const cli_memory_flags *flags);
 
-/* For a streamed model: "ferry <command>: <title>:" and the placement
- * plan (with what was measured, if any passes ran) on stderr.  Nothing for
- * a model whose layers are all resident. */
-void cli_print_stream_report(const char *command, const ferry_model *model, const char *title);
+/* For a streamed model: the placement plan (with what was measured, if
+ * any passes ran) on `out`, after the line "ferry <command>: <title>:"
+ * unless title is NULL.  Nothing for a model whose layers are all
+ * resident.  The report is as long as it needs to be. */
+void cli_print_stream_report(FILE *out, const char *command, const ferry_model *model,
+                             const char *title);
 
 #endif /* FERRY_TOOLS_MODEL_FLAGS_H */
