@@ -19,6 +19,7 @@
 #include <math.h>
 
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/rope.cuh"
 
 enum {
     ATTENTION_WARPS = 4,            /* warps per block ... */
@@ -37,26 +38,6 @@ enum {
  * The angle is formed in float32 as HF does, its sine and cosine in double
  * (fast-math sinf loses accuracy at angles of thousands of radians). */
 enum { ROPE_THREADS = 128 };
-
-/* (cos, sin) of the angle position * inv_freq[i]. */
-__device__ __forceinline__ float2 rotation_of(int i, int32_t position, const float *inv_freq) {
-    float angle = (float)position * inv_freq[i];
-    double sine, cosine;
-    sincos((double)angle, &sine, &cosine);
-    return make_float2((float)cosine, (float)sine);
-}
-
-/* Rotate the pair (x[i], x[i + half]) of one head by the angle whose
- * (cos, sin) is given; the rotated values are also returned (rope_kv_store
- * stores them). */
-__device__ __forceinline__ float2 rotate_by(float *x, int i, int half, float2 rotation) {
-    const float c = rotation.x, s = rotation.y;
-    float x0 = x[i], x1 = x[i + half];
-    float2 rotated = make_float2(x0 * c - x1 * s, x1 * c + x0 * s);
-    x[i] = rotated.x;
-    x[i + half] = rotated.y;
-    return rotated;
-}
 
 /* Rotate the pair (x[i], x[i + half]) of one head by position * inv_freq[i]. */
 __device__ __forceinline__ float2 rotate_pair(float *x, int i, int half, int32_t position,
@@ -92,10 +73,6 @@ ferry_status cuda_rope(ferry_backend *backend, float *q, float *k, const ferry_t
 }
 
 /* ------------------------------------------------------------ kv_store */
-
-__device__ __forceinline__ bool place_ok(int slot, int position, int n_slots, int max_context) {
-    return slot >= 0 && slot < n_slots && position >= 0 && position < max_context;
-}
 
 /* Grid (token, slice of the row): K[slot][position] = k[t],
  * V[slot][position] = v[t] rounded to f16. */
