@@ -18,9 +18,9 @@ if [ "${1:-}" = --pack ]; then
     BUILD=$REPO/${2:-build-h4}
     rm -rf "$CARRIED" && mkdir -p "$CARRIED/tests" "$CARRIED/lib"
     cp "$BUILD/ferry" "$CARRIED/"
-    cp "$BUILD"/tests/test_cuda_ops "$BUILD"/tests/test_cuda_graph "$BUILD"/tests/test_cuda_fused \
-        "$BUILD"/tests/test_cuda_engine "$BUILD"/tests/test_cuda_matvec "$BUILD"/tests/test_offload_cuda \
-        "$BUILD"/tests/test_host_attention "$CARRIED/tests/"
+    # every test that runs on the GPU: test_cuda_*, and the two that use the CUDA backend
+    cp "$BUILD"/tests/test_cuda_* "$BUILD"/tests/test_offload_cuda "$BUILD"/tests/test_host_attention \
+        "$CARRIED/tests/"
     strip "$CARRIED/ferry" "$CARRIED"/tests/*
     basename "$BUILD" >"$CARRIED/BUILT_AS"
     # every library outside glibc and the CUDA toolkit (the GPU machine has those)
@@ -53,20 +53,11 @@ if has_step info; then
 fi
 
 if has_step tests; then
-    step test_cuda_ops
-    "$TESTS/test_cuda_ops" --jobs 1 --verbose 2>&1 | tee "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash' 
-    step test_cuda_graph
-    "$TESTS/test_cuda_graph" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
-    step test_cuda_fused
-    "$TESTS/test_cuda_fused" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
-    step test_cuda_engine
-    "$TESTS/test_cuda_engine" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
-    step test_cuda_matvec
-    "$TESTS/test_cuda_matvec" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
-    step test_host_attention
-    "$TESTS/test_host_attention" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
-    step test_offload_cuda
-    "$TESTS/test_offload_cuda" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
+    : >"$OUT/tests.log"
+    for test in "$TESTS"/test_cuda_* "$TESTS"/test_host_attention "$TESTS"/test_offload_cuda; do
+        step "$(basename "$test")"
+        "$test" --jobs 1 --verbose 2>&1 | tee -a "$OUT/tests.log" | grep -E 'Synthesis|FAIL|Fail|skip|Crash'
+    done
 fi
 
 if has_step bench || has_step graphs_off || has_step pdl || has_step prefill || has_step kernels ||

@@ -169,6 +169,19 @@ typedef struct ferry_backend_ops {
     ferry_status (*rope_kv_store)(ferry_backend *backend, float *q, float *k, const float *v,
                                   ferry_kv_layer *cache, const ferry_token_batch *batch,
                                   const float *inv_freq, ferry_attention_shape shape);
+
+    /* matmul_multi of Q, K and V (weights and biases [3], norm as there),
+     * then rope_kv_store, as one op: q [n, n_heads * head_dim] gets the
+     * rotated queries and the cache the rotated k and v at each token's
+     * (slot, position); k and v ([n, n_kv_heads * head_dim]) are scratch
+     * the backend may leave as it likes.  The fusion DeepSpeed-style
+     * kernels do in the QKV projection's epilogue. */
+    ferry_status (*qkv_rope_store)(ferry_backend *backend, float *q, float *k, float *v,
+                                   const float *x, const ferry_fused_norm *norm,
+                                   const void *const *weights, const float *const *biases,
+                                   ferry_dtype dtype, int n, int cols, ferry_kv_layer *cache,
+                                   const ferry_token_batch *batch, const float *inv_freq,
+                                   ferry_attention_shape shape);
 } ferry_backend_ops;
 
 struct ferry_backend {

@@ -222,27 +222,34 @@ static ferry_status layer_forward(ferry_session *session, int layer,
 #define W(kind) layer_tensors[FERRY_TENSOR_##kind]
 
     /* attention block */
-    if (ops->matmul_multi) { /* norm, Q, K and V in one launch */
-        const ferry_fused_norm norm = {W(ATTN_NORM), config->rms_norm_eps, s->normed};
-        float *const outs[3] = {s->q, s->k, s->v};
-        const void *const weights[3] = {W(WQ), W(WK), W(WV)};
-        const float *const biases[3] = {W(BQ), W(BK), W(BV)};
-        const int rows[3] = {q_width, kv_width, kv_width};
-        FERRY_TRY(ops->matmul_multi(backend, 3, outs, s->residual, &norm, weights, biases, rows,
-                                    dtype, n, hidden, 0));
+    const void *const qkv_weights[3] = {W(WQ), W(WK), W(WV)};
+    const float *const qkv_biases[3] = {W(BQ), W(BK), W(BV)};
+    const ferry_fused_norm attn_norm = {W(ATTN_NORM), config->rms_norm_eps, s->normed};
+    if (ops->qkv_rope_store) { /* norm, Q/K/V, RoPE and the KV store in one op */
+        FERRY_TRY(ops->qkv_rope_store(backend, s->q, s->k, s->v, s->residual, &attn_norm,
+                                      qkv_weights, qkv_biases, dtype, n, hidden,
+                                      &session->kv[layer], tokens, model->inv_freq, shape));
     } else {
-        FERRY_TRY(ops->rmsnorm(backend, s->normed, s->residual, W(ATTN_NORM), n, hidden,
-                               config->rms_norm_eps));
-        FERRY_TRY(ops->matmul(backend, s->q, s->normed, W(WQ), dtype, W(BQ), n, q_width, hidden, 0));
-        FERRY_TRY(ops->matmul(backend, s->k, s->normed, W(WK), dtype, W(BK), n, kv_width, hidden, 0));
-        FERRY_TRY(ops->matmul(backend, s->v, s->normed, W(WV), dtype, W(BV), n, kv_width, hidden, 0));
-    }
-    if (ops->rope_kv_store) {
-        FERRY_TRY(ops->rope_kv_store(backend, s->q, s->k, s->v, &session->kv[layer], tokens,
-                                     model->inv_freq, shape));
-    } else {
-        FERRY_TRY(ops->rope(backend, s->q, s->k, tokens, model->inv_freq, shape));
-        FERRY_TRY(ops->kv_store(backend, &session->kv[layer], s->k, s->v, tokens, shape));
+        if (ops->matmul_multi) { /* norm, Q, K and V in one launch */
+            float *const outs[3] = {s->q, s->k, s->v};
+            const int rows[3] = {q_width, kv_width, kv_width};
+            FERRY_TRY(ops->matmul_multi(backend, 3, outs, s->residual, &attn_norm, qkv_weights,
+                                        qkv_biases, rows, dtype, n, hidden, 0));
+        } else {
+            FERRY_TRY(ops->rmsnorm(backend, s->normed, s->residual, W(ATTN_NORM), n, hidden,
+                                   config->rms_norm_eps));
+            for (int m = 0; m < 3; m++)
+                FERRY_TRY(ops->matmul(backend, m == 0 ? s->q : m == 1 ? s->k : s->v, s->normed,
+                                      qkv_weights[m], dtype, qkv_biases[m], n,
+                                      m == 0 ? q_width : kv_width, hidden, 0));
+        }
+        if (ops->rope_kv_store) {
+            FERRY_TRY(ops->rope_kv_store(backend, s->q, s->k, s->v, &session->kv[layer], tokens,
+                                         model->inv_freq, shape));
+        } else {
+            FERRY_TRY(ops->rope(backend, s->q, s->k, tokens, model->inv_freq, shape));
+            FERRY_TRY(ops->kv_store(backend, &session->kv[layer], s->k, s->v, tokens, shape));
+        }
     }
     FERRY_TRY(chunk_attention(session, layer, tokens, shape));
     /* residual: x += attention · Wo^T */

@@ -18,13 +18,6 @@
 
 TestSuite(cuda_fused, .init = cuda_fixture_setup, .fini = cuda_fixture_teardown, .timeout = 120);
 
-static void *upload(const void *host, size_t bytes) {
-    void *device = NULL;
-    cr_assert_eq(gpu->ops->alloc(gpu, bytes, &device), FERRY_OK);
-    cr_assert_eq(gpu->ops->upload(gpu, device, host, bytes), FERRY_OK, "%s", ferry_last_error());
-    return device;
-}
-
 /* A random matrix in `dtype` on the GPU, and its exact values as doubles. */
 static void *random_matrix(ferry_dtype dtype, size_t n, double *exact) {
     float *values = malloc(n * sizeof(float));
@@ -32,17 +25,9 @@ static void *random_matrix(ferry_dtype dtype, size_t n, double *exact) {
     for (size_t i = 0; i < n; i++) values[i] = test_rand_uniform(&rng, -1.0f, 1.0f);
     ferry_convert_dtype(converted, dtype, values, FERRY_DTYPE_F32, n);
     for (size_t i = 0; i < n; i++) exact[i] = ferry_load_f32(converted, dtype, i);
-    void *device = upload(converted, n * ferry_dtype_bytes(dtype));
+    void *device = cuda_upload(converted, n * ferry_dtype_bytes(dtype));
     free(values);
     free(converted);
-    return device;
-}
-
-static float *poisoned_output(size_t n) {
-    float *host = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) host[i] = NAN;
-    float *device = upload(host, n * sizeof(float));
-    free(host);
     return device;
 }
 
@@ -78,14 +63,14 @@ static void check_multi(ferry_dtype dtype, int n, int cols, int silu_pair, int w
     float *host_x = calloc(x_count, sizeof(float));
     for (size_t i = 0; i < x_count; i++)
         exact_x[i] = host_x[i] = test_rand_uniform(&rng, -3.0f, 3.0f);
-    float *x = upload(host_x, x_count * sizeof(float));
+    float *x = cuda_upload(host_x, x_count * sizeof(float));
     /* float64 reference input: x, or w_norm * x / sqrt(mean(x^2) + eps) */
     double *exact_norm = NULL;
     ferry_fused_norm norm = {NULL, eps, NULL};
     if (with_norm) {
         exact_norm = malloc((size_t)cols * sizeof(double));
         norm.weight = random_matrix(FERRY_DTYPE_F32, (size_t)cols, exact_norm);
-        norm.scratch = poisoned_output(x_count);
+        norm.scratch = cuda_poisoned(x_count);
         for (int t = 0; t < n; t++) {
             double sum_squares = 0;
             for (int c = 0; c < cols; c++) sum_squares += exact_x[(size_t)t * cols + c] * exact_x[(size_t)t * cols + c];
@@ -99,7 +84,7 @@ static void check_multi(ferry_dtype dtype, int n, int cols, int silu_pair, int w
     for (int m = 0; m < n_matrices; m++) {
         exact_w[m] = malloc((size_t)rows[m] * cols * sizeof(double));
         weights[m] = random_matrix(dtype, (size_t)rows[m] * cols, exact_w[m]);
-        outs[m] = poisoned_output((size_t)n * rows[m]);
+        outs[m] = cuda_poisoned((size_t)n * rows[m]);
         if (with_bias) {
             exact_b[m] = malloc((size_t)rows[m] * sizeof(double));
             biases[m] = random_matrix(FERRY_DTYPE_F32, (size_t)rows[m], exact_b[m]);

@@ -43,13 +43,6 @@ static const matvec_case llama_and_odd_cases[] = {
 };
 enum { N_LLAMA_AND_ODD_CASES = sizeof llama_and_odd_cases / sizeof llama_and_odd_cases[0] };
 
-static void *upload(const void *host, size_t bytes) {
-    void *device = NULL;
-    cr_assert_eq(gpu->ops->alloc(gpu, bytes, &device), FERRY_OK, "%s", ferry_last_error());
-    cr_assert_eq(gpu->ops->upload(gpu, device, host, bytes), FERRY_OK, "%s", ferry_last_error());
-    return device;
-}
-
 static float *download(const float *device, size_t n) {
     float *host = malloc(n * sizeof(float) + 4);
     cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
@@ -84,9 +77,9 @@ static matvec_operands make_operands(const matvec_case *shape) {
     op.x = random_floats((size_t)shape->n * shape->cols);
     op.bias = shape->with_bias ? random_floats((size_t)shape->rows) : NULL;
     op.residual = random_floats((size_t)shape->n * shape->rows);
-    op.w_gpu = upload(op.w, w_count * ferry_dtype_bytes(shape->dtype));
-    op.x_gpu = upload(op.x, (size_t)shape->n * shape->cols * sizeof(float));
-    op.bias_gpu = op.bias ? upload(op.bias, (size_t)shape->rows * sizeof(float)) : NULL;
+    op.w_gpu = cuda_upload(op.w, w_count * ferry_dtype_bytes(shape->dtype));
+    op.x_gpu = cuda_upload(op.x, (size_t)shape->n * shape->cols * sizeof(float));
+    op.bias_gpu = op.bias ? cuda_upload(op.bias, (size_t)shape->rows * sizeof(float)) : NULL;
     return op;
 }
 
@@ -101,12 +94,8 @@ static void free_operands(matvec_operands *op) {
  * else NaN everywhere (an element the kernel skips stays NaN). */
 static float *starting_output(const matvec_operands *op) {
     const size_t count = (size_t)op->shape.n * op->shape.rows;
-    if (op->shape.accumulate) return upload(op->residual, count * sizeof(float));
-    float *nan_host = malloc(count * sizeof(float) + 4);
-    for (size_t i = 0; i < count; i++) nan_host[i] = NAN;
-    float *device = upload(nan_host, count * sizeof(float));
-    free(nan_host);
-    return device;
+    if (op->shape.accumulate) return cuda_upload(op->residual, count * sizeof(float));
+    return cuda_poisoned(count);
 }
 
 /* float64 sums over x rounded to the weight dtype (as the kernels round

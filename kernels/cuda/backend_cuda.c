@@ -27,7 +27,8 @@ enum {
 /* What runs fused when FERRY_CUDA_FUSE is unset, "1" or "all". */
 static const unsigned DEFAULT_FUSIONS =
     CUDA_FUSE_NORM1 | CUDA_FUSE_NORM16 | CUDA_FUSE_ROPEKV | CUDA_FUSE_ATTN_MERGE |
-    CUDA_FUSE_KV_PREFETCH | CUDA_FUSE_ATTN_WIDE | CUDA_FUSE_KV_EARLY;
+    CUDA_FUSE_KV_PREFETCH | CUDA_FUSE_ATTN_WIDE | CUDA_FUSE_KV_EARLY | CUDA_FUSE_QKV_ROPE |
+    CUDA_FUSE_SILU16;
 
 int ferry_cuda_available(void) {
     int count = 0;
@@ -274,6 +275,7 @@ static const ferry_backend_ops cuda_ops = {
     .graph_free = cuda_graph_free,
     .matmul_multi = cuda_matmul_multi,
     .rope_kv_store = cuda_rope_kv_store,
+    .qkv_rope_store = cuda_qkv_rope_store,
 };
 
 /* ------------------------------------------------------------ creation */
@@ -341,6 +343,7 @@ static const struct {
     {"norm16", CUDA_FUSE_NORM16}, {"ropekv", CUDA_FUSE_ROPEKV},
     {"attnmerge", CUDA_FUSE_ATTN_MERGE}, {"kvprefetch", CUDA_FUSE_KV_PREFETCH},
     {"attn8", CUDA_FUSE_ATTN_WIDE},     {"kvearly", CUDA_FUSE_KV_EARLY},
+    {"qkvrope", CUDA_FUSE_QKV_ROPE},    {"silu16", CUDA_FUSE_SILU16},
 };
 
 static ferry_status parse_fusions(const char *text, unsigned *out_bits) {

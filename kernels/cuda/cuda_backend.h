@@ -67,6 +67,13 @@ enum {
     CUDA_FUSE_KV_EARLY = 1u << 7,    /* before pdl_wait, rope_kv_store forms its sines and
                                         cosines and the decode attention asks for its first
                                         K/V rows (into L2) (both read slots and positions) */
+    CUDA_FUSE_QKV_ROPE = 1u << 10,   /* qkv_rope_store: the Q/K/V projection's epilogue
+                                        rotates q and k and stores k and v in the cache (no
+                                        rope_kv_store kernel); 3..16 tokens: Q, K and V in
+                                        one tensor-core launch */
+    CUDA_FUSE_SILU16 = 1u << 11,     /* matmul_multi, 3..16 tokens: gate and up in one
+                                        tensor-core launch, silu(gate) * up in its epilogue;
+                                        other stacks in one launch too */
 };
 
 typedef struct cuda_backend {
@@ -120,6 +127,12 @@ ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *co
 ferry_status cuda_rope_kv_store(ferry_backend *backend, float *q, float *k, const float *v,
                                 ferry_kv_layer *cache, const ferry_token_batch *batch,
                                 const float *inv_freq, ferry_attention_shape shape);
+ferry_status cuda_qkv_rope_store(ferry_backend *backend, float *q, float *k, float *v,
+                                const float *x, const ferry_fused_norm *norm,
+                                const void *const *weights, const float *const *biases,
+                                ferry_dtype dtype, int n, int cols, ferry_kv_layer *cache,
+                                const ferry_token_batch *batch, const float *inv_freq,
+                                ferry_attention_shape shape);
 
 /* ---- the tensor-core matvec (matmul.cu), for fused ops that share its input ---- */
 
@@ -131,10 +144,34 @@ int cuda_mma_matvec_fits(const cuda_backend *state, const void *w, ferry_dtype d
  * the operand of cuda_mma_matvec; valid until the next matmul. */
 ferry_status cuda_x16_prepare(cuda_backend *state, const float *x, const float *norm_weight,
                               float eps, ferry_dtype dtype, int n, int cols, const void **out_x16);
-/* out[t] (+)= x16[t] W^T (+ bias) on the tensor cores (shapes: _fits). */
+/* matvec_mma.cu.  Shapes for all of them: _fits (cols a multiple of
+ * CUDA_MMA_COLS_MULTIPLE, weights 16-byte aligned, f16/bf16, 3..16 tokens). */
+enum { CUDA_MMA_COLS_MULTIPLE = 32 };
+/* out[t] (+)= x16[t] W^T (+ bias) on the tensor cores (or matvec_tc.cu's
+ * kernel when FERRY_CUDA_TC_MATVEC picks one). */
 ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, const void *w,
                              ferry_dtype dtype, const float *bias, int n, int rows, int cols,
                              int accumulate);
+/* outs[m][t] (+)= x16[t] W_m^T (+ biases[m]) for 1..3 matrices, one launch. */
+ferry_status cuda_mma_stacked(cuda_backend *state, int n_matrices, float *const *outs,
+                              const void *x16, const void *const *weights,
+                              const float *const *biases, const int *rows, ferry_dtype dtype,
+                              int n, int cols, int accumulate);
+/* out[t] = silu(x16[t] Gate^T) * (x16[t] Up^T), as cuda_silu_mul computes
+ * it; one launch, no bias. */
+ferry_status cuda_mma_silu(cuda_backend *state, float *out, const void *x16, const void *gate,
+                           const void *up, ferry_dtype dtype, int n, int rows, int cols);
+/* Q, K and V of x16 (weights[3], biases[3] or NULL) in one launch whose
+ * epilogue rotates q and k (RoPE) and stores k and v into the f16 cache at
+ * each token's (slot, position): the cuda_qkv_rope_store op on the tensor
+ * cores.  _fits: head_dim a multiple of 16, an f16 cache. */
+int cuda_mma_qkv_rope_fits(ferry_attention_shape shape, const ferry_kv_layer *cache,
+                           ferry_dtype kv_dtype);
+ferry_status cuda_mma_qkv_rope(cuda_backend *state, float *q, const void *x16,
+                               const void *const *weights, const float *const *biases,
+                               ferry_dtype dtype, int n, int cols, ferry_kv_layer *cache,
+                               const ferry_token_batch *batch, const float *inv_freq,
+                               ferry_attention_shape shape);
 /* matvec_tc.cu: the split-K cluster kernel or v2 (sm_90+) behind the two calls
  * above; x is float (x_is_f32, rounded to dtype while it is staged) or
  * dtype, 16-byte aligned.  _fits: f16/bf16, 3..16 tokens, cols % 8 == 0,

@@ -12,8 +12,12 @@
  * kernel reads it from L1, and the epilogue scales by inv_rms; the older
  * NORM_PER_WARP variant has every warp fold the norm while it streams
  * (twice the L1 traffic, more registers; kept to measure against).
+ * qkv_rope_store: a warp per RoPE pair (j, j + half) of Q, K or V, whose
+ * epilogue rotates q and k and stores k and v in the KV cache.
  * 3..16 tokens: the norm is folded into the rounding of x for the
- * tensor-core matvec (one launch for all matrices' input).  Other shapes,
+ * tensor-core matvec (one launch for all matrices' input), then every
+ * matrix in one launch of matvec_mma.cu (SiLU or RoPE and the KV store in
+ * its epilogue).  Other shapes,
  * or those fusions off (FERRY_CUDA_FUSE): rmsnorm into norm->scratch,
  * then cuda_matmul and cuda_silu_mul.  The first weights are loaded
  * before the wait for the previous kernel (PDL, launch.cuh).  Hot path:
@@ -22,8 +26,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/warp.cuh"
 
 enum {
@@ -64,7 +70,21 @@ typedef struct multi_args {
     const float *norm_weight;   /* with a norm: [cols] */
     float norm_eps;
     int n, cols;
+    /* MULTI_QKV_ROPE: rows = q, k, v widths; pairs (j, j + half) of a head */
+    int half;
+    const int32_t *positions, *slots;
+    const float *inv_freq;
+    __half *cache_k, *cache_v;
+    int n_slots, max_context;
+    int *error_flag;
 } multi_args;
+
+/* What a launch computes. */
+enum multi_kind {
+    MULTI_STACKED,  /* each matrix's rows into its out */
+    MULTI_SILU,     /* gate and up: silu(gate) * up */
+    MULTI_QKV_ROPE, /* Q, K, V: q rotated, k rotated and v into the KV cache */
+};
 
 /* Eight x values x[c .. c+8) of one token (times w_norm[c .. c+8) when
  * NORM, their squares added to *sum_squares). */
@@ -309,15 +329,73 @@ __global__ void MULTI_BOUNDS(MODE) gate_up_matvec_kernel(multi_args args) {
     }
 }
 
+/* One warp per RoPE pair (j, j + half) of a head of Q, K or V (in that
+ * order), so the epilogue has both: q rotated into outs[0]; k rotated and
+ * v as it is stored (f16) into the cache at each token's (slot, position),
+ * a bad place raising the error flag as kv_store does.  Warps past the
+ * last pair: as stacked_matvec_kernel. */
+template <typename T, int TOKENS, int MODE>
+__global__ void MULTI_BOUNDS(MODE) qkv_rope_matvec_kernel(multi_args args) {
+    pdl_trigger();
+    const int half = args.half, pairs0 = args.rows[0] / 2, pairs1 = args.rows[1] / 2;
+    int pair = blockIdx.x * multi_block<MODE>::warps + threadIdx.x / 32;
+    int m = pair < pairs0 ? 0 : pair < pairs0 + pairs1 ? 1 : 2;
+    pair -= m == 0 ? 0 : m == 1 ? pairs0 : pairs0 + pairs1;
+    const bool live = pair < (m == 0 ? pairs0 : pairs1); /* (k and v are equally wide) */
+    if (!live && MODE != NORM_STAGED) return;
+    if (!live) m = 0, pair = 0;
+    const int head = pair / half, j = pair % half;
+    const int row_a = head * 2 * half + j, row_b = row_a + half;
+    const T *weights = static_cast<const T *>(m == 0   ? args.weights[0]
+                                              : m == 1 ? args.weights[1]
+                                                       : args.weights[2]);
+    const uint4 *w_rows[2] = {reinterpret_cast<const uint4 *>(weights + (size_t)row_a * args.cols),
+                              reinterpret_cast<const uint4 *>(weights + (size_t)row_b * args.cols)};
+    float acc[2][TOKENS] = {}, sum_squares[TOKENS] = {};
+    stream_rows<T, TOKENS, 2, 4, MODE>(w_rows, args.x, args.norm_weight, args.n, args.cols, acc,
+                                       sum_squares);
+    if (!live) return;
+    const float *biases = m == 0 ? args.biases[0] : m == 1 ? args.biases[1] : args.biases[2];
+    const float bias_a = biases ? biases[row_a] : 0.0f, bias_b = biases ? biases[row_b] : 0.0f;
+#pragma unroll
+    for (int t = 0; t < TOKENS; t++) {
+        const float scale = norm_scale<MODE>(sum_squares[t], args.cols, args.norm_eps);
+        const float a = warp_sum(acc[0][t]) * scale + bias_a;
+        const float b = warp_sum(acc[1][t]) * scale + bias_b;
+        if (threadIdx.x % 32 != 0 || t >= args.n) continue;
+        const int position = args.positions[t];
+        const float2 pair_out =
+            m == 2 ? make_float2(a, b) : rotated_pair(a, b, rotation_of(j, position, args.inv_freq));
+        if (m == 0) {
+            args.outs[0][(size_t)t * args.rows[0] + row_a] = pair_out.x;
+            args.outs[0][(size_t)t * args.rows[0] + row_b] = pair_out.y;
+            continue;
+        }
+        const int slot = args.slots[t];
+        if (!place_ok(slot, position, args.n_slots, args.max_context)) {
+            atomicExch(args.error_flag, CUDA_BAD_KV_PLACE);
+            continue;
+        }
+        __half *dst = (m == 1 ? args.cache_k : args.cache_v) +
+                      ((size_t)slot * args.max_context + position) * args.rows[1] +
+                      (size_t)head * 2 * half;
+        dst[j] = __float2half_rn(pair_out.x);
+        dst[j + half] = __float2half_rn(pair_out.y);
+    }
+}
+
 template <typename T, int TOKENS, int MODE>
 static cudaError_t launch_multi_kernel(const cuda_backend *state, const multi_args &args,
-                                       int silu_pair, int total_rows) {
+                                       int kind, int total_rows) {
     const int warps = multi_block<MODE>::warps;
     dim3 grid((unsigned)((total_rows + warps - 1) / warps));
     const size_t shared_bytes =
         MODE == NORM_STAGED ? (size_t)TOKENS * staged_stride4(args.cols) * sizeof(float4) : 0;
-    if (silu_pair)
+    if (kind == MULTI_SILU)
         return cuda_launch_shared(state, gate_up_matvec_kernel<T, TOKENS, MODE>, grid,
+                                  multi_block<MODE>::threads, shared_bytes, args);
+    if (kind == MULTI_QKV_ROPE)
+        return cuda_launch_shared(state, qkv_rope_matvec_kernel<T, TOKENS, MODE>, grid,
                                   multi_block<MODE>::threads, shared_bytes, args);
     return cuda_launch_shared(state, stacked_matvec_kernel<T, TOKENS, MODE>, grid,
                               multi_block<MODE>::threads, shared_bytes, args);
@@ -325,38 +403,117 @@ static cudaError_t launch_multi_kernel(const cuda_backend *state, const multi_ar
 
 template <typename T, int TOKENS>
 static cudaError_t launch_multi_tokens(const cuda_backend *state, const multi_args &args,
-                                       int silu_pair, int total_rows) {
+                                       int kind, int total_rows) {
     if (!args.norm_weight)
-        return launch_multi_kernel<T, TOKENS, NORM_NONE>(state, args, silu_pair, total_rows);
+        return launch_multi_kernel<T, TOKENS, NORM_NONE>(state, args, kind, total_rows);
     const size_t staged_bytes = (size_t)TOKENS * staged_stride4(args.cols) * sizeof(float4);
     if ((state->fuse & CUDA_FUSE_NORM1) && staged_bytes <= STAGED_MAX_BYTES)
-        return launch_multi_kernel<T, TOKENS, NORM_STAGED>(state, args, silu_pair, total_rows);
-    return launch_multi_kernel<T, TOKENS, NORM_PER_WARP>(state, args, silu_pair, total_rows);
+        return launch_multi_kernel<T, TOKENS, NORM_STAGED>(state, args, kind, total_rows);
+    return launch_multi_kernel<T, TOKENS, NORM_PER_WARP>(state, args, kind, total_rows);
 }
 
+/* One warp per row (MULTI_STACKED), per row pair of gate and up
+ * (MULTI_SILU) or per RoPE pair (MULTI_QKV_ROPE). */
 template <typename T>
-static cudaError_t launch_multi(const cuda_backend *state, const multi_args &args,
-                                int silu_pair) {
+static cudaError_t launch_multi(const cuda_backend *state, const multi_args &args, int kind) {
     int total_rows = 0;
     for (int m = 0; m < args.n_matrices; m++) total_rows += args.rows[m];
-    if (silu_pair) total_rows = args.rows[0];
-    return args.n <= 1 ? launch_multi_tokens<T, 1>(state, args, silu_pair, total_rows)
-                       : launch_multi_tokens<T, 2>(state, args, silu_pair, total_rows);
+    if (kind == MULTI_SILU) total_rows = args.rows[0];
+    if (kind == MULTI_QKV_ROPE) total_rows /= 2;
+    return args.n <= 1 ? launch_multi_tokens<T, 1>(state, args, kind, total_rows)
+                       : launch_multi_tokens<T, 2>(state, args, kind, total_rows);
 }
 
 static int aligned16(const void *p) { return ((uintptr_t)p % 16) == 0; }
 
+/* A fusion of the norm switched off (FERRY_CUDA_FUSE, to measure it): the
+ * norm as its own kernel in front, into norm->scratch; *x and *norm then
+ * describe the normalised input and no norm. */
+static ferry_status unfold_norm(ferry_backend *backend, int n, int cols, const float **x,
+                                const ferry_fused_norm **norm) {
+    const unsigned folds = n <= MULTI_MAX_TOKENS ? CUDA_FUSE_NORM1 | CUDA_FUSE_NORM1_WARP
+                                                 : CUDA_FUSE_NORM16;
+    if (!*norm || (cuda_state(backend)->fuse & folds)) return FERRY_OK;
+    FERRY_TRY(cuda_rmsnorm(backend, (*norm)->scratch, *x, (*norm)->weight, n, cols,
+                           (*norm)->eps));
+    *x = (*norm)->scratch;
+    *norm = NULL;
+    return FERRY_OK;
+}
+
+/* Do the 1-2 token kernels take these matrices (kind: multi_kind)? */
+static int multi_fits(const cuda_backend *state, int n_matrices, const float *x,
+                      const ferry_fused_norm *norm, const void *const *weights,
+                      const float *const *biases, const int *rows, ferry_dtype dtype, int n,
+                      int cols, int kind) {
+    int fits = n <= MULTI_MAX_TOKENS && n <= state->matvec_max_tokens &&
+               (dtype == FERRY_DTYPE_F16 || dtype == FERRY_DTYPE_BF16) &&
+               cols % LANE_COLS == 0 && aligned16(x) && (!norm || aligned16(norm->weight));
+    for (int m = 0; m < n_matrices; m++)
+        fits = fits && aligned16(weights[m]) && rows[m] > 0 &&
+               !(kind == MULTI_SILU && biases && biases[m]);
+    return fits;
+}
+
+/* Does the tensor-core matvec (3..16 tokens) take every matrix? */
+static int mma_fits(const cuda_backend *state, int n_matrices, const void *const *weights,
+                    ferry_dtype dtype, int n, int cols) {
+    int fits = 1;
+    for (int m = 0; m < n_matrices; m++)
+        fits = fits && cuda_mma_matvec_fits(state, weights[m], dtype, n, cols);
+    return fits;
+}
+
+static void multi_args_fill(multi_args *args, int n_matrices, float *const *outs,
+                            const float *x, const ferry_fused_norm *norm,
+                            const void *const *weights, const float *const *biases,
+                            const int *rows, int n, int cols) {
+    memset(args, 0, sizeof *args);
+    for (int m = 0; m < n_matrices; m++) {
+        args->outs[m] = outs[m];
+        args->weights[m] = weights[m];
+        args->biases[m] = biases ? biases[m] : NULL;
+        args->rows[m] = rows[m];
+    }
+    args->n_matrices = n_matrices;
+    args->x = x;
+    args->norm_weight = norm ? norm->weight : NULL;
+    args->norm_eps = norm ? norm->eps : 0.0f;
+    args->n = n;
+    args->cols = cols;
+}
+
+static ferry_status launch_multi_typed(const cuda_backend *state, const multi_args &args,
+                                       ferry_dtype dtype, int kind) {
+    if (dtype == FERRY_DTYPE_F16) CUDA_TRY(launch_multi<__half>(state, args, kind));
+    else CUDA_TRY(launch_multi<__nv_bfloat16>(state, args, kind));
+    return FERRY_OK;
+}
+
 /* 3..16 tokens on the tensor cores: x (normalised when norm) rounded once
- * for every matrix, then one tensor-core matvec per matrix. */
+ * for every matrix, then one launch for them all (silu_pair: with SiLU in
+ * its epilogue) or, with that fusion off, one per matrix.  *out_silu_done
+ * says whether silu(gate) * up is in outs[0] already. */
 static ferry_status multi_on_tensor_cores(cuda_backend *state, int n_matrices,
                                           float *const *outs, const float *x,
                                           const ferry_fused_norm *norm,
                                           const void *const *weights,
                                           const float *const *biases, const int *rows,
-                                          ferry_dtype dtype, int n, int cols) {
+                                          ferry_dtype dtype, int n, int cols, int silu_pair,
+                                          int *out_silu_done) {
     const void *x16 = NULL;
     FERRY_TRY(cuda_x16_prepare(state, x, norm ? norm->weight : NULL, norm ? norm->eps : 0.0f,
                                dtype, n, cols, &x16));
+    *out_silu_done = 0;
+    if ((state->fuse & CUDA_FUSE_SILU16) && !cuda_tc_matvec_enabled(state)) {
+        if (silu_pair && !(biases && (biases[0] || biases[1]))) {
+            *out_silu_done = 1;
+            return cuda_mma_silu(state, outs[0], x16, weights[0], weights[1], dtype, n, rows[0],
+                                 cols);
+        }
+        return cuda_mma_stacked(state, n_matrices, outs, x16, weights, biases, rows, dtype, n,
+                                cols, 0);
+    }
     for (int m = 0; m < n_matrices; m++)
         FERRY_TRY(cuda_mma_matvec(state, outs[m], x16, weights[m], dtype,
                                   biases ? biases[m] : NULL, n, rows[m], cols, 0));
@@ -375,45 +532,17 @@ ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *co
                           "matmul_multi: %d matrices%s (1..3; silu_pair needs 2 of equal rows)",
                           n_matrices, silu_pair ? " with silu_pair" : "");
     if (n <= 0) return FERRY_OK;
-    /* A fusion switched off (FERRY_CUDA_FUSE, to measure it): the norm as
-     * its own kernel in front. */
-    const unsigned folds = n <= MULTI_MAX_TOKENS ? CUDA_FUSE_NORM1 | CUDA_FUSE_NORM1_WARP
-                                                 : CUDA_FUSE_NORM16;
-    if (norm && !(state->fuse & folds)) {
-        FERRY_TRY(cuda_rmsnorm(backend, norm->scratch, x, norm->weight, n, cols, norm->eps));
-        x = norm->scratch;
-        norm = NULL;
+    FERRY_TRY(unfold_norm(backend, n, cols, &x, &norm));
+    const int kind = silu_pair ? MULTI_SILU : MULTI_STACKED;
+    if (multi_fits(state, n_matrices, x, norm, weights, biases, rows, dtype, n, cols, kind)) {
+        multi_args args;
+        multi_args_fill(&args, n_matrices, outs, x, norm, weights, biases, rows, n, cols);
+        return launch_multi_typed(state, args, dtype, kind);
     }
-    int fused = n <= MULTI_MAX_TOKENS && n <= state->matvec_max_tokens &&
-                (dtype == FERRY_DTYPE_F16 || dtype == FERRY_DTYPE_BF16) &&
-                cols % LANE_COLS == 0 && aligned16(x) && (!norm || aligned16(norm->weight));
-    int tensor_cores = 1;
-    for (int m = 0; m < n_matrices; m++) {
-        fused = fused && aligned16(weights[m]) && rows[m] > 0 &&
-                !(silu_pair && biases && biases[m]);
-        tensor_cores = tensor_cores && cuda_mma_matvec_fits(state, weights[m], dtype, n, cols);
-    }
-    if (fused) {
-        multi_args args = {};
-        for (int m = 0; m < n_matrices; m++) {
-            args.outs[m] = outs[m];
-            args.weights[m] = weights[m];
-            args.biases[m] = biases ? biases[m] : NULL;
-            args.rows[m] = rows[m];
-        }
-        args.n_matrices = n_matrices;
-        args.x = x;
-        args.norm_weight = norm ? norm->weight : NULL;
-        args.norm_eps = norm ? norm->eps : 0.0f;
-        args.n = n;
-        args.cols = cols;
-        if (dtype == FERRY_DTYPE_F16) CUDA_TRY(launch_multi<__half>(state, args, silu_pair));
-        else CUDA_TRY(launch_multi<__nv_bfloat16>(state, args, silu_pair));
-        return FERRY_OK;
-    }
-    if (tensor_cores) {
+    int silu_done = 0;
+    if (mma_fits(state, n_matrices, weights, dtype, n, cols)) {
         FERRY_TRY(multi_on_tensor_cores(state, n_matrices, outs, x, norm, weights, biases, rows,
-                                        dtype, n, cols));
+                                        dtype, n, cols, silu_pair, &silu_done));
     } else {
         if (norm) { /* the plain ops: normalise into the caller's scratch first */
             FERRY_TRY(cuda_rmsnorm(backend, norm->scratch, x, norm->weight, n, cols, norm->eps));
@@ -423,6 +552,56 @@ ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *co
             FERRY_TRY(cuda_matmul(backend, outs[m], x, weights[m], dtype,
                                   biases ? biases[m] : NULL, n, rows[m], cols, 0));
     }
-    if (silu_pair) FERRY_TRY(cuda_silu_mul(backend, outs[0], outs[0], outs[1], n, rows[0]));
+    if (silu_pair && !silu_done)
+        FERRY_TRY(cuda_silu_mul(backend, outs[0], outs[0], outs[1], n, rows[0]));
     return FERRY_OK;
+}
+
+ferry_status cuda_qkv_rope_store(ferry_backend *backend, float *q, float *k, float *v,
+                                const float *x, const ferry_fused_norm *norm,
+                                const void *const *weights, const float *const *biases,
+                                ferry_dtype dtype, int n, int cols, ferry_kv_layer *cache,
+                                const ferry_token_batch *batch, const float *inv_freq,
+                                ferry_attention_shape shape) {
+    cuda_backend *state = cuda_state(backend);
+    if (shape.head_dim <= 0 || shape.head_dim % 2 != 0 || shape.n_heads <= 0 ||
+        shape.n_kv_heads <= 0)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "qkv_rope_store: %d heads, %d KV heads of %d dims", shape.n_heads,
+                          shape.n_kv_heads, shape.head_dim);
+    if (n <= 0) return FERRY_OK;
+    float *const outs[3] = {q, k, v};
+    const int rows[3] = {shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim,
+                         shape.n_kv_heads * shape.head_dim};
+    const int epilogue = (state->fuse & CUDA_FUSE_QKV_ROPE) &&
+                         cuda_mma_qkv_rope_fits(shape, cache, FERRY_DTYPE_F16) &&
+                         batch->n_tokens == n;
+    if (epilogue) {
+        FERRY_TRY(unfold_norm(backend, n, cols, &x, &norm));
+        if (multi_fits(state, 3, x, norm, weights, biases, rows, dtype, n, cols,
+                       MULTI_QKV_ROPE)) {
+            multi_args args;
+            multi_args_fill(&args, 3, outs, x, norm, weights, biases, rows, n, cols);
+            args.half = shape.head_dim / 2;
+            args.positions = batch->positions;
+            args.slots = batch->slots;
+            args.inv_freq = inv_freq;
+            args.cache_k = static_cast<__half *>(cache->k);
+            args.cache_v = static_cast<__half *>(cache->v);
+            args.n_slots = cache->n_slots;
+            args.max_context = cache->max_context;
+            args.error_flag = state->error_flag;
+            return launch_multi_typed(state, args, dtype, MULTI_QKV_ROPE);
+        }
+        if (mma_fits(state, 3, weights, dtype, n, cols) && !cuda_tc_matvec_enabled(state)) {
+            const void *x16 = NULL;
+            FERRY_TRY(cuda_x16_prepare(state, x, norm ? norm->weight : NULL,
+                                       norm ? norm->eps : 0.0f, dtype, n, cols, &x16));
+            return cuda_mma_qkv_rope(state, q, x16, weights, biases, dtype, n, cols, cache, batch,
+                                     inv_freq, shape);
+        }
+    }
+    FERRY_TRY(cuda_matmul_multi(backend, 3, outs, x, norm, weights, biases, rows, dtype, n, cols,
+                                0));
+    return cuda_rope_kv_store(backend, q, k, v, cache, batch, inv_freq, shape);
 }

@@ -5,10 +5,10 @@
  *   product in float32 registers, warp-shuffle reductions, bias and
  *   residual accumulate in the epilogue, so W is read from HBM once;
  * - 3..16 tokens: a tensor-core matvec (mma.sync, float32 accumulate),
- *   by default the one here, split-K over 8 warps, x first rounded to the
- *   weight dtype; on sm_90+ FERRY_CUDA_TC_MATVEC=split|rows32 picks the
- *   split-K cluster kernel of matvec_tc.cu, =v2|v2m2 its reworked copy of
- *   the one here;
+ *   by default matvec_mma.cu's, split-K over 8 warps, x first rounded to
+ *   the weight dtype; on sm_90+ FERRY_CUDA_TC_MATVEC=split|rows32 picks
+ *   the split-K cluster kernel of matvec_tc.cu, =v2|v2m2 its reworked copy
+ *   of matvec_mma.cu's;
  * - more tokens (above state->matvec_max_tokens): cuBLAS (cublasGemmEx,
  *   float32 compute), x converted to the weight dtype in a scratch buffer.
  * Odd shapes or f32 weights fall back to a plain warp-per-row kernel.
@@ -204,120 +204,6 @@ static cudaError_t launch_matvec(const cuda_backend *state, float *out, const fl
     return launch_tile<T, 16, 4>(state, out, x, weights, bias, n, rows, cols, accumulate);
 }
 
-/* ------------------------------------------ tensor-core matvec (3..16) */
-
-/* For 3..16 tokens the float32 FMAs of the kernel above, not HBM, are the
- * limit.  This one feeds the tensor cores instead (mma.sync m16n8k16,
- * float32 accumulate): a block owns 16 weight rows, its 8 warps split the
- * columns (split-K) in chunks of 32, and each lane reads 16 bytes of two
- * rows and 16 bytes of x (already converted to the weight dtype) per chunk.
- * The dot product does not care in which order k is summed, so the
- * fragments take k in the order the 16-byte loads deliver it: lane (g, q)
- * holds columns 8q .. 8q+7 of rows g and g+8 and of token g, split over
- * two mma steps (columns 8q+0..3, then 8q+4..7) for A and B alike. */
-enum { MMA_WARPS = 8, MMA_ROWS = 16, MMA_CHUNK_COLS = 32, MMA_UNROLL = 4 };
-
-/* N_TILES tiles of 8 tokens (1: n <= 8, 2: n <= 16).  cols % 32 == 0;
- * W and x16 16-byte aligned. */
-template <typename T, int N_TILES>
-__global__ void __launch_bounds__(MMA_WARPS * 32)
-    mma_matvec_kernel(float *out, const T *x16, const T *w, const float *bias, int n, int rows,
-                      int cols, int accumulate) {
-    __shared__ float partial[MMA_WARPS][MMA_ROWS][8 * N_TILES];
-    pdl_trigger();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int g = lane >> 2, q = lane & 3;
-    const int row0 = blockIdx.x * MMA_ROWS;
-    /* rows past the end re-read the last row; their sums are dropped */
-    const int row_lo = min(row0 + g, rows - 1), row_hi = min(row0 + g + 8, rows - 1);
-    const uint4 *w_lo = reinterpret_cast<const uint4 *>(w + (size_t)row_lo * cols);
-    const uint4 *w_hi = reinterpret_cast<const uint4 *>(w + (size_t)row_hi * cols);
-    const uint4 *x_rows[N_TILES];
-    bool x_live[N_TILES];
-#pragma unroll
-    for (int tile = 0; tile < N_TILES; tile++) {
-        int token = g + 8 * tile;
-        x_live[tile] = token < n;
-        x_rows[tile] = reinterpret_cast<const uint4 *>(x16 + (size_t)(x_live[tile] ? token : 0) * cols);
-    }
-    float c[N_TILES][4];
-#pragma unroll
-    for (int tile = 0; tile < N_TILES; tile++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) c[tile][i] = 0.0f;
-
-    const int n_chunks = cols / MMA_CHUNK_COLS;
-    const uint4 zero = make_uint4(0, 0, 0, 0);
-    /* The first MMA_UNROLL chunks of weights are fetched into L2 before
-     * the wait for the kernel that wrote x16 (into L2, not registers:
-     * holding them across the wait costs registers and a block per SM). */
-    int chunk = warp;
-    if (chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks) {
-#pragma unroll
-        for (int u = 0; u < MMA_UNROLL; u++) {
-            const int at = (chunk + u * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q;
-            prefetch_l2(w_lo + at);
-            prefetch_l2(w_hi + at);
-        }
-    }
-    pdl_wait();
-    for (; chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks; chunk += MMA_UNROLL * MMA_WARPS) {
-        uint4 lo[MMA_UNROLL], hi[MMA_UNROLL], xv[MMA_UNROLL][N_TILES];
-#pragma unroll
-        for (int u = 0; u < MMA_UNROLL; u++) {
-            /* 16-byte index of columns 32 * chunk + 8q .. +8 */
-            const int at = (chunk + u * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q;
-            lo[u] = __ldg(w_lo + at);
-            hi[u] = __ldg(w_hi + at);
-#pragma unroll
-            for (int tile = 0; tile < N_TILES; tile++)
-                xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + at) : zero;
-        }
-#pragma unroll
-        for (int u = 0; u < MMA_UNROLL; u++) {
-            const uint32_t a0[4] = {lo[u].x, hi[u].x, lo[u].y, hi[u].y};
-            const uint32_t a1[4] = {lo[u].z, hi[u].z, lo[u].w, hi[u].w};
-#pragma unroll
-            for (int tile = 0; tile < N_TILES; tile++) {
-                mma_m16n8k16<T>::run(c[tile], a0, xv[u][tile].x, xv[u][tile].y);
-                mma_m16n8k16<T>::run(c[tile], a1, xv[u][tile].z, xv[u][tile].w);
-            }
-        }
-    }
-    for (; chunk < n_chunks; chunk += MMA_WARPS) {
-        const int at = chunk * (MMA_CHUNK_COLS / 8) + q;
-        const uint4 lo = __ldg(w_lo + at), hi = __ldg(w_hi + at);
-        const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
-        const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
-#pragma unroll
-        for (int tile = 0; tile < N_TILES; tile++) {
-            const uint4 xv = x_live[tile] ? __ldg(x_rows[tile] + at) : zero;
-            mma_m16n8k16<T>::run(c[tile], a0, xv.x, xv.y);
-            mma_m16n8k16<T>::run(c[tile], a1, xv.z, xv.w);
-        }
-    }
-    /* C fragment: c[0], c[1] = rows g, tokens 2q, 2q+1; c[2], c[3] = row g+8 */
-#pragma unroll
-    for (int tile = 0; tile < N_TILES; tile++) {
-        partial[warp][g][8 * tile + 2 * q] = c[tile][0];
-        partial[warp][g][8 * tile + 2 * q + 1] = c[tile][1];
-        partial[warp][g + 8][8 * tile + 2 * q] = c[tile][2];
-        partial[warp][g + 8][8 * tile + 2 * q + 1] = c[tile][3];
-    }
-    __syncthreads();
-    /* epilogue: sum the warps' split-K parts, add bias, accumulate */
-    for (int i = threadIdx.x; i < MMA_ROWS * 8 * N_TILES; i += blockDim.x) {
-        const int r = i / (8 * N_TILES), token = i % (8 * N_TILES), row = row0 + r;
-        if (token >= n || row >= rows) continue;
-        float sum = 0.0f;
-#pragma unroll
-        for (int k = 0; k < MMA_WARPS; k++) sum += partial[k][r][token];
-        if (bias) sum += bias[row];
-        float *dst = out + (size_t)token * rows + row;
-        *dst = accumulate ? *dst + sum : sum;
-    }
-}
-
 /* --------------------------------------------------------- cuBLAS path */
 
 template <typename T> __device__ T from_float(float f);
@@ -377,7 +263,7 @@ int cuda_mma_matvec_fits(const cuda_backend *state, const void *w, ferry_dtype d
         return 0;
     if (cuda_tc_matvec_enabled(state)) return cuda_tc_matvec_fits(w, dtype, n, cols);
     return (dtype == FERRY_DTYPE_F16 || dtype == FERRY_DTYPE_BF16) &&
-           cols % MMA_CHUNK_COLS == 0 && ((uintptr_t)w % 16) == 0;
+           cols % CUDA_MMA_COLS_MULTIPLE == 0 && ((uintptr_t)w % 16) == 0;
 }
 
 template <typename T>
@@ -400,33 +286,6 @@ ferry_status cuda_x16_prepare(cuda_backend *state, const float *x, const float *
         CUDA_TRY(launch_x16(state, (__nv_bfloat16 *)state->activations, x, norm_weight, eps, n,
                             cols));
     *out_x16 = state->activations;
-    return FERRY_OK;
-}
-
-template <typename T>
-static cudaError_t launch_mma_typed(const cuda_backend *state, float *out, const T *x16,
-                                    const T *w, const float *bias, int n, int rows, int cols,
-                                    int accumulate) {
-    dim3 grid((rows + MMA_ROWS - 1) / MMA_ROWS);
-    if (n <= 8)
-        return cuda_launch(state, mma_matvec_kernel<T, 1>, grid, MMA_WARPS * 32, out, x16, w,
-                           bias, n, rows, cols, accumulate);
-    return cuda_launch(state, mma_matvec_kernel<T, 2>, grid, MMA_WARPS * 32, out, x16, w, bias, n,
-                       rows, cols, accumulate);
-}
-
-ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, const void *w,
-                             ferry_dtype dtype, const float *bias, int n, int rows, int cols,
-                             int accumulate) {
-    if (n <= 0 || rows <= 0) return FERRY_OK;
-    if (cuda_tc_matvec_enabled(state))
-        return cuda_tc_matvec(state, out, x16, 0, w, dtype, bias, n, rows, cols, accumulate);
-    if (dtype == FERRY_DTYPE_F16)
-        CUDA_TRY(launch_mma_typed(state, out, (const __half *)x16, (const __half *)w, bias, n,
-                                  rows, cols, accumulate));
-    else
-        CUDA_TRY(launch_mma_typed(state, out, (const __nv_bfloat16 *)x16,
-                                  (const __nv_bfloat16 *)w, bias, n, rows, cols, accumulate));
     return FERRY_OK;
 }
 
