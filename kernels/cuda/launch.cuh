@@ -49,6 +49,19 @@ __device__ __forceinline__ void prefetch_l2(const void *address) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
 }
 
+/* A weight load that streams past L1 (each byte is used once) and asks L2
+ * for the neighbouring sectors the next chunks will want.  Volatile, so
+ * the compiler keeps it in program order with pdl_wait (an asm without
+ * side effects may move anywhere); ptxas then needs a block boundary too
+ * (matvec_tc.cu's tc_v2_kernel, its first ring). */
+__device__ __forceinline__ uint4 load_streaming(const uint4 *address) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(address));
+    return v;
+}
+
 /* kernel<<<grid, block, shared_bytes, state->stream>>>(args...), with the
  * programmatic stream serialization attribute when state->pdl; returns
  * the launch's error (a recorded launch also works: graphs keep PDL

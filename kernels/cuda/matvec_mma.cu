@@ -11,7 +11,10 @@
  * - up to three matrices of one x, plain (cuda_mma_stacked).
  * A block of 8 warps owns 16 rows (one m16 tile) and its warps split the
  * columns in chunks of 32; each lane reads 16 bytes of two rows and of x
- * (already rounded to the weight dtype) per chunk.  The dot product does
+ * (already rounded to the weight dtype) per chunk: the weights past L1
+ * (each byte is used once), so L1 keeps x for the SM's other blocks (x
+ * is as many bytes per block as its weights; from L2 each time, L2 and
+ * not HBM would be the limit at 16 tokens).  The dot product does
  * not care in which order k is summed, so the fragments take k in the
  * order the 16-byte loads deliver it: lane (g, q) holds columns 8q .. 8q+7
  * of tile rows g and g + 8 and of token g, split over two mma steps.  The
@@ -201,8 +204,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) mma_rows_kernel(const mma_args
         for (int u = 0; u < MMA_UNROLL; u++) {
             /* 16-byte index of columns 32 * chunk + 8q .. +8 */
             const int at = (chunk + u * MMA_WARPS) * (MMA_CHUNK_COLS / 8) + q;
-            lo[u] = __ldg(w_lo + at);
-            hi[u] = __ldg(w_hi + at);
+            lo[u] = load_streaming(w_lo + at);
+            hi[u] = load_streaming(w_hi + at);
 #pragma unroll
             for (int tile = 0; tile < N_TILES; tile++)
                 xv[u][tile] = x_live[tile] ? __ldg(x_rows[tile] + at) : zero;
@@ -220,7 +223,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) mma_rows_kernel(const mma_args
     }
     for (; chunk < n_chunks; chunk += MMA_WARPS) {
         const int at = chunk * (MMA_CHUNK_COLS / 8) + q;
-        const uint4 lo = __ldg(w_lo + at), hi = __ldg(w_hi + at);
+        const uint4 lo = load_streaming(w_lo + at), hi = load_streaming(w_hi + at);
         const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
         const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
 #pragma unroll

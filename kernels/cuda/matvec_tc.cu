@@ -54,19 +54,6 @@ struct tc_args {
     int accumulate;
 };
 
-/* A weight load that streams past L1 (each byte is used once) and asks L2
- * for the neighbouring sectors the next chunks will want.  Volatile, so
- * the compiler keeps it in program order with pdl_wait (an asm without
- * side effects may move anywhere); ptxas then needs a block boundary too
- * (tc_v2_kernel's first ring). */
-__device__ __forceinline__ uint4 load_streaming(const uint4 *address) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(address));
-    return v;
-}
-
 /* Eight x values (16 or 32 bytes as loaded) as 8 weight-dtype values. */
 template <typename T, typename XT> struct x_group;
 template <typename T> struct x_group<T, float> {
