@@ -1,7 +1,6 @@
 /*
  * test_cuda_matvec.c — the tensor-core matvecs that serve 3..16 tokens
- * (the default in kernels/cuda/matvec_mma.cu, also FERRY_CUDA_TC_MATVEC=old,
- * with its columns in FERRY_CUDA_MMA_SPLITS splits;
+ * (the default in kernels/cuda/matmul.cu, also FERRY_CUDA_TC_MATVEC=old;
  * the split-K cluster kernel of matvec_tc.cu behind =split and =rows32,
  * its v2 kernel behind =v2 and =v2m2) against float64 sums of the same rounded
  * operands: K = 11008 (long rows, the split-K clusters), K = 4104 (not a
@@ -290,23 +289,4 @@ Test(cuda_matvec, v2_kernel_matches_float64_and_repeats_its_bits) {
 Test(cuda_matvec, v2_two_tiles_per_warp_matches_float64_and_repeats_its_bits) {
     NEED_GPU();
     check_kernel_everywhere("v2m2");
-}
-
-/* The default kernel with the columns of a lone matrix in 1..8 splits
- * (FERRY_CUDA_MMA_SPLITS; unset, the shape chooses): uneven last splits,
- * a split shorter than the warps' unrolled step, and the same bits when
- * called again whichever split finishes last. */
-Test(cuda_matvec, default_kernel_in_every_split_count_matches_float64_and_repeats_its_bits) {
-    NEED_GPU();
-    unsetenv("FERRY_CUDA_TC_MATVEC");
-    static const char *const splits[] = {"1", "2", "3", "5", "8"};
-    for (int i = 0; i < 5; i++) {
-        ferry_backend_free(gpu);
-        gpu = NULL;
-        cr_assert_eq(test_cuda_backend_with("FERRY_CUDA_MMA_SPLITS", splits[i], &gpu), FERRY_OK,
-                     "%s", ferry_last_error());
-        check_cases_of_width32(llama_and_odd_cases, N_LLAMA_AND_ODD_CASES);
-        check_random_shapes(32);
-        check_repeats_identical();
-    }
 }

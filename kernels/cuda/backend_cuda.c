@@ -181,8 +181,6 @@ static void release_state(cuda_backend *state) {
     if (state->activations) cudaFree(state->activations);
     if (state->attention_partials) cudaFree(state->attention_partials);
     if (state->attention_counters) cudaFree(state->attention_counters);
-    if (state->mma_partials) cudaFree(state->mma_partials);
-    if (state->mma_counters) cudaFree(state->mma_counters);
     if (state->tile_starts) cudaFree(state->tile_starts);
     if (state->stream) cudaStreamDestroy(state->stream);
     free(state->host_slots);
@@ -331,15 +329,6 @@ static ferry_status open_device(int device, cuda_backend *state) {
                              state->stream));
     CUDA_TRY(cudaStreamSynchronize(state->stream));
     state->n_attention_counters = ATTENTION_COUNTERS;
-    /* the tensor-core matvec's split-K partials and counters, likewise */
-    CUDA_TRY(cudaMalloc((void **)&state->mma_partials,
-                        (size_t)CUDA_MMA_MAX_SPLIT_TILES * CUDA_MMA_MAX_SPLITS * 16 * 16 *
-                            sizeof(float)));
-    CUDA_TRY(cudaMalloc((void **)&state->mma_counters,
-                        CUDA_MMA_MAX_SPLIT_TILES * sizeof(unsigned)));
-    CUDA_TRY(cudaMemsetAsync(state->mma_counters, 0, CUDA_MMA_MAX_SPLIT_TILES * sizeof(unsigned),
-                             state->stream));
-    CUDA_TRY(cudaStreamSynchronize(state->stream));
     return FERRY_OK;
 }
 
@@ -393,18 +382,6 @@ ferry_status ferry_backend_cuda_new(int device, ferry_backend **out) {
     /* FERRY_CUDA_MATVEC_MAX overrides the switch point (for measuring it). */
     const char *matvec_max = getenv("FERRY_CUDA_MATVEC_MAX");
     if (matvec_max && *matvec_max) state->matvec_max_tokens = atoi(matvec_max);
-    /* FERRY_CUDA_MMA_SPLITS=S: the 3..16 token matvec of a lone matrix in
-     * S column splits (1: none; unset or 0: chosen from the shape). */
-    const char *mma_splits = getenv("FERRY_CUDA_MMA_SPLITS");
-    if (mma_splits && *mma_splits) {
-        state->mma_splits = atoi(mma_splits);
-        if (state->mma_splits < 0 || state->mma_splits > CUDA_MMA_MAX_SPLITS) {
-            status = ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                                "FERRY_CUDA_MMA_SPLITS='%s' (expected 0..%d)", mma_splits,
-                                CUDA_MMA_MAX_SPLITS);
-            goto fail;
-        }
-    }
     /* FERRY_CUDA_PREFILL_ATTN=simt keeps the older SIMT prefill attention
      * (for comparing it with the tensor-core kernel, the default "flash"). */
     const char *prefill_kernel = getenv("FERRY_CUDA_PREFILL_ATTN");

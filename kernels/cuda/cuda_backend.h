@@ -101,10 +101,6 @@ typedef struct cuda_backend {
     int pdl;                    /* launch kernels with programmatic dependent launch (sm_90+,
                                    FERRY_CUDA_PDL=0 turns it off); see launch.cuh */
     unsigned fuse;              /* CUDA_FUSE_* bits: which fusions run (FERRY_CUDA_FUSE) */
-    float *mma_partials;        /* matvec_mma.cu split-K: [CUDA_MMA_MAX_SPLIT_TILES * 8]
-                                   tiles of 16 rows x 16 tokens */
-    unsigned *mma_counters;     /* ... and per row tile, the splits done; zero between kernels */
-    int mma_splits;             /* FERRY_CUDA_MMA_SPLITS: K splits of a lone matrix (0: auto) */
     int tc_matvec_kernel;       /* 3..16 tokens: 0 until first use, then which kernel
                                    (matvec_tc.cu; FERRY_CUDA_TC_MATVEC=split|rows32|v2|v2m2) */
 } cuda_backend;
@@ -150,11 +146,7 @@ ferry_status cuda_x16_prepare(cuda_backend *state, const float *x, const float *
                               float eps, ferry_dtype dtype, int n, int cols, const void **out_x16);
 /* matvec_mma.cu.  Shapes for all of them: _fits (cols a multiple of
  * CUDA_MMA_COLS_MULTIPLE, weights 16-byte aligned, f16/bf16, 3..16 tokens). */
-enum {
-    CUDA_MMA_COLS_MULTIPLE = 32,
-    CUDA_MMA_MAX_SPLIT_TILES = 1024,    /* matrices of up to 16384 rows split K */
-    CUDA_MMA_MAX_SPLITS = 8,
-};
+enum { CUDA_MMA_COLS_MULTIPLE = 32 };
 /* out[t] (+)= x16[t] W^T (+ bias) on the tensor cores (or matvec_tc.cu's
  * kernel when FERRY_CUDA_TC_MATVEC picks one). */
 ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, const void *w,

@@ -75,59 +75,12 @@ struct mma_args {
     const void *x16;
     int n, cols, accumulate;
     mma_rope rope;
-    /* MMA_PLAIN, one segment of n_tiles row tiles: k_splits blocks per
-     * tile, each over a slice of the columns; the last to finish adds the
-     * slices' sums (split_partials) in split order, so the result does not
-     * depend on which finished first.  split_counters[tile] counts them
-     * and is left zero. */
-    int k_splits, n_tiles;
-    float *split_partials;
-    unsigned *split_counters;
 };
 
 /* Segment s's field, picked with constant indices only (a run-time index
  * into the kernel's argument arrays would copy them to local memory). */
 #define SEGMENT_FIELD(s, field)                                                              \
     ((s) == 0 ? args.segment[0].field : (s) == 1 ? args.segment[1].field : args.segment[2].field)
-
-/* MMA_PLAIN with K splits, after the block's warps left their sums in
- * partial: the block's sums of tile `tile` go to its slot of
- * split_partials; the block that finds the others done adds every
- * split's sums in split order and finishes the rows as the plain
- * epilogue does (bias, accumulate). */
-template <int N_TILES>
-__device__ __forceinline__ void split_epilogue(const mma_args &args,
-                                               const float (*partial)[MMA_ROWS][8 * N_TILES],
-                                               int tile, int split, int row0, int rows) {
-    constexpr int TOKENS = 8 * N_TILES, TILE_FLOATS = MMA_ROWS * TOKENS;
-    __shared__ unsigned arrived;
-    float *mine = args.split_partials + ((size_t)tile * args.k_splits + split) * TILE_FLOATS;
-    for (int e = threadIdx.x; e < TILE_FLOATS; e += blockDim.x) {
-        const int r = e / TOKENS, token = e % TOKENS;
-        float sum = 0.0f;
-#pragma unroll
-        for (int k = 0; k < MMA_WARPS; k++) sum += partial[k][r][token];
-        mine[e] = sum;
-    }
-    __threadfence(); /* this block's sums visible before it counts itself */
-    __syncthreads();
-    if (threadIdx.x == 0) arrived = atomicAdd(&args.split_counters[tile], 1u);
-    __syncthreads();
-    if (arrived != (unsigned)args.k_splits - 1) return;
-    __threadfence();
-    const float *all = args.split_partials + (size_t)tile * args.k_splits * TILE_FLOATS;
-    for (int e = threadIdx.x; e < TILE_FLOATS; e += blockDim.x) {
-        const int r = e / TOKENS, token = e % TOKENS, row = row0 + r;
-        if (token >= args.n || row >= rows) continue;
-        float sum = 0.0f;
-        for (int s = 0; s < args.k_splits; s++) sum += __ldcg(all + (size_t)s * TILE_FLOATS + e);
-        const float *bias = args.segment[0].bias;
-        if (bias) sum += bias[row];
-        float *dst = args.segment[0].out + (size_t)token * rows + row;
-        *dst = args.accumulate ? *dst + sum : sum;
-    }
-    if (threadIdx.x == 0) args.split_counters[tile] = 0; /* ready for the next launch */
-}
 
 /* N_TILES tiles of 8 tokens (1: n <= 8, 2: n <= 16).  cols % 32 == 0;
  * weights and x16 16-byte aligned. */
@@ -139,12 +92,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) mma_rows_kernel(const mma_args
     const int g = lane >> 2, q = lane & 3;
     const int cols = args.cols;
 
-    /* This block's K split, segment and first lo and hi rows. */
-    int block = blockIdx.x, split = 0;
-    if (EPILOGUE == MMA_PLAIN && args.k_splits > 1) {
-        split = block / args.n_tiles;
-        block -= split * args.n_tiles;
-    }
+    /* This block's segment and its first lo and hi rows. */
+    const int block = blockIdx.x;
     const int s = block < args.segment[0].end_block ? 0 : block < args.segment[1].end_block ? 1 : 2;
     const int i = block - (s == 0 ? 0 : s == 1 ? args.segment[0].end_block : args.segment[1].end_block);
     const int rows = SEGMENT_FIELD(s, rows), half = SEGMENT_FIELD(s, pair_half);
@@ -180,15 +129,12 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) mma_rows_kernel(const mma_args
 #pragma unroll
         for (int e = 0; e < 4; e++) c[tile][e] = 0.0f;
 
-    /* this split's chunks: [chunk0, n_chunks) */
-    const int all_chunks = cols / MMA_CHUNK_COLS;
-    const int per_split = (all_chunks + args.k_splits - 1) / args.k_splits;
-    const int chunk0 = split * per_split, n_chunks = min(all_chunks, chunk0 + per_split);
+    const int n_chunks = cols / MMA_CHUNK_COLS;
     const uint4 zero = make_uint4(0, 0, 0, 0);
     /* The first MMA_UNROLL chunks of weights are fetched into L2 before
      * the wait for the kernel that wrote x16 (into L2, not registers:
      * holding them across the wait costs registers and a block per SM). */
-    int chunk = chunk0 + warp;
+    int chunk = warp;
     if (chunk + (MMA_UNROLL - 1) * MMA_WARPS < n_chunks) {
 #pragma unroll
         for (int u = 0; u < MMA_UNROLL; u++) {
@@ -242,10 +188,6 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) mma_rows_kernel(const mma_args
         partial[warp][g + 8][8 * tile + 2 * q + 1] = c[tile][3];
     }
     __syncthreads();
-    if (EPILOGUE == MMA_PLAIN && args.k_splits > 1) {
-        split_epilogue<N_TILES>(args, partial, block, split, lo0, SEGMENT_FIELD(0, rows));
-        return;
-    }
 
     /* Epilogue: a thread per (tile row r < 8, token) sums the warps'
      * split-K parts of lo row lo0 + r and hi row hi0 + r in warp order. */
@@ -307,16 +249,14 @@ static cudaError_t launch_rows_typed(const cuda_backend *state, const mma_args &
     int n_blocks = 0;
     for (int s = 0; s < MMA_MAX_SEGMENTS; s++)
         if (args.segment[s].end_block > n_blocks) n_blocks = args.segment[s].end_block;
-    n_blocks *= args.k_splits;
     if (args.n <= 8)
         return cuda_launch(state, mma_rows_kernel<T, 1, EPILOGUE>, n_blocks, MMA_WARPS * 32, args);
     return cuda_launch(state, mma_rows_kernel<T, 2, EPILOGUE>, n_blocks, MMA_WARPS * 32, args);
 }
 
-static ferry_status launch_rows(const cuda_backend *state, mma_args &args, ferry_dtype dtype,
-                                int epilogue) {
+static ferry_status launch_rows(const cuda_backend *state, const mma_args &args,
+                                ferry_dtype dtype, int epilogue) {
     const bool f16 = dtype == FERRY_DTYPE_F16;
-    if (args.k_splits < 1 || epilogue != MMA_PLAIN) args.k_splits = 1;
     cudaError_t error;
     switch (epilogue) {
     case MMA_SILU:
@@ -355,23 +295,6 @@ static void fill_segments(mma_args *args, int n_matrices, float *const *outs,
     }
 }
 
-/* Column splits for a lone matrix of n_tiles row tiles: enough blocks for
- * about MMA_BLOCKS_PER_SM per multiprocessor (a matrix of 4096 rows alone
- * leaves most of each SM's slots empty), each split at least one unrolled
- * step of every warp; FERRY_CUDA_MMA_SPLITS overrides. */
-enum { MMA_BLOCKS_PER_SM = 4 };
-static int k_splits_for(const cuda_backend *state, int n_tiles, int cols) {
-    if (n_tiles > CUDA_MMA_MAX_SPLIT_TILES) return 1;
-    int splits = state->mma_splits;
-    if (splits == 0) {
-        const int target = MMA_BLOCKS_PER_SM * state->n_multiprocessors;
-        splits = (target + n_tiles - 1) / n_tiles;
-    }
-    const int by_cols = cols / (MMA_CHUNK_COLS * MMA_WARPS * MMA_UNROLL);
-    splits = min(splits, min((int)CUDA_MMA_MAX_SPLITS, by_cols));
-    return splits < 1 ? 1 : splits;
-}
-
 ferry_status cuda_mma_stacked(cuda_backend *state, int n_matrices, float *const *outs,
                               const void *x16, const void *const *weights,
                               const float *const *biases, const int *rows, ferry_dtype dtype,
@@ -386,12 +309,6 @@ ferry_status cuda_mma_stacked(cuda_backend *state, int n_matrices, float *const 
     args.n = n;
     args.cols = cols;
     args.accumulate = accumulate;
-    if (n_matrices == 1) {
-        args.n_tiles = args.segment[0].end_block;
-        args.k_splits = k_splits_for(state, args.n_tiles, cols);
-        args.split_partials = state->mma_partials;
-        args.split_counters = state->mma_counters;
-    }
     return launch_rows(state, args, dtype, MMA_PLAIN);
 }
 
