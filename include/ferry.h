@@ -249,6 +249,45 @@ typedef struct ferry_sampling {
 /* Defaults: temperature 1, top_k 0, top_p 1, seed 0, not greedy. */
 FERRY_API ferry_sampling ferry_sampling_default(void);
 
+/* One sequence's rule for choosing its next token (ferry_forward_next). */
+typedef struct ferry_sample_rule {
+    double uniform;      /* the draw in [0, 1) that picks the token; not read when greedy */
+    float temperature;   /* > 0 */
+    float top_p;         /* (0, 1]; 1: no limit */
+    int32_t top_k;       /* >= 0; 0: no limit */
+    int32_t greedy;      /* nonzero: argmax, the rest not read */
+} ferry_sample_rule;
+
+/* The rule for a sequence's next token under `sampling`: its settings,
+ * and a uniform drawn from *rng_state (splitmix64; start it at
+ * sampling->seed), which advances as ferry_generate's generator does for
+ * one token.  Greedy draws nothing and leaves *rng_state as it is.  So a
+ * sequence stepped with a rule drawn before each ferry_forward_next gets
+ * the tokens ferry_generate would. */
+FERRY_API ferry_sample_rule ferry_sample_rule_draw(const ferry_sampling *sampling,
+                                                   uint64_t *rng_state);
+
+/* ferry_forward with FERRY_LOGITS_LAST, then each sequence's next token
+ * chosen from its last position's logits by rules[i] (one per sequence of
+ * the batch, host memory) into out_tokens[i]; the logits never leave the
+ * backend, only the token ids come back (a GPU picks on the device).
+ * The choice: greedy: the largest logit (the lowest id among ties; NaN
+ * never wins).  Else the weights softmax(logits / temperature) (NaN:
+ * weight 0); with top_k 0 and top_p 1 the token where the cumulative
+ * weight in id order first exceeds uniform x the total; else the top_k
+ * most probable tokens (ties: lower id first), of those the shortest
+ * prefix (most probable first) whose share of their weight reaches top_p,
+ * and the token where the cumulative weight along that order first
+ * exceeds uniform x the prefix's weight.  A backend that picks on the
+ * device sums in its own order: where the draw falls within float
+ * rounding of the boundary between two tokens it may take the neighbour
+ * (the CPU backend picks exactly as this says).  out_tokens may be
+ * batch->tokens (written after every token is read).  Bad rules fail with
+ * FERRY_ERR_INVALID_ARGUMENT before any work; on failure no slot's cache
+ * is changed. */
+FERRY_API ferry_status ferry_forward_next(ferry_session *session, const ferry_batch *batch,
+                                          const ferry_sample_rule *rules, int32_t *out_tokens);
+
 /* Called for each generated token; return nonzero to stop generation. */
 typedef int (*ferry_token_callback)(void *user, int32_t token);
 

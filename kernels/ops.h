@@ -148,6 +148,17 @@ typedef struct ferry_backend_ops {
     ferry_status (*graph_launch)(ferry_backend *backend, void *graph, int *out_replayed);
     void (*graph_free)(ferry_backend *backend, void *graph);
 
+    /* ---- optional: next tokens chosen on the device (NULL: the runtime
+     * downloads the logits and picks on the host) ---- */
+
+    /* out_tokens[r] = the token rules[r] picks from logits row r ([n, vocab]
+     * f32), as include/ferry.h describes at ferry_forward_next (the host's
+     * runtime/sampler.c: ferry_sampler_pick_rule), up to float rounding where
+     * a draw falls on the boundary between two tokens.  out_tokens, logits and
+     * rules are backend memory; n rows, any vocab >= 1. */
+    ferry_status (*sample)(ferry_backend *backend, int32_t *out_tokens, const float *logits,
+                           const ferry_sample_rule *rules, int n, int vocab);
+
     /* ---- optional fused ops (NULL: the runtime issues the plain ops) ---- */
 
     /* outs[i][t] = x[t] W_i^T (+ biases[i]) for 1..3 matrices of `cols`

@@ -2,9 +2,10 @@
  * batch.c — ferry_batch_run: iteration-level scheduling over a session's
  * slots.  Each step admits waiting requests into free slots (the one with
  * the most work left first, from a window read ahead), feeds every active
- * slot (a prompt chunk, or its last token) in one ferry_forward call,
- * samples one token per slot whose prompt is complete, and retires
- * finished slots at once.  Hot path: the step loop allocates only when a
+ * slot (a prompt chunk, or its last token) in one ferry_forward_next call,
+ * which picks one token per slot (on the device for a GPU backend, from a
+ * uniform each request's own generator draws here), keeps those of slots
+ * whose prompt is complete, and retires finished slots at once.  Hot path: the step loop allocates only when a
  * request is admitted (its token buffer) or the window grows.
  */
 #include <stdio.h>
@@ -129,7 +130,7 @@ static ferry_status admit(ferry_session *session, int seq, slot_state *slot,
                           const ferry_batch_callbacks *callbacks, ferry_batch_stats *stats) {
     *slot = (slot_state){.request = *request};
     char message[256] = "";
-    ferry_sampler check;
+    const ferry_sampling *sampling = &request->sampling;
     int64_t needed = (int64_t)request->n_prompt +
                      (request->max_new_tokens > 0 ? request->max_new_tokens - 1 : 0);
     if (request->n_prompt < 1) {
@@ -141,10 +142,10 @@ static ferry_status admit(ferry_session *session, int seq, slot_state *slot,
                  "%d prompt tokens + %d new tokens need a context of %lld; the session holds %d",
                  request->n_prompt, request->max_new_tokens, (long long)needed,
                  session->max_context);
-    } else if (ferry_sampler_init(&check, &request->sampling, 1) != FERRY_OK) {
+    } else if (ferry_sampling_check(sampling->greedy, sampling->temperature, sampling->top_k,
+                                    sampling->top_p) != FERRY_OK) {
         snprintf(message, sizeof message, "%s", ferry_last_error());
     } else {
-        ferry_sampler_free(&check);
         for (int k = 0; k < request->n_prompt; k++)
             if (request->prompt[k] < 0 || request->prompt[k] >= session->model->config.vocab_size) {
                 snprintf(message, sizeof message, "prompt token %d is %d, outside the vocabulary "
@@ -192,20 +193,17 @@ ferry_status ferry_batch_run(ferry_session *session, const ferry_batch_options *
                                        ? options->max_prefill_tokens
                                        : default_prefill_tokens(session);
     const ferry_config *config = &session->model->config;
-    const int vocab = config->vocab_size, max_batch = session->max_batch;
+    const int max_batch = session->max_batch;
     const int window = options->admission_window > 0 ? options->admission_window : 4 * max_batch;
     ferry_status status = FERRY_OK;
     waiting_heap waiting = {0};
     slot_state *slots = NULL;
-    float *logits = NULL;
     int *seq_ids = NULL, *n_feed = NULL;
-    int32_t *feed = NULL;
-    ferry_sampler sampler = {0};
-    ferry_sampling defaults = ferry_sampling_default();
-    FERRY_TRY_GOTO(ferry_sampler_init(&sampler, &defaults, vocab));
+    int32_t *feed = NULL, *picked = NULL;
+    ferry_sample_rule *rules = NULL;
     FERRY_TRY_GOTO(ferry_calloc((size_t)max_batch, sizeof *slots, "batch slots", (void **)&slots));
-    FERRY_TRY_GOTO(ferry_malloc((size_t)max_batch * (size_t)vocab * sizeof *logits,
-                                "batch logits", (void **)&logits));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)max_batch * sizeof *rules, "batch", (void **)&rules));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)max_batch * sizeof *picked, "batch", (void **)&picked));
     FERRY_TRY_GOTO(ferry_malloc((size_t)max_batch * sizeof *seq_ids, "batch", (void **)&seq_ids));
     FERRY_TRY_GOTO(ferry_malloc((size_t)max_batch * sizeof *n_feed, "batch", (void **)&n_feed));
     FERRY_TRY_GOTO(ferry_malloc(((size_t)max_prefill_tokens + (size_t)max_batch) * sizeof *feed,
@@ -248,10 +246,17 @@ ferry_status ferry_batch_run(ferry_session *session, const ferry_batch_options *
                 n_fed_tokens += n;
             }
         if (n_seqs == 0) break;   /* nothing active and nothing waiting */
+        /* a slot whose prompt is complete after this step draws from its own
+         * generator; a mid-prompt chunk's pick is not used (greedy: no draw) */
+        for (int i = 0; i < n_seqs; i++) {
+            slot_state *slot = &slots[seq_ids[i]];
+            int samples = slot->n_fed + n_feed[i] >= slot->request.n_prompt;
+            rules[i] = samples ? ferry_sample_rule_draw(&slot->request.sampling, &slot->rng_state)
+                               : (ferry_sample_rule){.greedy = 1};
+        }
         ferry_batch batch = {.n_seqs = n_seqs, .seq_ids = seq_ids, .n_tokens = n_feed, .tokens = feed};
         uint64_t start_ns = ferry_now_ns(), passes = weight_passes(session);
-        FERRY_TRY_GOTO(ferry_forward(session, &batch, FERRY_LOGITS_LAST, logits,
-                                     (size_t)max_batch * (size_t)vocab));
+        FERRY_TRY_GOTO(ferry_forward_next(session, &batch, rules, picked));
         stats->forward_ns += ferry_now_ns() - start_ns;
         stats->n_passes += weight_passes(session) - passes;
         stats->n_steps++;
@@ -261,11 +266,7 @@ ferry_status ferry_batch_run(ferry_session *session, const ferry_batch_options *
                 slot->n_fed += n_feed[i];
                 if (slot->n_fed < slot->request.n_prompt) continue;   /* mid-prompt chunk */
             }
-            /* this request's generator state drives the shared sampler scratch */
-            sampler.params = slot->request.sampling;
-            sampler.rng_state = slot->rng_state;
-            int32_t token = ferry_sampler_next(&sampler, logits + (size_t)i * (size_t)vocab);
-            slot->rng_state = sampler.rng_state;
+            int32_t token = picked[i];
             slot->tokens[slot->n_tokens++] = token;
             const char *finish = NULL;
             if (callbacks->on_token &&
@@ -283,10 +284,10 @@ fail:
     for (int seq = 0; slots && seq < max_batch; seq++) free(slots[seq].tokens);
     free(slots);
     free(waiting.items);
-    free(logits);
+    free(rules);
+    free(picked);
     free(seq_ids);
     free(n_feed);
     free(feed);
-    ferry_sampler_free(&sampler);
     return status;
 }

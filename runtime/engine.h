@@ -10,6 +10,7 @@
 
 #include "kernels/ops.h"
 #include "runtime/config.h"
+#include "runtime/sampler.h"
 
 /* Longest run of tokens pushed through the layers at once: longer prompts
  * are processed in chunks, so activation scratch stays bounded. */
@@ -115,6 +116,10 @@ typedef struct ferry_scratch {
     float *gate, *up;           /* [chunk, intermediate] */
     float *logits;              /* [FERRY_LOGITS_ROWS_PER_PASS, vocab] */
     int32_t *tokens, *positions, *slots;   /* [carried] per-token batch description */
+    /* ferry_forward_next on a backend with a sample op: each sequence's
+     * rule and picked token, [max_batch] each (NULL without the op). */
+    ferry_sample_rule *rules;
+    int32_t *sampled;
 } ferry_scratch;
 
 struct ferry_session {
@@ -141,6 +146,12 @@ struct ferry_session {
     /* Host staging for the carried tokens' batch description, [carried_tokens] each. */
     int32_t *host_tokens, *host_positions, *host_slots;
     int *host_output_rows;      /* row of the caller's logits for the token, or -1 */
+    /* ferry_forward_next: the picked tokens' host copy, [max_batch]; and
+     * where the backend has no sample op, one logits row downloaded at a
+     * time ([vocab]) and the host sampler that picks from it. */
+    int32_t *host_sampled;
+    float *host_logits;
+    ferry_sampler host_sampler;
     /* Decode-shaped chunks (every token makes a logits row, one lm_head
      * pass) recorded as backend graphs, by chunk size; see forward.c. */
     void *graphs[FERRY_LOGITS_ROWS_PER_PASS + 1];

@@ -3,7 +3,10 @@
  * chunks of at most session->chunk_tokens, and runs them through the
  * layers (norm, QKV, RoPE, KV store, attention, output projection, SwiGLU
  * MLP, residuals), then the final norm and lm_head for the rows the caller
- * asked for.  A resident model runs one chunk per pass through the layers;
+ * asked for: downloaded into the caller's buffer (ferry_forward), or, for
+ * ferry_forward_next, each sequence's next token picked from its row by
+ * the backend's sample op (on the device; only token ids come back) or,
+ * where the backend has none, on the host.  A resident model runs one chunk per pass through the layers;
  * a streamed one runs every chunk of the call (up to the session's carried
  * tokens) through a layer while its weights sit in a slot, so a call costs
  * one weight transfer (FlexGen's zig-zag order).  Both do the same
@@ -13,33 +16,32 @@
  */
 #include "offload/offload.h"
 #include "runtime/engine.h"
+#include "runtime/sampler.h"
 
 /* ----------------------------------------------------------- checking */
 
-/* Validate the call; on success *out_n_rows is the number of logit rows
- * it will write. */
+/* Validate the call (every message starts with `who`); on success
+ * *out_n_rows is the number of logit rows it makes. */
 static ferry_status check_forward_call(ferry_session *session, const ferry_batch *batch,
-                                       ferry_logits_mode mode, const float *logits,
-                                       size_t logits_capacity, int64_t *out_n_rows) {
+                                       ferry_logits_mode mode, const char *who,
+                                       int64_t *out_n_rows) {
     if (!session || !batch)
-        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ferry_forward: session or batch is NULL");
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "%s: session or batch is NULL", who);
     if (mode != FERRY_LOGITS_LAST && mode != FERRY_LOGITS_ALL)
-        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "ferry_forward: bad logits mode %d",
-                          (int)mode);
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "%s: bad logits mode %d", who, (int)mode);
     if (batch->n_seqs < 1 || batch->n_seqs > session->max_batch)
         return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                          "ferry_forward: batch of %d sequences (session holds 1..%d)",
-                          batch->n_seqs, session->max_batch);
-    if (!batch->n_tokens || !batch->tokens || !logits)
-        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                          "ferry_forward: n_tokens, tokens or logits is NULL");
+                          "%s: batch of %d sequences (session holds 1..%d)", who, batch->n_seqs,
+                          session->max_batch);
+    if (!batch->n_tokens || !batch->tokens)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "%s: n_tokens or tokens is NULL", who);
     const int vocab = session->model->config.vocab_size;
     int64_t n_total = 0;
     for (int i = 0; i < batch->n_seqs; i++) {
         int seq = batch->seq_ids ? batch->seq_ids[i] : i;
         if (seq < 0 || seq >= session->max_batch)
             return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                              "ferry_forward: sequence %d names slot %d (session has 0..%d)", i,
+                              "%s: sequence %d names slot %d (session has 0..%d)", who, i,
                               seq, session->max_batch - 1);
         /* slot_owner[seq] == i + 1 for the sequence i that uses the slot
          * in this call; stale values from earlier calls are told apart by
@@ -47,37 +49,29 @@ static ferry_status check_forward_call(ferry_session *session, const ferry_batch
         int owner = session->slot_owner[seq] - 1;
         if (owner >= 0 && owner < i && (batch->seq_ids ? batch->seq_ids[owner] : owner) == seq)
             return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                              "ferry_forward: slot %d appears twice in one batch "
-                              "(sequences %d and %d)",
-                              seq, owner, i);
+                              "%s: slot %d appears twice in one batch (sequences %d and %d)",
+                              who, seq, owner, i);
         session->slot_owner[seq] = i + 1;
         int n = batch->n_tokens[i];
         if (n < 1)
             return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                              "ferry_forward: sequence %d has %d tokens (need at least 1)", i, n);
+                              "%s: sequence %d has %d tokens (need at least 1)", who, i, n);
         if ((int64_t)session->lengths[seq] + n > session->max_context)
             return ferry_fail(FERRY_ERR_CONTEXT_FULL,
-                              "ferry_forward: slot %d holds %d tokens; %d more exceed the "
-                              "session's context of %d",
-                              seq, session->lengths[seq], n, session->max_context);
+                              "%s: slot %d holds %d tokens; %d more exceed the session's "
+                              "context of %d",
+                              who, seq, session->lengths[seq], n, session->max_context);
         for (int j = 0; j < n; j++) {
             int32_t token = batch->tokens[n_total + j];
             if (token < 0 || token >= vocab)
                 return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                                  "ferry_forward: token id %d (sequence %d, token %d) is not "
-                                  "in the vocabulary 0..%d",
-                                  (int)token, i, j, vocab - 1);
+                                  "%s: token id %d (sequence %d, token %d) is not in the "
+                                  "vocabulary 0..%d",
+                                  who, (int)token, i, j, vocab - 1);
         }
         n_total += n;
     }
-    int64_t n_rows = mode == FERRY_LOGITS_ALL ? n_total : batch->n_seqs;
-    if ((uint64_t)n_rows * (uint64_t)vocab > logits_capacity)
-        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                          "ferry_forward: logits buffer holds %zu floats; %lld rows of %d need "
-                          "%llu",
-                          logits_capacity, (long long)n_rows, vocab,
-                          (unsigned long long)((uint64_t)n_rows * (uint64_t)vocab));
-    *out_n_rows = n_rows;
+    *out_n_rows = mode == FERRY_LOGITS_ALL ? n_total : batch->n_seqs;
     return FERRY_OK;
 }
 
@@ -336,14 +330,30 @@ static ferry_status compute_logits_pass(ferry_session *session, const int *outpu
                        hidden, 0);
 }
 
+/* ----------------------------------------------------- logits out */
+
+/* Where the logits rows of a call go: into the caller's buffer
+ * (ferry_forward), or into the token each sequence's rule picks from its
+ * row (ferry_forward_next). */
+typedef struct logits_sink {
+    float *logits;                  /* host [rows, vocab]; NULL: pick tokens */
+    const ferry_sample_rule *rules; /* host [n_seqs]: the rules, when picking */
+} logits_sink;
+
+/* Length of the run of consecutive caller rows that starts at rows[0]. */
+static int consecutive_rows(const int *rows, int n) {
+    int run = 1;
+    while (run < n && rows[run] == rows[0] + run) run++;
+    return run;
+}
+
 /* Copy a pass's logits out, one download per run of consecutive rows. */
 static ferry_status download_logits(ferry_session *session, const int *rows, int n_pass,
                                     float *logits) {
     ferry_backend *backend = session->model->backend;
     const int vocab = session->model->config.vocab_size;
     for (int j = 0; j < n_pass;) {
-        int run = 1;
-        while (j + run < n_pass && rows[j + run] == rows[j] + run) run++;
+        int run = consecutive_rows(rows + j, n_pass - j);
         FERRY_TRY(backend->ops->download(backend, logits + (size_t)rows[j] * vocab,
                                          session->scratch.logits + (size_t)j * vocab,
                                          (size_t)run * vocab * sizeof(float)));
@@ -352,10 +362,45 @@ static ferry_status download_logits(ferry_session *session, const int *rows, int
     return FERRY_OK;
 }
 
+/* The tokens of a pass's rows: the backend's sample op, one launch per run
+ * of consecutive rows, into scratch.sampled with the rules uploaded into
+ * scratch.rules; or, on a backend without it, each row downloaded and
+ * picked on the host (the same pick, with the same uniform) into
+ * host_sampled. */
+static ferry_status pick_tokens(ferry_session *session, const int *rows, int n_pass,
+                                const ferry_sample_rule *rules) {
+    ferry_backend *backend = session->model->backend;
+    ferry_scratch *s = &session->scratch;
+    const int vocab = session->model->config.vocab_size;
+    if (backend->ops->sample) {
+        for (int j = 0; j < n_pass;) {
+            int run = consecutive_rows(rows + j, n_pass - j);
+            FERRY_TRY(backend->ops->sample(backend, s->sampled + rows[j],
+                                           s->logits + (size_t)j * vocab, s->rules + rows[j],
+                                           run, vocab));
+            j += run;
+        }
+        return FERRY_OK;
+    }
+    for (int j = 0; j < n_pass; j++) {
+        FERRY_TRY(backend->ops->download(backend, session->host_logits,
+                                         s->logits + (size_t)j * vocab,
+                                         (size_t)vocab * sizeof(float)));
+        session->host_sampled[rows[j]] =
+            ferry_sampler_pick_rule(&session->host_sampler, session->host_logits, &rules[rows[j]]);
+    }
+    return FERRY_OK;
+}
+
+static ferry_status emit_logits(ferry_session *session, const int *rows, int n_pass,
+                                const logits_sink *sink) {
+    return sink->logits ? download_logits(session, rows, n_pass, sink->logits)
+                        : pick_tokens(session, rows, n_pass, sink->rules);
+}
+
 /* Final norm and lm_head for the pass's tokens that produce logits, chunk
- * by chunk, in lm_head passes, each row downloaded into its place in the
- * caller's buffer. */
-static ferry_status write_logits(const layer_pass *pass, float *logits) {
+ * by chunk, in lm_head passes, each pass's rows handed to the sink. */
+static ferry_status write_logits(const layer_pass *pass, const logits_sink *sink) {
     ferry_session *session = pass->session;
     const int n_chunks = pass_chunks(pass);
     for (int c = 0; c < n_chunks; c++) {
@@ -368,7 +413,7 @@ static ferry_status write_logits(const layer_pass *pass, float *logits) {
             FERRY_TRY(compute_logits_pass(session, output_rows, tokens.n_tokens, &t, rows,
                                           &n_pass));
             if (n_pass == 0) break;
-            FERRY_TRY(download_logits(session, rows, n_pass, logits));
+            FERRY_TRY(emit_logits(session, rows, n_pass, sink));
         }
     }
     return FERRY_OK;
@@ -464,8 +509,10 @@ static ferry_status replay_chunk(layer_pass *pass, int *rows, int *n_pass,
     return FERRY_OK;
 }
 
-/* Embedding, every layer, and the logits of one pass of n tokens. */
-static ferry_status pass_forward(ferry_session *session, int n, float *logits) {
+/* Embedding, every layer, and the logits of one pass of n tokens, handed
+ * to the sink.  Logits downloaded have been waited for; picked tokens may
+ * still be on their way (ferry_forward_next's download waits). */
+static ferry_status pass_forward(ferry_session *session, int n, const logits_sink *sink) {
     const ferry_model *model = session->model;
     ferry_backend *backend = model->backend;
     const ferry_backend_ops *ops = backend->ops;
@@ -476,32 +523,84 @@ static ferry_status pass_forward(ferry_session *session, int n, float *logits) {
     FERRY_TRY(ops->upload(backend, s->slots, session->host_slots, index_bytes));
     layer_pass pass = {session, n};
 
+    int replayed = 0;
     if (chunk_is_recordable(session, n)) {
-        int rows[FERRY_LOGITS_ROWS_PER_PASS], n_pass = 0, replayed = 0;
+        int rows[FERRY_LOGITS_ROWS_PER_PASS], n_pass = 0;
         FERRY_TRY(replay_chunk(&pass, rows, &n_pass, &replayed));
-        if (replayed) {
-            FERRY_TRY(download_logits(session, rows, n_pass, logits));
-            return ops->synchronize(backend);
-        }
+        if (replayed) FERRY_TRY(emit_logits(session, rows, n_pass, sink));
     }
-    FERRY_TRY(layers_forward(&pass));
-    FERRY_TRY(write_logits(&pass, logits));
-    return ops->synchronize(backend);
+    if (!replayed) {
+        FERRY_TRY(layers_forward(&pass));
+        FERRY_TRY(write_logits(&pass, sink));
+    }
+    return sink->logits ? ops->synchronize(backend) : FERRY_OK;
 }
 
-ferry_status ferry_forward(ferry_session *session, const ferry_batch *batch,
-                           ferry_logits_mode mode, float *logits, size_t logits_capacity) {
-    int64_t n_rows = 0;
-    FERRY_TRY(check_forward_call(session, batch, mode, logits, logits_capacity, &n_rows));
+/* Every pass of a checked call. */
+static ferry_status run_passes(ferry_session *session, const ferry_batch *batch,
+                               ferry_logits_mode mode, const logits_sink *sink, const char *who) {
     batch_cursor cursor = {0, 0, 0};
     for (;;) {
         int n = next_pass(session, batch, mode, &cursor);
         if (n == 0) break;
-        ferry_status status = pass_forward(session, n, logits);
-        if (status != FERRY_OK) return ferry_fail_prefix(status, "ferry_forward: ");
+        ferry_status status = pass_forward(session, n, sink);
+        if (status != FERRY_OK) return ferry_fail_prefix(status, "%s: ", who);
     }
-    /* Every chunk went through: the new tokens now count as cached. */
+    return FERRY_OK;
+}
+
+/* Every chunk went through: the new tokens now count as cached. */
+static void commit_lengths(ferry_session *session, const ferry_batch *batch) {
     for (int i = 0; i < batch->n_seqs; i++)
         session->lengths[batch->seq_ids ? batch->seq_ids[i] : i] += batch->n_tokens[i];
+}
+
+ferry_status ferry_forward(ferry_session *session, const ferry_batch *batch,
+                           ferry_logits_mode mode, float *logits, size_t logits_capacity) {
+    static const char who[] = "ferry_forward";
+    int64_t n_rows = 0;
+    FERRY_TRY(check_forward_call(session, batch, mode, who, &n_rows));
+    const int vocab = session->model->config.vocab_size;
+    if (!logits) return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "%s: logits is NULL", who);
+    if ((uint64_t)n_rows * (uint64_t)vocab > logits_capacity)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "%s: logits buffer holds %zu floats; %lld rows of %d need %llu", who,
+                          logits_capacity, (long long)n_rows, vocab,
+                          (unsigned long long)((uint64_t)n_rows * (uint64_t)vocab));
+    const logits_sink sink = {logits, NULL};
+    FERRY_TRY(run_passes(session, batch, mode, &sink, who));
+    commit_lengths(session, batch);
+    return FERRY_OK;
+}
+
+ferry_status ferry_forward_next(ferry_session *session, const ferry_batch *batch,
+                                const ferry_sample_rule *rules, int32_t *out_tokens) {
+    static const char who[] = "ferry_forward_next";
+    int64_t n_rows = 0;
+    FERRY_TRY(check_forward_call(session, batch, FERRY_LOGITS_LAST, who, &n_rows));
+    if (!rules || !out_tokens)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "%s: rules or out_tokens is NULL", who);
+    for (int i = 0; i < batch->n_seqs; i++) {
+        ferry_status status = ferry_sample_rule_check(&rules[i]);
+        if (status != FERRY_OK) return ferry_fail_prefix(status, "%s: sequence %d: ", who, i);
+    }
+    ferry_backend *backend = session->model->backend;
+    ferry_scratch *s = &session->scratch;
+    const size_t token_bytes = (size_t)batch->n_seqs * sizeof(int32_t);
+    const logits_sink sink = {NULL, rules};
+    ferry_status status = FERRY_OK;
+    if (backend->ops->sample) {
+        status = backend->ops->upload(backend, s->rules, rules,
+                                      (size_t)batch->n_seqs * sizeof *rules);
+        if (status != FERRY_OK) return ferry_fail_prefix(status, "%s: rules: ", who);
+    }
+    FERRY_TRY(run_passes(session, batch, FERRY_LOGITS_LAST, &sink, who));
+    /* a sample op's picks come down now (the download waits for them) */
+    status = backend->ops->sample
+                 ? backend->ops->download(backend, session->host_sampled, s->sampled, token_bytes)
+                 : backend->ops->synchronize(backend);
+    if (status != FERRY_OK) return ferry_fail_prefix(status, "%s: ", who);
+    memcpy(out_tokens, session->host_sampled, token_bytes);
+    commit_lengths(session, batch);
     return FERRY_OK;
 }

@@ -1,11 +1,11 @@
 /*
  * generate.c — ferry_generate: prefill a prompt into slot 0, then sample a
  * token, hand it to the callback, feed it back, until max_new_tokens, an
- * EOS token or the callback says stop.  One logits row and the sampler's
- * scratch are allocated per call; the per-token loop allocates nothing.
+ * EOS token or the callback says stop.  Each step is one
+ * ferry_forward_next: the token is picked where the logits are (on the
+ * device for a GPU backend), with a uniform drawn here from the seed's
+ * generator, so only the token comes back.  Allocates nothing.
  */
-#include <stdlib.h>
-
 #include "runtime/engine.h"
 #include "runtime/sampler.h"
 
@@ -37,35 +37,32 @@ ferry_status ferry_generate(ferry_session *session, const int32_t *prompt, int n
                           n_prompt, params->max_new_tokens, (long long)needed,
                           session->max_context);
     const ferry_config *config = &session->model->config;
-    const int vocab = config->vocab_size;
-    ferry_sampler sampler;
-    float *logits = NULL;
-    ferry_status status = ferry_sampler_init(&sampler, &params->sampling, vocab);
+    const ferry_sampling *sampling = &params->sampling;
+    ferry_status status = ferry_sampling_check(sampling->greedy, sampling->temperature,
+                                               sampling->top_k, sampling->top_p);
     if (status != FERRY_OK) return ferry_fail_prefix(status, "ferry_generate: ");
-    FERRY_TRY_GOTO(ferry_malloc((size_t)vocab * sizeof *logits, "logits row", (void **)&logits));
-    FERRY_TRY_GOTO(ferry_session_reset(session, 0));
+    FERRY_TRY(ferry_session_reset(session, 0));
+    uint64_t rng_state = sampling->seed;
 
-    /* prefill: the prompt's last position gives the first distribution */
+    /* prefill: the prompt's last position gives the first token */
     int seq = 0, n_feed = n_prompt;
     ferry_batch batch = {.n_seqs = 1, .seq_ids = &seq, .n_tokens = &n_feed, .tokens = prompt};
-    FERRY_TRY_GOTO(ferry_forward(session, &batch, FERRY_LOGITS_LAST, logits, (size_t)vocab));
+    ferry_sample_rule rule = ferry_sample_rule_draw(sampling, &rng_state);
+    int32_t token = 0;
+    FERRY_TRY(ferry_forward_next(session, &batch, &rule, &token));
 
     int n = 0;
     while (n < params->max_new_tokens) {
-        int32_t token = ferry_sampler_next(&sampler, logits);
         out_tokens[n++] = token;
         *n_out = n;
         if (params->on_token && params->on_token(params->user, token)) break;
         if (!params->ignore_eos && ferry_is_eos(config, token)) break;
         if (n == params->max_new_tokens) break;
-        /* decode: feed the token back for the next distribution */
+        /* decode: feed the token back for the next one */
         n_feed = 1;
         batch.tokens = &out_tokens[n - 1];
-        FERRY_TRY_GOTO(ferry_forward(session, &batch, FERRY_LOGITS_LAST, logits, (size_t)vocab));
+        rule = ferry_sample_rule_draw(sampling, &rng_state);
+        FERRY_TRY(ferry_forward_next(session, &batch, &rule, &token));
     }
-    status = FERRY_OK;
-fail:
-    free(logits);
-    ferry_sampler_free(&sampler);
-    return status;
+    return FERRY_OK;
 }

@@ -2,7 +2,9 @@
  * sampler.c — next-token choice on host logits: greedy argmax, or a draw
  * from softmax(logits / temperature) restricted by top-k and top-p.  The
  * generator is splitmix64 started from the seed, so a generate call with
- * the same seed, model and prompt repeats exactly.  Allocates only in
+ * the same seed, model and prompt repeats exactly.  The draw (a uniform in
+ * [0, 1)) is taken apart from the pick, so a backend's sample op can make
+ * the same choice on the device from the same draw.  Allocates only in
  * ferry_sampler_init.
  */
 #include <math.h>
@@ -16,6 +18,29 @@ ferry_sampling ferry_sampling_default(void) {
     return sampling;
 }
 
+ferry_status ferry_sampling_check(int greedy, float temperature, int top_k, float top_p) {
+    if (greedy) return FERRY_OK;
+    if (!(temperature > 0.0f) || !isfinite(temperature))
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "sampling: temperature %g must be > 0 (use greedy for argmax)",
+                          (double)temperature);
+    if (top_k < 0)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "sampling: top_k %d must be >= 0 (0: no limit)", top_k);
+    if (!(top_p > 0.0f && top_p <= 1.0f))
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "sampling: top_p %g must be in (0, 1] (1: no limit)", (double)top_p);
+    return FERRY_OK;
+}
+
+ferry_status ferry_sample_rule_check(const ferry_sample_rule *rule) {
+    FERRY_TRY(ferry_sampling_check(rule->greedy, rule->temperature, rule->top_k, rule->top_p));
+    if (!rule->greedy && !(rule->uniform >= 0.0 && rule->uniform < 1.0))
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "sampling: the uniform draw %g must be in [0, 1)", rule->uniform);
+    return FERRY_OK;
+}
+
 ferry_status ferry_sampler_init(ferry_sampler *sampler, const ferry_sampling *params,
                                 int vocab_size) {
     memset(sampler, 0, sizeof *sampler);
@@ -23,19 +48,8 @@ ferry_status ferry_sampler_init(ferry_sampler *sampler, const ferry_sampling *pa
     if (vocab_size < 1)
         return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "sampler: vocabulary of %d tokens",
                           vocab_size);
-    if (!params->greedy) {
-        if (!(params->temperature > 0.0f) || !isfinite(params->temperature))
-            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                              "sampling: temperature %g must be > 0 (use greedy for argmax)",
-                              (double)params->temperature);
-        if (params->top_k < 0)
-            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                              "sampling: top_k %d must be >= 0 (0: no limit)", params->top_k);
-        if (!(params->top_p > 0.0f && params->top_p <= 1.0f))
-            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
-                              "sampling: top_p %g must be in (0, 1] (1: no limit)",
-                              (double)params->top_p);
-    }
+    FERRY_TRY(ferry_sampling_check(params->greedy, params->temperature, params->top_k,
+                                   params->top_p));
     sampler->params = *params;
     sampler->vocab_size = vocab_size;
     sampler->rng_state = params->seed;
@@ -195,11 +209,24 @@ int ferry_sampler_candidates(ferry_sampler *sampler, const float *logits, double
     return n;
 }
 
-int32_t ferry_sampler_next(ferry_sampler *sampler, const float *logits) {
+ferry_sample_rule ferry_sample_rule_draw(const ferry_sampling *sampling, uint64_t *rng_state) {
+    ferry_sample_rule rule = {.uniform = 0.0,
+                              .temperature = sampling->temperature,
+                              .top_p = sampling->top_p,
+                              .top_k = sampling->top_k,
+                              .greedy = sampling->greedy != 0};
+    if (!rule.greedy) rule.uniform = next_uniform(rng_state);
+    return rule;
+}
+
+double ferry_sampler_uniform(ferry_sampler *sampler) {
+    return ferry_sample_rule_draw(&sampler->params, &sampler->rng_state).uniform;
+}
+
+int32_t ferry_sampler_pick(ferry_sampler *sampler, const float *logits, double u) {
     const int vocab = sampler->vocab_size;
     const ferry_sampling *p = &sampler->params;
     if (p->greedy) return ferry_argmax(logits, vocab);
-    double u = next_uniform(&sampler->rng_state);
     if (p->top_k == 0 && p->top_p >= 1.0f) {
         /* No filtering: draw straight from the softmax in id order. */
         double total = softmax_weights(logits, vocab, p->temperature, sampler->probs);
@@ -224,4 +251,17 @@ int32_t ferry_sampler_next(ferry_sampler *sampler, const float *logits) {
         if (target < cumulative) return sampler->order[j];
     }
     return sampler->order[n - 1];
+}
+
+int32_t ferry_sampler_pick_rule(ferry_sampler *sampler, const float *logits,
+                                const ferry_sample_rule *rule) {
+    sampler->params.greedy = rule->greedy;
+    sampler->params.temperature = rule->temperature;
+    sampler->params.top_k = rule->top_k;
+    sampler->params.top_p = rule->top_p;
+    return ferry_sampler_pick(sampler, logits, rule->uniform);
+}
+
+int32_t ferry_sampler_next(ferry_sampler *sampler, const float *logits) {
+    return ferry_sampler_pick(sampler, logits, ferry_sampler_uniform(sampler));
 }

@@ -5,8 +5,8 @@
  * slot lengths, and the activation scratch: the residual stream of every
  * token a pass through the layers carries (one chunk of at most
  * FERRY_CHUNK_TOKENS tokens, or up to the zig-zag limit when the model
- * streams) and the rest for one chunk.  Everything a forward pass touches
- * is allocated here, once.
+ * streams) and the rest for one chunk, and what ferry_forward_next picks
+ * tokens with.  Everything a forward pass touches is allocated here, once.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -86,10 +86,41 @@ static ferry_status alloc_scratch(ferry_session *session) {
 static void free_scratch(ferry_backend *backend, ferry_scratch *scratch) {
     void *arrays[] = {scratch->residuals, scratch->normed, scratch->q,      scratch->k,
                       scratch->v,        scratch->attention, scratch->gate, scratch->up,
-                      scratch->logits,   scratch->tokens, scratch->positions, scratch->slots};
+                      scratch->logits,   scratch->tokens, scratch->positions, scratch->slots,
+                      scratch->rules,    scratch->sampled};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         if (arrays[i]) backend->ops->free(backend, arrays[i]);
     memset(scratch, 0, sizeof *scratch);
+}
+
+/* What ferry_forward_next needs: the picked tokens' host copy, and with
+ * the backend's sample op backend room for every sequence's rule and
+ * token; without it a host row for one sequence's logits and the host
+ * sampler's scratch. */
+static ferry_status alloc_sampling(ferry_session *session) {
+    ferry_backend *backend = session->model->backend;
+    const int vocab = session->model->config.vocab_size;
+    const size_t max_batch = (size_t)session->max_batch;
+    FERRY_TRY(ferry_malloc(max_batch * sizeof(int32_t), "sampled tokens",
+                           (void **)&session->host_sampled));
+    if (backend->ops->sample) {
+        FERRY_TRY(backend_array(backend, max_batch, sizeof(ferry_sample_rule), "sampling rules",
+                                (void **)&session->scratch.rules));
+        return backend_array(backend, max_batch, sizeof(int32_t), "sampled tokens",
+                             (void **)&session->scratch.sampled);
+    }
+    FERRY_TRY(ferry_malloc((size_t)vocab * sizeof(float), "logits row",
+                           (void **)&session->host_logits));
+    const ferry_sampling defaults = ferry_sampling_default();
+    return ferry_sampler_init(&session->host_sampler, &defaults, vocab);
+}
+
+static void free_sampling(ferry_session *session) {
+    free(session->host_sampled);
+    free(session->host_logits);
+    ferry_sampler_free(&session->host_sampler);
+    session->host_sampled = NULL;
+    session->host_logits = NULL;
 }
 
 /* ------------------------------------------------------------ KV cache */
@@ -282,6 +313,7 @@ ferry_status ferry_session_new(ferry_model *model, int max_batch, int max_contex
                                 (void **)&session->slot_owner));
     FERRY_TRY_GOTO(alloc_kv(session));
     FERRY_TRY_GOTO(alloc_scratch(session));
+    FERRY_TRY_GOTO(alloc_sampling(session));
     FERRY_TRY_GOTO(setup_host_attention(session));
     size_t carried = (size_t)session->carried_tokens;
     FERRY_TRY_GOTO(ferry_malloc(carried * sizeof(int32_t), "chunk tokens",
@@ -310,6 +342,7 @@ void ferry_session_free(ferry_session *session) {
         for (int n = 0; n <= FERRY_LOGITS_ROWS_PER_PASS; n++)
             if (session->graphs[n]) backend->ops->graph_free(backend, session->graphs[n]);
     free_scratch(backend, &session->scratch);
+    free_sampling(session);
     free(session->lengths);
     free(session->slot_owner);
     free(session->host_tokens);

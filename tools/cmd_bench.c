@@ -4,9 +4,11 @@
  * and KV cache), the bandwidth that achieves and its ratio to a
  * device-to-device copy measured in the same run, and the GPU memory in
  * use.  --kernels adds the matmul op alone on the model's shapes and the
- * attention op alone on prefill chunks.  Drives
- * ferry_forward like any caller; reads the model's config and backend
- * through runtime/engine.h for the byte counts and the measurement hooks.
+ * attention op alone on prefill chunks.  Drives ferry_forward_next like
+ * any caller (greedy: the argmax is taken where the logits are, so a
+ * step's time holds no logits download); reads the model's config and
+ * backend through runtime/engine.h for the byte counts and the
+ * measurement hooks.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -114,21 +116,14 @@ typedef struct batch_result {
     double predicted_step_ms, predicted_tok_s; /* the streaming plan's; 0: not streaming */
 } batch_result;
 
-static int argmax(const float *row, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (row[i] > row[best]) best = i;
-    return best;
-}
-
 static ferry_status bench_batch(ferry_model *model, int batch, int prompt_len, int gen_len,
                                 batch_result *result) {
     const int vocab = model->config.vocab_size;
     ferry_status status = FERRY_OK;
     ferry_session *session = NULL;
-    int32_t *tokens = NULL;
+    int32_t *tokens = NULL, *next = NULL;
     int *n_tokens = NULL;
-    float *logits = NULL;
+    ferry_sample_rule *rules = NULL;
     double *step_ms = NULL;
     memset(result, 0, sizeof *result);
     result->batch = batch;
@@ -137,37 +132,39 @@ static ferry_status bench_batch(ferry_model *model, int batch, int prompt_len, i
     FERRY_TRY_GOTO(ferry_malloc((size_t)batch * prompt_len * sizeof *tokens, "bench tokens",
                                 (void **)&tokens));
     FERRY_TRY_GOTO(ferry_malloc((size_t)batch * sizeof *n_tokens, "bench", (void **)&n_tokens));
-    FERRY_TRY_GOTO(ferry_malloc((size_t)batch * vocab * sizeof *logits, "bench logits",
-                                (void **)&logits));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)batch * sizeof *rules, "bench", (void **)&rules));
+    FERRY_TRY_GOTO(ferry_malloc((size_t)batch * sizeof *next, "bench", (void **)&next));
     FERRY_TRY_GOTO(ferry_malloc((size_t)(gen_len + 1) * sizeof *step_ms, "bench",
                                 (void **)&step_ms));
     uint64_t random_state = 0x9e3779b97f4a7c15ull ^ (uint64_t)batch;
     for (size_t i = 0; i < (size_t)batch * prompt_len; i++)
         tokens[i] = (int32_t)(next_random(&random_state) % (uint64_t)vocab);
-    for (int i = 0; i < batch; i++) n_tokens[i] = prompt_len;
+    for (int i = 0; i < batch; i++) {
+        n_tokens[i] = prompt_len;
+        rules[i] = (ferry_sample_rule){.greedy = 1};
+    }
     ferry_batch prompts = {.n_seqs = batch, .n_tokens = n_tokens, .tokens = tokens};
-    size_t capacity = (size_t)batch * vocab;
 
     /* warm-up: scratch growth, cuBLAS heuristics, first-touch of pages */
-    FERRY_TRY_GOTO(ferry_forward(session, &prompts, FERRY_LOGITS_LAST, logits, capacity));
+    FERRY_TRY_GOTO(ferry_forward_next(session, &prompts, rules, next));
     FERRY_TRY_GOTO(ferry_session_reset(session, -1));
 
     double start_ms = cli_now_ms();
-    FERRY_TRY_GOTO(ferry_forward(session, &prompts, FERRY_LOGITS_LAST, logits, capacity));
+    FERRY_TRY_GOTO(ferry_forward_next(session, &prompts, rules, next));
     result->prefill_ms = cli_now_ms() - start_ms;
     double prompt_tokens = (double)batch * prompt_len;
     result->prefill_tok_s = prompt_tokens / (result->prefill_ms * 1e-3);
     result->prefill_tflops =
         matrix_flops_per_token(model) * prompt_tokens / (result->prefill_ms * 1e-3) / 1e12;
 
-    /* decode: each sequence appends its own greedy token */
+    /* decode: each sequence appends its own greedy token, and the call
+     * writes the next over it */
     for (int i = 0; i < batch; i++) n_tokens[i] = 1;
-    ferry_batch step = {.n_seqs = batch, .n_tokens = n_tokens, .tokens = tokens};
+    ferry_batch step = {.n_seqs = batch, .n_tokens = n_tokens, .tokens = next};
     double decode_total_ms = 0;
     for (int s = 0; s < gen_len; s++) {
-        for (int i = 0; i < batch; i++) tokens[i] = argmax(logits + (size_t)i * vocab, vocab);
         start_ms = cli_now_ms();
-        FERRY_TRY_GOTO(ferry_forward(session, &step, FERRY_LOGITS_LAST, logits, capacity));
+        FERRY_TRY_GOTO(ferry_forward_next(session, &step, rules, next));
         step_ms[s] = cli_now_ms() - start_ms;
         decode_total_ms += step_ms[s];
     }
@@ -200,7 +197,8 @@ static ferry_status bench_batch(ferry_model *model, int batch, int prompt_len, i
     }
 fail:
     free(step_ms);
-    free(logits);
+    free(rules);
+    free(next);
     free(n_tokens);
     free(tokens);
     ferry_session_free(session);
