@@ -276,6 +276,7 @@ static const ferry_backend_ops cuda_ops = {
     .matmul_multi = cuda_matmul_multi,
     .rope_kv_store = cuda_rope_kv_store,
     .qkv_rope_store = cuda_qkv_rope_store,
+    .sample = cuda_sample,
 };
 
 /* ------------------------------------------------------------ creation */

@@ -205,6 +205,11 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
                             const ferry_kv_layer *cache, const ferry_token_batch *batch,
                             ferry_attention_shape shape);
 
+/* sample.cu: the sample op (contract in kernels/ops.h); vocabularies up to
+ * 256 x 65535 tokens. */
+ferry_status cuda_sample(ferry_backend *backend, int32_t *out_tokens, const float *logits,
+                         const ferry_sample_rule *rules, int n, int vocab);
+
 /* Batches of at least this many tokens try a tiled prefill kernel; the
  * tensor-core one takes tiles of up to FLASH_TILE_TOKENS tokens. */
 enum { PREFILL_MIN_TOKENS = 64, FLASH_TILE_TOKENS = 64 };

@@ -14,7 +14,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-__device__ __forceinline__ float warp_sum(float value) {
+/* float, double or int: whatever __shfl_xor_sync carries. */
+template <typename T> __device__ __forceinline__ T warp_sum(T value) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1)
         value += __shfl_xor_sync(0xffffffffu, value, offset);
