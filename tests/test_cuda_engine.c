@@ -1,7 +1,9 @@
 /*
  * test_cuda_engine.c — the whole engine on the CUDA backend: logits of
  * synthesised models against the CPU backend (ragged batches, several
- * slots, prefill then decode steps), and logits and greedy tokens of the
+ * slots, prefill then decode steps), ferry_forward_next's tokens picked
+ * on the device against ferry_forward and the host sampler (resident,
+ * recorded decode steps, streamed), and logits and greedy tokens of the
  * HF fixtures against what transformers computed.  Skips (and says so)
  * without a CUDA GPU.
  */
@@ -12,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "forward_next_fixture.h"
 #include "helpers.h"
 #include "runtime/engine.h"
 
@@ -275,6 +278,42 @@ Test(cuda_engine, decode_steps_replayed_from_a_graph_equal_direct_runs) {
 
 Test(cuda_engine, replays_stay_exact_when_another_session_runs_between_them) {
     check_replay_equals_direct(1);
+}
+
+/* --------------------------------------- tokens picked on the device */
+
+/* A synthesised model on the CUDA backend, all resident or every layer
+ * streamed from DRAM. */
+static ferry_model *open_synth_on_cuda(const char *path, int streamed) {
+    ferry_model_options options = {.backend = "cuda", .n_threads = 2};
+    if (streamed) {
+        options.streaming = 1;
+        options.resident_layers = 0;
+    }
+    ferry_model *model = NULL;
+    cr_assert_eq(ferry_model_open(path, &options, &model), FERRY_OK, "%s: %s", path,
+                 ferry_last_error());
+    cr_assert_eq(model->stream != NULL, streamed, "%s: streaming %d", path, streamed);
+    cr_assert(model->backend->ops->sample, "the CUDA backend has no sample op");
+    return model;
+}
+
+/* Every rule kind, ragged prefill over two chunks, decode steps replayed
+ * from graphs (resident) or streamed: the device's tokens are the host's
+ * picks from the same logits, up to rounding at a boundary. */
+Test(cuda_engine, forward_next_picks_on_the_device_what_the_host_picks_from_the_logits) {
+    NEED_GPU();
+    static const struct {
+        const char *path;
+        int streamed;
+    } runs[] = {{"synth:tiny:f16:3", 0}, {"synth:tiny:f16:3", 1}, {"synth:small:f16:4", 0}};
+    for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
+        ferry_model *model = open_synth_on_cuda(runs[r].path, runs[r].streamed);
+        char what[128];
+        snprintf(what, sizeof what, "%s%s", runs[r].path, runs[r].streamed ? " streamed" : "");
+        next_fixture_run(model, 0, what);
+        ferry_model_close(model);
+    }
 }
 
 /* ------------------------------------------------ CUDA vs HF fixtures */

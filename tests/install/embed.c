@@ -59,6 +59,19 @@ int main(int argc, char **argv) {
         fprintf(stderr, "greedy generation is not repeatable\n");
         return 1;
     }
+    /* the first greedy token again, picked where the logits are */
+    int slot = 1;
+    ferry_batch again = {.n_seqs = 1, .seq_ids = &slot, .n_tokens = &n_tokens, .tokens = prompt};
+    ferry_sampling greedy = ferry_sampling_default();
+    greedy.greedy = 1;
+    uint64_t rng_state = greedy.seed;
+    ferry_sample_rule rule = ferry_sample_rule_draw(&greedy, &rng_state);
+    int32_t next = -1;
+    CHECK(ferry_forward_next(session, &again, &rule, &next));
+    if (next != first[0]) {
+        fprintf(stderr, "ferry_forward_next picked %d, ferry_generate %d\n", next, first[0]);
+        return 1;
+    }
     ferry_session_free(session);
     ferry_model_close(model);
     free(logits);
