@@ -3,8 +3,8 @@
  * several batch sizes, with the bytes each decode step must read (weights
  * and KV cache), the bandwidth that achieves and its ratio to a
  * device-to-device copy measured in the same run, and the GPU memory in
- * use.  --kernels adds the matmul op alone on the model's shapes and the
- * attention op alone on prefill chunks.  Drives ferry_forward_next like
+ * use.  --kernels adds the matmul op alone on the model's shapes, the
+ * attention op alone on prefill chunks, and the sample op alone.  Drives ferry_forward_next like
  * any caller (greedy: the argmax is taken where the logits are, so a
  * step's time holds no logits download); reads the model's config and
  * backend through runtime/engine.h for the byte counts and the
@@ -45,7 +45,8 @@ static void print_help(FILE *out) {
             "  --threads N      CPU worker threads (default 0: one per core)\n"
             "  --kernels        also time the matmul op alone on the model's matrix shapes\n"
             "                   for 1..512 tokens (bandwidth and TFLOP/s), and the attention\n"
-            "                   op on prefill chunks of 512 and 2,048 tokens (TFLOP/s)\n"
+            "                   op on prefill chunks of 512 and 2,048 tokens (TFLOP/s), and\n"
+            "                   the sample op (next tokens from logits rows on the device)\n"
             "  --json           one JSON object per line instead of the table\n");
     cli_memory_flags_help(out, NULL, 16);
     fprintf(out, "A streamed run prints the plan first, and each batch's row adds the plan's\n"
@@ -477,6 +478,71 @@ fail:
     return status;
 }
 
+/* ------------------------------------------------------ sample op alone */
+
+typedef struct sample_call {
+    ferry_backend *backend;
+    int32_t *tokens;
+    float *logits;
+    ferry_sample_rule *rules;
+    int n, vocab;
+} sample_call;
+
+static ferry_status call_sample(void *context, int i) {
+    (void)i;
+    sample_call *c = context;
+    return c->backend->ops->sample(c->backend, c->tokens, c->logits, c->rules, c->n, c->vocab);
+}
+
+/* The sample op alone on rows of the model's vocabulary, every row under
+ * one rule: greedy, temperature only, top-p 0.95, top-k 40 with top-p 0.9.
+ * The logits are uniform in [-1, 1): a flat softmax, whose top-p nucleus
+ * is most of the vocabulary (the search's slowest case). */
+static ferry_status bench_sample(ferry_model *model, int json) {
+    static const int row_counts[] = {1, 16, 64, 256};
+    static const struct { const char *name; ferry_sample_rule rule; } rules[] = {
+        {"greedy", {.greedy = 1}},
+        {"temperature", {.uniform = 0.5, .temperature = 1.0f, .top_p = 1.0f}},
+        {"top_p", {.uniform = 0.5, .temperature = 0.8f, .top_p = 0.95f}},
+        {"top_k_top_p", {.uniform = 0.5, .temperature = 0.8f, .top_p = 0.9f, .top_k = 40}}};
+    enum { MAX_ROWS = 256 };
+    ferry_backend *backend = model->backend;
+    const ferry_backend_ops *ops = backend->ops;
+    if (!ops->sample) return FERRY_OK;
+    const int vocab = model->config.vocab_size;
+    ferry_status status = FERRY_OK;
+    sample_call call = {.backend = backend, .vocab = vocab};
+    ferry_sample_rule *host_rules = NULL;
+    FERRY_TRY_GOTO(ops->alloc(backend, (size_t)MAX_ROWS * vocab * sizeof(float), (void **)&call.logits));
+    FERRY_TRY_GOTO(ops->alloc(backend, MAX_ROWS * sizeof *call.rules, (void **)&call.rules));
+    FERRY_TRY_GOTO(ops->alloc(backend, MAX_ROWS * sizeof(int32_t), (void **)&call.tokens));
+    FERRY_TRY_GOTO(ferry_malloc(MAX_ROWS * sizeof *host_rules, "bench", (void **)&host_rules));
+    FERRY_TRY_GOTO(fill_random(backend, call.logits, FERRY_DTYPE_F32, (size_t)MAX_ROWS * vocab, 14));
+    if (!json) printf("\nsample op alone (vocab %d, logits uniform in [-1, 1))\n%12s %6s %10s\n",
+                      vocab, "rule", "rows", "us/call");
+    for (size_t r = 0; r < sizeof rules / sizeof rules[0]; r++) {
+        for (int i = 0; i < MAX_ROWS; i++) host_rules[i] = rules[r].rule;
+        FERRY_TRY_GOTO(ops->upload(backend, call.rules, host_rules, MAX_ROWS * sizeof *host_rules));
+        for (size_t k = 0; k < sizeof row_counts / sizeof row_counts[0]; k++) {
+            call.n = row_counts[k];
+            double call_us = 0;
+            FERRY_TRY_GOTO(time_calls(backend, call_sample, &call, 3, &call_us));
+            if (json)
+                printf("{\"kind\":\"sample\",\"rule\":\"%s\",\"rows\":%d,\"vocab\":%d,"
+                       "\"us\":%.2f}\n", rules[r].name, call.n, vocab, call_us);
+            else
+                printf("%12s %6d %10.2f\n", rules[r].name, call.n, call_us);
+            fflush(stdout);
+        }
+    }
+fail:
+    free(host_rules);
+    if (call.logits) ops->free(backend, call.logits);
+    if (call.rules) ops->free(backend, call.rules);
+    if (call.tokens) ops->free(backend, call.tokens);
+    return status;
+}
+
 /* ------------------------------------------------------------- command */
 
 int cmd_bench(int argc, char **argv) {
@@ -585,6 +651,11 @@ int cmd_bench(int argc, char **argv) {
         status = bench_prefill_attention(model, json);
         if (status != FERRY_OK) {
             rc = cli_fail(command, status, "prefill attention");
+            goto done;
+        }
+        status = bench_sample(model, json);
+        if (status != FERRY_OK) {
+            rc = cli_fail(command, status, "sample op");
             goto done;
         }
     }
