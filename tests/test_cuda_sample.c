@@ -85,9 +85,12 @@ static float random_top_p(void) {
                                      : (float)(0.01 + 0.98 * rand_unit());
 }
 
+/* Mostly small; sometimes 512 or 513 (the most candidates the kernel
+ * gathers into shared memory, and one more); sometimes anything. */
 static int random_top_k(int vocab) {
-    int small = vocab < 64 ? vocab : 64;
-    return test_rand_int(&rng, 0, 3) ? test_rand_int(&rng, 1, small) : test_rand_int(&rng, 1, vocab);
+    int small = vocab < 64 ? vocab : 64, pick = test_rand_int(&rng, 0, 7);
+    if (pick == 0 && vocab > 513) return test_rand_int(&rng, 512, 513);
+    return pick < 6 ? test_rand_int(&rng, 1, small) : test_rand_int(&rng, 1, vocab);
 }
 
 static ferry_sample_rule random_rule(rule_kind kind, int vocab) {

@@ -7,8 +7,10 @@
  * are found by a radix search over the logits' ordered 32-bit keys, 4 bits
  * a round, from the count and the softmax weight (float64) of each
  * digit's tokens; inside a group of equal logits the lower id comes first,
- * as on the host.  The unfiltered draw walks in id order, as the host
- * does.  Sums run in a fixed order (the same logits and rule give the
+ * as on the host.  Once the candidates are few (top-k, or the top-p
+ * nucleus, of at most LIST_CAPACITY tokens), they are gathered into shared
+ * memory and the later searches read only them.  The unfiltered draw
+ * walks in id order, as the host does.  Sums run in a fixed order (the same logits and rule give the
  * same token every time), but not in the host's, so a draw within float
  * rounding of a boundary may take the neighbour.  Hot path: no
  * allocation, one launch.
@@ -23,6 +25,7 @@ enum {
     N_DIGITS = 1 << DIGIT_BITS,
     N_ROUNDS = 32 / DIGIT_BITS,
     MAX_TOKENS_PER_THREAD = 65535, /* a thread's digit counts are 16-bit */
+    LIST_CAPACITY = 512,        /* candidates gathered into shared memory */
 };
 
 /* The keys of the values that need care (see logit_key). */
@@ -31,7 +34,8 @@ static constexpr uint32_t KEY_MINUS_INF = 0x007fffffu;
 static constexpr uint32_t KEY_PLUS_INF = 0xff800000u;
 
 /* Shared memory of one row's block: the per-thread digit tallies of a
- * radix round, or the per-thread tallies of a contiguous chunk. */
+ * radix round, or the per-thread tallies of a contiguous chunk; and the
+ * gathered candidates (key and id, in id order). */
 struct sample_shared {
     union {
         struct {
@@ -47,6 +51,9 @@ struct sample_shared {
     double digit_mass[N_DIGITS];
     int digit_count[N_DIGITS];
     unsigned long long warp_best[SAMPLE_WARPS];
+    uint32_t list_keys[LIST_CAPACITY];
+    int list_ids[LIST_CAPACITY];
+    int list_count;
     int token;
 };
 
@@ -90,6 +97,23 @@ __device__ __forceinline__ void chunk_of(int t, int vocab, int *begin, int *end)
     *begin = min(t * chunk, vocab);
     *end = min(*begin + chunk, vocab);
 }
+
+/* The tokens a search reads: the whole row (token i is logit i) ... */
+typedef struct row_tokens {
+    const float *row;
+    int n;
+    __device__ uint32_t key(int i) const { return logit_key(row[i]); }
+    __device__ int id(int i) const { return i; }
+} row_tokens;
+
+/* ... or the candidates gathered into shared memory, in id order. */
+typedef struct listed_tokens {
+    const uint32_t *keys;
+    const int *ids;
+    int n;
+    __device__ uint32_t key(int i) const { return keys[i]; }
+    __device__ int id(int i) const { return ids[i]; }
+} listed_tokens;
 
 /* ---------------------------------------------------------- argmax */
 
@@ -220,7 +244,8 @@ __device__ __forceinline__ double digit_mass(const sample_shared &shared, int di
  * key lies in the range (bits above `shift + DIGIT_BITS` equal the
  * prefix's; round 0: all) by the digit at `shift`; the floor group is left
  * to digit_count.  Then the threads' tallies are added in a fixed order. */
-__device__ void tally_digits(const float *row, int vocab, const softmax_params &softmax,
+template <typename Tokens>
+__device__ void tally_digits(const Tokens &tokens, const softmax_params &softmax,
                              const candidate_set &set, int round, uint32_t prefix, int weigh,
                              sample_shared &shared) {
     const int tid = threadIdx.x, shift = 32 - DIGIT_BITS * (round + 1);
@@ -228,8 +253,8 @@ __device__ void tally_digits(const float *row, int vocab, const softmax_params &
         shared.radix.mass[d][tid] = 0.0;
         shared.radix.count[d][tid] = 0;
     }
-    for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
-        const uint32_t key = logit_key(row[i]);
+    for (int i = tid; i < tokens.n; i += SAMPLE_THREADS) {
+        const uint32_t key = tokens.key(i);
         if (round > 0 && (key >> (shift + DIGIT_BITS)) != (prefix >> (shift + DIGIT_BITS)))
             continue;
         if (set.limited && key <= set.floor_key) continue; /* outside, or the floor group */
@@ -261,14 +286,15 @@ __device__ void tally_digits(const float *row, int vocab, const softmax_params &
  * does (sums of the same tokens in another order can round to just below
  * it), the lowest digit that holds candidates.  Every thread reads the
  * same tallies and makes the same choice. */
-__device__ key_group radix_search(const float *row, int vocab, const softmax_params &softmax,
+template <typename Tokens>
+__device__ key_group radix_search(const Tokens &tokens, const softmax_params &softmax,
                                   const candidate_set &set, search_goal goal, double goal_value,
                                   sample_shared &shared) {
     key_group group = {0u, 0, 0.0, 0, 0.0, goal_value};
     uint32_t prefix = 0;
     for (int round = 0; round < N_ROUNDS; round++) {
         const int shift = 32 - DIGIT_BITS * (round + 1);
-        tally_digits(row, vocab, softmax, set, round, prefix, goal != COUNT_REACHES, shared);
+        tally_digits(tokens, softmax, set, round, prefix, goal != COUNT_REACHES, shared);
         int floor_digit = -1;
         if (set.limited && (round == 0 || (set.floor_key >> (shift + DIGIT_BITS)) ==
                                               (prefix >> (shift + DIGIT_BITS))))
@@ -318,11 +344,11 @@ __device__ int rank_in_group(const key_group &group, search_goal goal) {
 /* The id of the rank-th token (from 1, in id order) whose key is `key`:
  * each thread counts its contiguous chunk, one thread finds the chunk
  * and walks it. */
-__device__ int locate_in_group(const float *row, int vocab, uint32_t key, int rank,
-                               sample_shared &shared) {
+template <typename Tokens>
+__device__ int locate_in_group(const Tokens &tokens, uint32_t key, int rank, sample_shared &shared) {
     int begin, end, count = 0;
-    chunk_of(threadIdx.x, vocab, &begin, &end);
-    for (int i = begin; i < end; i++) count += logit_key(row[i]) == key;
+    chunk_of(threadIdx.x, tokens.n, &begin, &end);
+    for (int i = begin; i < end; i++) count += tokens.key(i) == key;
     shared.chunk.count[threadIdx.x] = count;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -330,16 +356,116 @@ __device__ int locate_in_group(const float *row, int vocab, uint32_t key, int ra
         while (t < SAMPLE_THREADS - 1 && before + shared.chunk.count[t] < rank)
             before += shared.chunk.count[t++];
         int token = 0;
-        chunk_of(t, vocab, &begin, &end);
+        chunk_of(t, tokens.n, &begin, &end);
         for (int i = begin; i < end; i++)
-            if (logit_key(row[i]) == key && ++before == rank) {
-                token = i;
+            if (tokens.key(i) == key && ++before == rank) {
+                token = tokens.id(i);
                 break;
             }
         shared.token = token;
     }
     __syncthreads();
     return shared.token;
+}
+
+/* The candidates of a limited set (at most LIST_CAPACITY) copied out of
+ * the row into shared memory, in id order: each thread counts, in its
+ * chunk, the keys above the floor and those at it; one thread turns the
+ * counts into starts; each thread copies its chunk's candidates there
+ * (of the floor group, only the first floor_count by id). */
+__device__ listed_tokens gather_candidates(const float *row, int vocab, const candidate_set &set,
+                                           sample_shared &shared) {
+    const int tid = threadIdx.x;
+    int begin, end, above = 0, at_floor = 0;
+    chunk_of(tid, vocab, &begin, &end);
+    for (int i = begin; i < end; i++) {
+        const uint32_t key = logit_key(row[i]);
+        above += key > set.floor_key;
+        at_floor += key == set.floor_key;
+    }
+    shared.chunk.count[tid] = above;
+    shared.chunk.last[tid] = at_floor;
+    __syncthreads();
+    if (tid == 0) { /* exclusive sums, in place */
+        int all_above = 0, all_at_floor = 0;
+        for (int t = 0; t < SAMPLE_THREADS; t++) {
+            const int a = shared.chunk.count[t], f = shared.chunk.last[t];
+            shared.chunk.count[t] = all_above;
+            shared.chunk.last[t] = all_at_floor;
+            all_above += a;
+            all_at_floor += f;
+        }
+        shared.list_count = all_above + min(all_at_floor, set.floor_count);
+    }
+    __syncthreads();
+    int floor_before = shared.chunk.last[tid];
+    int at = shared.chunk.count[tid] + min(floor_before, set.floor_count);
+    for (int i = begin; i < end; i++) {
+        const uint32_t key = logit_key(row[i]);
+        const bool kept = key > set.floor_key || (key == set.floor_key && floor_before++ < set.floor_count);
+        if (kept) {
+            shared.list_keys[at] = key;
+            shared.list_ids[at++] = i;
+        }
+    }
+    __syncthreads();
+    return listed_tokens{shared.list_keys, shared.list_ids, shared.list_count};
+}
+
+/* The shortest prefix of the candidates (most probable first) whose
+ * weight reaches top_p of theirs, as a limited set; *out_group: where the
+ * search ended. */
+template <typename Tokens>
+__device__ candidate_set top_p_candidates(const Tokens &tokens, const softmax_params &softmax,
+                                          const candidate_set &set, float top_p,
+                                          sample_shared &shared, key_group *out_group) {
+    *out_group = radix_search(tokens, softmax, set, MASS_REACHES, (double)top_p, shared);
+    return candidate_set{1, out_group->key, rank_in_group(*out_group, MASS_REACHES),
+                         out_group->weight};
+}
+
+/* The token whose cumulative weight, most probable first, passes uniform x
+ * the candidates' weight. */
+template <typename Tokens>
+__device__ int draw_by_weight(const Tokens &tokens, const softmax_params &softmax,
+                              const candidate_set &set, double uniform, sample_shared &shared) {
+    const key_group group = radix_search(tokens, softmax, set, MASS_PASSES, uniform, shared);
+    return locate_in_group(tokens, group.key, rank_in_group(group, MASS_PASSES), shared);
+}
+
+/* top-k and top-p over gathered candidates, then the draw. */
+__device__ int choose_listed(const listed_tokens &listed, const softmax_params &softmax,
+                             const ferry_sample_rule &rule, sample_shared &shared) {
+    candidate_set set = {0, 0u, 0, 0.0};
+    key_group group;
+    if (rule.top_p < 1.0f) set = top_p_candidates(listed, softmax, set, rule.top_p, shared, &group);
+    return draw_by_weight(listed, softmax, set, rule.uniform, shared);
+}
+
+/* The filtered draw: the top_k most probable, then of those the shortest
+ * prefix reaching top_p of their weight, then the draw among what is
+ * left, reading the whole row until the candidates fit in the list. */
+__device__ int choose_filtered(const float *row, int vocab, const softmax_params &softmax,
+                               const ferry_sample_rule &rule, sample_shared &shared) {
+    const row_tokens all = {row, vocab};
+    candidate_set set = {0, 0u, 0, 0.0};
+    if (rule.top_k > 0 && rule.top_k < vocab) {
+        const key_group group =
+            radix_search(all, softmax, set, COUNT_REACHES, (double)rule.top_k, shared);
+        set = candidate_set{1, group.key, rule.top_k - group.count_above, group.weight};
+        if (rule.top_k <= LIST_CAPACITY)
+            return choose_listed(gather_candidates(row, vocab, set, shared), softmax, rule, shared);
+    }
+    if (rule.top_p < 1.0f) {
+        key_group group;
+        set = top_p_candidates(all, softmax, set, rule.top_p, shared, &group);
+        if (group.count_above + set.floor_count <= LIST_CAPACITY) {
+            const listed_tokens listed = gather_candidates(row, vocab, set, shared);
+            return draw_by_weight(listed, softmax, candidate_set{0, 0u, 0, 0.0}, rule.uniform,
+                                  shared);
+        }
+    }
+    return draw_by_weight(all, softmax, set, rule.uniform, shared);
 }
 
 /* ---------------------------------------------------------- a row */
@@ -358,20 +484,7 @@ __device__ int choose_token(const float *row, int vocab, const ferry_sample_rule
     if (max_key == KEY_PLUS_INF) return argmax;
     const softmax_params softmax = {key_value(max_key), (double)rule.temperature};
     if (unfiltered) return draw_by_id(row, vocab, softmax, rule.uniform, argmax, shared);
-
-    candidate_set set = {0, 0u, 0, 0.0};
-    if (rule.top_k > 0 && rule.top_k < vocab) { /* the top_k most probable */
-        const key_group group =
-            radix_search(row, vocab, softmax, set, COUNT_REACHES, (double)rule.top_k, shared);
-        set = candidate_set{1, group.key, rule.top_k - group.count_above, group.weight};
-    }
-    if (rule.top_p < 1.0f) { /* the shortest prefix reaching top_p of their weight */
-        const key_group group =
-            radix_search(row, vocab, softmax, set, MASS_REACHES, (double)rule.top_p, shared);
-        set = candidate_set{1, group.key, rank_in_group(group, MASS_REACHES), group.weight};
-    }
-    const key_group group = radix_search(row, vocab, softmax, set, MASS_PASSES, rule.uniform, shared);
-    return locate_in_group(row, vocab, group.key, rank_in_group(group, MASS_PASSES), shared);
+    return choose_filtered(row, vocab, softmax, rule, shared);
 }
 
 /* One block per row: out_tokens[row] = the token rules[row] picks. */
