@@ -119,21 +119,14 @@ static ferry_sample_rule random_rule(rule_kind kind, int vocab) {
 
 /* ------------------------------------------------------- the check */
 
-static void *device_copy(const void *host, size_t bytes) {
-    void *device = NULL;
-    cr_assert_eq(gpu->ops->alloc(gpu, bytes, &device), FERRY_OK, "%s", ferry_last_error());
-    cr_assert_eq(gpu->ops->upload(gpu, device, host, bytes), FERRY_OK, "%s", ferry_last_error());
-    return device;
-}
-
 /* The op's tokens for n rows (host memory in and out); out is poisoned
  * on the device first. */
 static void device_sample(int32_t *out, const float *logits, const ferry_sample_rule *rules, int n,
                           int vocab) {
     for (int r = 0; r < n; r++) out[r] = POISON;
-    float *d_logits = device_copy(logits, (size_t)n * vocab * sizeof(float));
-    ferry_sample_rule *d_rules = device_copy(rules, (size_t)n * sizeof *rules);
-    int32_t *d_out = device_copy(out, (size_t)n * sizeof *out);
+    float *d_logits = cuda_upload(logits, (size_t)n * vocab * sizeof(float));
+    ferry_sample_rule *d_rules = cuda_upload(rules, (size_t)n * sizeof *rules);
+    int32_t *d_out = cuda_upload(out, (size_t)n * sizeof *out);
     cr_assert_eq(gpu->ops->sample(gpu, d_out, d_logits, d_rules, n, vocab), FERRY_OK, "%s",
                  ferry_last_error());
     cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
@@ -256,9 +249,9 @@ Test(cuda_sample, only_the_rows_given_are_read_and_written) {
         rules[r] = random_rule((rule_kind)(r % N_RULE_KINDS), vocab);
         tokens[r] = POISON;
     }
-    float *d_logits = device_copy(logits, sizeof logits);
-    ferry_sample_rule *d_rules = device_copy(rules, sizeof rules);
-    int32_t *d_tokens = device_copy(tokens, sizeof tokens);
+    float *d_logits = cuda_upload(logits, sizeof logits);
+    ferry_sample_rule *d_rules = cuda_upload(rules, sizeof rules);
+    int32_t *d_tokens = cuda_upload(tokens, sizeof tokens);
     cr_assert_eq(gpu->ops->sample(gpu, d_tokens + FIRST, d_logits + FIRST * vocab, d_rules + FIRST,
                                   N, vocab),
                  FERRY_OK, "%s", ferry_last_error());
