@@ -1,18 +1,19 @@
 /*
- * forward.c — ferry_forward: checks a ragged batch, cuts its tokens into
+ * forward.c — ferry_forward and ferry_forward_next: checks a ragged batch, cuts its tokens into
  * chunks of at most session->chunk_tokens, and runs them through the
  * layers (norm, QKV, RoPE, KV store, attention, output projection, SwiGLU
  * MLP, residuals), then the final norm and lm_head for the rows the caller
  * asked for: downloaded into the caller's buffer (ferry_forward), or, for
  * ferry_forward_next, each sequence's next token picked from its row by
  * the backend's sample op (on the device; only token ids come back) or,
- * where the backend has none, on the host.  A resident model runs one chunk per pass through the layers;
- * a streamed one runs every chunk of the call (up to the session's carried
- * tokens) through a layer while its weights sit in a slot, so a call costs
- * one weight transfer (FlexGen's zig-zag order).  Both do the same
- * per-chunk operations, so their results are bit-identical.  Hot path:
- * allocates nothing; every buffer comes from the session.  Slot lengths
- * change only when the whole call succeeds.
+ * where the backend has none, on the host.  A resident model runs one
+ * chunk per pass through the layers; a streamed one runs every chunk of
+ * the call (up to the session's carried tokens) through a layer while its
+ * weights sit in a slot, so a call costs one weight transfer (FlexGen's
+ * zig-zag order).  Both do the same per-chunk operations, so their
+ * results are bit-identical.  Hot path: allocates nothing; every buffer
+ * comes from the session.  Slot lengths change only when the whole call
+ * succeeds.
  */
 #include "offload/offload.h"
 #include "runtime/engine.h"
