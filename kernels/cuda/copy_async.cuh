@@ -3,7 +3,9 @@
  * shared memory that the issuing thread does not wait for, in commit
  * groups, and the wait for them.  A thread sees its own copies' data
  * after copy_async_wait; other threads of the block after a barrier too.
- * Device code only.
+ * Or an mbarrier counts the copies' arrivals, and a wait on it sees every
+ * arrived thread's copies.
+ * Device code only (attention_flash.cu, attention.cu).
  */
 #ifndef FERRY_KERNELS_CUDA_COPY_ASYNC_CUH
 #define FERRY_KERNELS_CUDA_COPY_ASYNC_CUH
@@ -29,6 +31,30 @@ __device__ __forceinline__ void copy_async_commit() {
 template <int pending>
 __device__ __forceinline__ void copy_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
+}
+
+/* The mbarrier at `barrier` (shared) expects `count` arrivals a phase. */
+__device__ __forceinline__ void mbarrier_init(uint32_t barrier, int count) {
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(barrier), "r"(count) : "memory");
+}
+
+/* One arrival on the mbarrier once this thread's copies so far have landed. */
+__device__ __forceinline__ void copy_async_arrive(uint32_t barrier) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(barrier) : "memory");
+}
+
+/* Wait for the mbarrier's phase of parity `phase` (0, 1, 0, ...) to
+ * complete.  A loop, not one instruction: ptxas cannot move it above the
+ * work before it, as it does with cp.async.wait_group. */
+__device__ __forceinline__ void mbarrier_wait(uint32_t barrier, uint32_t phase) {
+    asm volatile("{\n"
+                 ".reg .pred done;\n"
+                 "wait_again:\n"
+                 "mbarrier.try_wait.parity.shared.b64 done, [%0], %1;\n"
+                 "@!done bra wait_again;\n"
+                 "}\n" ::"r"(barrier),
+                 "r"(phase)
+                 : "memory");
 }
 
 #endif /* FERRY_KERNELS_CUDA_COPY_ASYNC_CUH */
