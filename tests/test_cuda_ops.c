@@ -845,26 +845,44 @@ Test(cuda_ops, kv_store_outside_the_cache_is_reported_at_synchronize) {
     free(k);
 }
 
-Test(cuda_ops, prefill_attention_outside_the_cache_is_reported_at_synchronize) {
-    NEED_GPU();
+/* n tokens of one slot at positions 0 .., token 2n/3 one past the cache
+ * (and, with bad_slot, token 0 in a slot the cache lacks): the attention
+ * runs, the error shows at synchronize, and the backend is usable after. */
+static void check_attention_outside_the_cache(int n, int bad_slot) {
     ferry_attention_shape shape = {4, 2, 64};
-    enum { N = 100, MAX_CONTEXT = 128 };
+    enum { MAX_CONTEXT = 128 };
     ferry_kv_layer cache = {NULL, NULL, 1, MAX_CONTEXT};
     size_t cache_bytes = (size_t)MAX_CONTEXT * 2 * 64 * 2;
     cr_assert_eq(gpu->ops->alloc(gpu, cache_bytes, &cache.k), FERRY_OK);
     cr_assert_eq(gpu->ops->alloc(gpu, cache_bytes, &cache.v), FERRY_OK);
-    int32_t positions[N], slots[N] = {0};
-    for (int t = 0; t < N; t++) positions[t] = t;
-    positions[70] = MAX_CONTEXT; /* one past the cache */
-    two_batches b = make_batches(N, NULL, positions, slots);
-    float *q = gpu_poisoned((size_t)N * 4 * 64), *out = gpu_poisoned((size_t)N * 4 * 64);
+    int32_t *positions = malloc(n * sizeof(int32_t)), *slots = calloc(n, sizeof(int32_t));
+    for (int t = 0; t < n; t++) positions[t] = t;
+    positions[2 * n / 3] = MAX_CONTEXT; /* one past the cache */
+    if (bad_slot) slots[0] = 1;
+    two_batches b = make_batches(n, NULL, positions, slots);
+    float *q = gpu_poisoned((size_t)n * 4 * 64), *out = gpu_poisoned((size_t)n * 4 * 64);
     cr_assert_eq(gpu->ops->attention(gpu, out, q, &cache, &b.device, shape), FERRY_OK);
     cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_ERR_INVALID_ARGUMENT);
     cr_assert(strstr(ferry_last_error(), "outside the KV cache"), "%s", ferry_last_error());
     cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
     free_batches(&b);
+    free(positions), free(slots);
     gpu->ops->free(gpu, q), gpu->ops->free(gpu, out);
     gpu->ops->free(gpu, cache.k), gpu->ops->free(gpu, cache.v);
+}
+
+Test(cuda_ops, prefill_attention_outside_the_cache_is_reported_at_synchronize) {
+    NEED_GPU();
+    check_attention_outside_the_cache(100, 0);
+}
+
+Test(cuda_ops, decode_attention_outside_the_cache_is_reported_at_synchronize) {
+    NEED_GPU();
+    static const char *const kernels[] = {"rows", "lanes"};
+    for (int k = 0; k < 2; k++) {
+        use_decode(kernels[k], NULL, "all");
+        check_attention_outside_the_cache(3, 1);
+    }
 }
 
 Test(cuda_ops, attention_with_a_bad_geometry_is_an_error) {
