@@ -45,16 +45,22 @@ __device__ __forceinline__ void copy_async_arrive(uint32_t barrier) {
 
 /* Wait for the mbarrier's phase of parity `phase` (0, 1, 0, ...) to
  * complete.  A loop, not one instruction: ptxas cannot move it above the
- * work before it, as it does with cp.async.wait_group. */
+ * work before it, as it does with cp.async.wait_group.  (try_wait, which
+ * may suspend the thread a while, is sm_90's; test_wait, sm_80's, polls.) */
 __device__ __forceinline__ void mbarrier_wait(uint32_t barrier, uint32_t phase) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FERRY_MBARRIER_WAIT "mbarrier.try_wait.parity.shared.b64"
+#else
+#define FERRY_MBARRIER_WAIT "mbarrier.test_wait.parity.shared.b64"
+#endif
     asm volatile("{\n"
                  ".reg .pred done;\n"
-                 "wait_again:\n"
-                 "mbarrier.try_wait.parity.shared.b64 done, [%0], %1;\n"
+                 "wait_again:\n" FERRY_MBARRIER_WAIT " done, [%0], %1;\n"
                  "@!done bra wait_again;\n"
                  "}\n" ::"r"(barrier),
                  "r"(phase)
                  : "memory");
+#undef FERRY_MBARRIER_WAIT
 }
 
 #endif /* FERRY_KERNELS_CUDA_COPY_ASYNC_CUH */
