@@ -500,9 +500,10 @@ static ferry_status call_decode_attention(void *context, int i) {
 }
 
 /* A decode step's attention op alone on the model's heads: `batch` tokens,
- * each at the last of `context` cached keys of its own slot.  The caches
- * rotate through enough copies to overflow the L2 cache, so every call
- * reads K and V from HBM; bytes = the K and V rows read. */
+ * each at the last of `context` cached keys of its own slot.  On a GPU
+ * (copy_gbps > 0) the caches rotate through enough copies to overflow the
+ * L2 cache, so every call reads K and V from HBM; bytes = the K and V rows
+ * read. */
 static ferry_status bench_decode_shape(ferry_model *model, int batch, int context,
                                        double copy_gbps, int json) {
     enum { ROTATION_BYTES = 256 << 20 };
@@ -518,6 +519,7 @@ static ferry_status bench_decode_shape(ferry_model *model, int batch, int contex
     const size_t cache_bytes = cache_count * ferry_dtype_bytes(ops->kv_dtype);
     call.n_copies = (int)((ROTATION_BYTES + 2 * cache_bytes - 1) / (2 * cache_bytes));
     if (call.n_copies > MAX_CACHE_COPIES) call.n_copies = MAX_CACHE_COPIES;
+    if (copy_gbps <= 0) call.n_copies = 1;
     for (int i = 0; i < call.n_copies; i++) {
         ferry_kv_layer *cache = &call.caches[i];
         *cache = (ferry_kv_layer){NULL, NULL, batch, context};
