@@ -6,7 +6,8 @@
 #                                     build-gpu/, the folder the run carries
 #   bench/gpu_run.sh [STEPS]          there: run the steps (default: all) from build-gpu,
 #                                     teeing every log into $OUT
-# Steps: info tests bench graphs_off pdl prefill kernels attention hf stream batch big accel
+# Steps: info tests bench graphs_off pdl prefill kernels attention decode_attn hf stream batch big
+# accel
 # (default: info tests bench graphs_off prefill kernels attention hf).  The binaries carry the paths
 # they were built with (/work/main, /work/main/<build>), so the run links
 # those names to the copy it runs in.
@@ -61,7 +62,7 @@ if has_step tests; then
 fi
 
 if has_step bench || has_step graphs_off || has_step pdl || has_step prefill || has_step kernels ||
-    has_step attention || has_step stream || has_step batch; then
+    has_step attention || has_step decode_attn || has_step stream || has_step batch; then
     if [ ! -f "$MODEL" ]; then
         step synth llama2-7b f16
         "$FERRY" synth --preset llama2-7b --dtype f16 "$MODEL" 2>&1 | tail -1
@@ -103,6 +104,20 @@ if has_step attention; then
         step "prefill of 2048 tokens and the attention op alone, FERRY_CUDA_PREFILL_ATTN=$kernel"
         FERRY_CUDA_PREFILL_ATTN=$kernel "$FERRY" bench --model "$MODEL" --backend cuda --batch 1 \
             --prompt-len 2048 --gen-len 1 --kernels 2>&1 | tee "$OUT/attention_$kernel.log"
+    done
+fi
+
+if has_step decode_attn; then
+    # issue 4: the decode attention kernels, in the decode steps and alone (--kernels: the
+    # decode attention op at batch 1..64 over 160..4,096 keys, GB/s and share of a copy);
+    # the rows kernel also with 2 splits at every shape
+    n=0
+    for knobs in FERRY_CUDA_DECODE_ATTN=lanes FERRY_CUDA_DECODE_ATTN=rows \
+        "FERRY_CUDA_DECODE_ATTN=rows FERRY_CUDA_ATTN_SPLITS=2"; do
+        n=$((n + 1))
+        step "decode attention, $knobs: bench batch 1,16, prompt 128, 32 steps, --kernels"
+        env $knobs "$FERRY" bench --model "$MODEL" --backend cuda --batch 1,16 --prompt-len 128 \
+            --gen-len 32 --kernels 2>&1 | tee "$OUT/decode_attn_$n.log"
     done
 fi
 

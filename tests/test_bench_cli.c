@@ -97,7 +97,7 @@ Test(bench_cli, json_gives_one_line_per_batch_with_bytes_from_the_model_shape) {
     free(err);
 }
 
-Test(bench_cli, the_table_names_its_columns_and_kernels_adds_the_matmul_rows) {
+Test(bench_cli, the_table_names_its_columns_and_kernels_adds_the_matmul_and_attention_rows) {
     char arguments[2048], *out = NULL, *err = NULL;
     snprintf(arguments, sizeof arguments,
              "--model '%s' --backend cpu --threads 1 --batch 2 --prompt-len 4 --gen-len 2 "
@@ -106,7 +106,7 @@ Test(bench_cli, the_table_names_its_columns_and_kernels_adds_the_matmul_rows) {
     int exit_status = run_bench(arguments, &out, &err);
     cr_assert_eq(exit_status, 0, "exit %d: %s", exit_status, err ? err : "");
     const char *expected[] = {"decode t/s", "step ms", "GB/s", "of copy", "matmul op alone",
-                              "lm_head", "512 x 64"};
+                              "lm_head", "512 x 64", "decode attention op alone", "    16     4096"};
     for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++)
         cr_assert(strstr(out, expected[i]), "'%s' missing from:\n%s", expected[i], out);
     free(out);

@@ -455,24 +455,105 @@ static void use_fusions(const char *fusions) {
     cr_assert_eq(status, FERRY_OK, "FERRY_CUDA_FUSE=%s: %s", fusions, ferry_last_error());
 }
 
+/* A backend made with FERRY_CUDA_DECODE_ATTN=kernel, FERRY_CUDA_ATTN_SPLITS=
+ * splits (NULL: unset, the count chosen per shape) and FERRY_CUDA_FUSE=
+ * fusions in place of the suite's. */
+static void use_decode(const char *kernel, const char *splits, const char *fusions) {
+    setenv("FERRY_CUDA_DECODE_ATTN", kernel, 1);
+    if (splits) setenv("FERRY_CUDA_ATTN_SPLITS", splits, 1);
+    use_fusions(fusions);
+    unsetenv("FERRY_CUDA_DECODE_ATTN");
+    unsetenv("FERRY_CUDA_ATTN_SPLITS");
+}
+
 /* The same with the splits merged by a second kernel (attnmerge off) or
  * by an item's last block (on: only the splits the context reaches take
  * part), with and without the K/V prefetches (after and before the wait),
- * in blocks of 4 or 8 warps (attn8): head_dim 128, a context of 2100 keys
- * in 17 (or 9) splits, positions from 0 to the end. */
+ * for both decode kernels (rows, and lanes in blocks of 4 or 8 warps:
+ * attn8): head_dim 128, a context of 2100 keys in many splits, positions
+ * from 0 to the end. */
 Test(cuda_ops, decode_attention_matches_cpu_with_the_merge_kernel_or_the_last_block) {
     NEED_GPU();
+    static const char *const kernels[] = {"rows", "lanes"};
     static const char *const fusions[] = {"none", "attnmerge", "kvprefetch", "kvearly", "attn8",
                                           "attn8,attnmerge,kvprefetch,kvearly"};
-    for (int f = 0; f < 6; f++) {
-        use_fusions(fusions[f]);
-        for (int r = 1; r <= 8; r *= 8) {
-            ferry_attention_shape shape = {2 * r, 2, 128};
-            int lengths[2] = {2100, rand_int(129, 700)};
-            int32_t slots[6] = {0, 1, 0, 1, 0, 0};
-            int32_t positions[6] = {2099, lengths[1] - 1, 127, 128, 0, rand_int(1, 2098)};
-            check_attention(shape, 2, lengths, 2112, 6, slots, positions);
+    for (int k = 0; k < 2; k++)
+        for (int f = 0; f < 6; f++) {
+            use_decode(kernels[k], NULL, fusions[f]);
+            for (int r = 1; r <= 8; r *= 8) {
+                ferry_attention_shape shape = {2 * r, 2, 128};
+                int lengths[2] = {2100, rand_int(129, 700)};
+                int32_t slots[6] = {0, 1, 0, 1, 0, 0};
+                int32_t positions[6] = {2099, lengths[1] - 1, 127, 128, 0, rand_int(1, 2098)};
+                check_attention(shape, 2, lengths, 2112, 6, slots, positions);
+            }
         }
+}
+
+/* A decode step of 16 sequences of 130..300 cached keys each (in slots
+ * other than their token's index; one attends from the middle of its
+ * keys, one from position 0) over a cache of 320: with 32 query heads,
+ * 512 (token, head) items, one block each whose warps take up to 3 key
+ * blocks; with 8, 128 items in 3 splits.  GQA ratios 1 to 8, head_dim 128
+ * and 64. */
+Test(cuda_ops, decode_attention_matches_cpu_for_16_sequences_of_different_lengths) {
+    NEED_GPU();
+    enum { N = 16, MAX_CONTEXT = 320 };
+    static const ferry_attention_shape shapes[] = {{32, 8, 128}, {32, 4, 64}, {8, 8, 128}, {8, 1, 64}};
+    for (int i = 0; i < 4; i++) {
+        int lengths[N];
+        int32_t slots[N], positions[N];
+        for (int s = 0; s < N; s++) lengths[s] = rand_int(130, 300);
+        for (int t = 0; t < N; t++) {
+            slots[t] = (5 * t + 3) % N;
+            positions[t] = lengths[slots[t]] - 1;
+        }
+        positions[4] = lengths[slots[4]] / 2;
+        positions[9] = 0;
+        check_attention(shapes[i], N, lengths, MAX_CONTEXT, N, slots, positions);
+    }
+}
+
+/* FERRY_CUDA_ATTN_SPLITS=N sets the split count (at most one key block
+ * per warp at max_context: 40 becomes 3 or 2 here), for both kernels,
+ * merged by the last block or by the merge kernel. */
+Test(cuda_ops, decode_attention_matches_cpu_for_every_split_count_asked_for) {
+    NEED_GPU();
+    enum { N = 16, MAX_CONTEXT = 320 };
+    static const char *const kernels[] = {"rows", "lanes"};
+    static const char *const splits[] = {"1", "2", "40"};
+    static const char *const fusions[] = {"all", "none"};
+    for (int k = 0; k < 2; k++)
+        for (int n = 0; n < 3; n++) {
+            use_decode(kernels[k], splits[n], fusions[n % 2]);
+            ferry_attention_shape shape = {8 * (1 + n % 2), 2, 128 >> (n % 2)};
+            int lengths[N];
+            int32_t slots[N], positions[N];
+            for (int t = 0; t < N; t++) {
+                lengths[t] = rand_int(1, 300);
+                slots[t] = N - 1 - t;
+            }
+            for (int t = 0; t < N; t++) positions[t] = lengths[slots[t]] - 1;
+            check_attention(shape, N, lengths, MAX_CONTEXT, N, slots, positions);
+        }
+}
+
+/* (read before the GPU is looked for: this runs in any CUDA build) */
+Test(cuda_ops, an_unknown_decode_kernel_or_split_count_is_refused) {
+#ifndef FERRY_HAVE_CUDA
+    cr_skip_test("built without CUDA: no backend reads FERRY_CUDA_DECODE_ATTN");
+#endif
+    ferry_backend *backend = NULL;
+    cr_assert_eq(test_cuda_backend_with("FERRY_CUDA_DECODE_ATTN", "fast", &backend),
+                 FERRY_ERR_INVALID_ARGUMENT);
+    cr_assert_null(backend);
+    cr_assert(strstr(ferry_last_error(), "rows or lanes"), "%s", ferry_last_error());
+    static const char *const bad_counts[] = {"two", "-1", "3x", "5000"};
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(test_cuda_backend_with("FERRY_CUDA_ATTN_SPLITS", bad_counts[i], &backend),
+                     FERRY_ERR_INVALID_ARGUMENT, "%s", bad_counts[i]);
+        cr_assert_null(backend);
+        cr_assert(strstr(ferry_last_error(), "FERRY_CUDA_ATTN_SPLITS"), "%s", ferry_last_error());
     }
 }
 
@@ -764,26 +845,44 @@ Test(cuda_ops, kv_store_outside_the_cache_is_reported_at_synchronize) {
     free(k);
 }
 
-Test(cuda_ops, prefill_attention_outside_the_cache_is_reported_at_synchronize) {
-    NEED_GPU();
+/* n tokens of one slot at positions 0 .., token 2n/3 one past the cache
+ * (and, with bad_slot, token 0 in a slot the cache lacks): the attention
+ * runs, the error shows at synchronize, and the backend is usable after. */
+static void check_attention_outside_the_cache(int n, int bad_slot) {
     ferry_attention_shape shape = {4, 2, 64};
-    enum { N = 100, MAX_CONTEXT = 128 };
+    enum { MAX_CONTEXT = 128 };
     ferry_kv_layer cache = {NULL, NULL, 1, MAX_CONTEXT};
     size_t cache_bytes = (size_t)MAX_CONTEXT * 2 * 64 * 2;
     cr_assert_eq(gpu->ops->alloc(gpu, cache_bytes, &cache.k), FERRY_OK);
     cr_assert_eq(gpu->ops->alloc(gpu, cache_bytes, &cache.v), FERRY_OK);
-    int32_t positions[N], slots[N] = {0};
-    for (int t = 0; t < N; t++) positions[t] = t;
-    positions[70] = MAX_CONTEXT; /* one past the cache */
-    two_batches b = make_batches(N, NULL, positions, slots);
-    float *q = gpu_poisoned((size_t)N * 4 * 64), *out = gpu_poisoned((size_t)N * 4 * 64);
+    int32_t *positions = malloc(n * sizeof(int32_t)), *slots = calloc(n, sizeof(int32_t));
+    for (int t = 0; t < n; t++) positions[t] = t;
+    positions[2 * n / 3] = MAX_CONTEXT; /* one past the cache */
+    if (bad_slot) slots[0] = 1;
+    two_batches b = make_batches(n, NULL, positions, slots);
+    float *q = gpu_poisoned((size_t)n * 4 * 64), *out = gpu_poisoned((size_t)n * 4 * 64);
     cr_assert_eq(gpu->ops->attention(gpu, out, q, &cache, &b.device, shape), FERRY_OK);
     cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_ERR_INVALID_ARGUMENT);
     cr_assert(strstr(ferry_last_error(), "outside the KV cache"), "%s", ferry_last_error());
     cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
     free_batches(&b);
+    free(positions), free(slots);
     gpu->ops->free(gpu, q), gpu->ops->free(gpu, out);
     gpu->ops->free(gpu, cache.k), gpu->ops->free(gpu, cache.v);
+}
+
+Test(cuda_ops, prefill_attention_outside_the_cache_is_reported_at_synchronize) {
+    NEED_GPU();
+    check_attention_outside_the_cache(100, 0);
+}
+
+Test(cuda_ops, decode_attention_outside_the_cache_is_reported_at_synchronize) {
+    NEED_GPU();
+    static const char *const kernels[] = {"rows", "lanes"};
+    for (int k = 0; k < 2; k++) {
+        use_decode(kernels[k], NULL, "all");
+        check_attention_outside_the_cache(3, 1);
+    }
 }
 
 Test(cuda_ops, attention_with_a_bad_geometry_is_an_error) {

@@ -4,11 +4,11 @@
  * and KV cache), the bandwidth that achieves and its ratio to a
  * device-to-device copy measured in the same run, and the GPU memory in
  * use.  --kernels adds the matmul op alone on the model's shapes, the
- * attention op alone on prefill chunks, and the sample op alone.  Drives ferry_forward_next like
- * any caller (greedy: the argmax is taken where the logits are, so a
- * step's time holds no logits download); reads the model's config and
- * backend through runtime/engine.h for the byte counts and the
- * measurement hooks.
+ * attention op alone on prefill chunks and on decode steps, and the sample
+ * op alone.  Drives ferry_forward_next like any caller (greedy: the argmax
+ * is taken where the logits are, so a step's time holds no logits
+ * download); reads the model's config and backend through
+ * runtime/engine.h for the byte counts and the measurement hooks.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -44,9 +44,10 @@ static void print_help(FILE *out) {
             "  --backend B      cpu, cuda, cuda:N or auto (default auto)\n"
             "  --threads N      CPU worker threads (default 0: one per core)\n"
             "  --kernels        also time the matmul op alone on the model's matrix shapes\n"
-            "                   for 1..512 tokens (bandwidth and TFLOP/s), and the attention\n"
-            "                   op on prefill chunks of 512 and 2,048 tokens (TFLOP/s), and\n"
-            "                   the sample op (next tokens from logits rows on the device)\n"
+            "                   for 1..512 tokens (bandwidth and TFLOP/s), the attention\n"
+            "                   op on prefill chunks of 512 and 2,048 tokens (TFLOP/s) and\n"
+            "                   on decode steps of 1..64 tokens over 160..4,096 keys (GB/s),\n"
+            "                   and the sample op (next tokens from logits rows on the device)\n"
             "  --json           one JSON object per line instead of the table\n");
     cli_memory_flags_help(out, NULL, 16);
     fprintf(out, "A streamed run prints the plan first, and each batch's row adds the plan's\n"
@@ -543,6 +544,111 @@ fail:
     return status;
 }
 
+/* -------------------------------------------- decode attention op alone */
+
+enum { MAX_CACHE_COPIES = 16 };
+
+typedef struct decode_call {
+    ferry_backend *backend;
+    float *out, *q;
+    ferry_kv_layer caches[MAX_CACHE_COPIES];
+    int n_copies;
+    ferry_token_batch batch;
+    ferry_attention_shape shape;
+} decode_call;
+
+static ferry_status call_decode_attention(void *context, int i) {
+    decode_call *c = context;
+    return c->backend->ops->attention(c->backend, c->out, c->q, &c->caches[i % c->n_copies],
+                                      &c->batch, c->shape);
+}
+
+/* A decode step's attention op alone on the model's heads: `batch` tokens,
+ * each at the last of `context` cached keys of its own slot.  On a GPU
+ * (copy_gbps > 0) the caches rotate through enough copies to overflow the
+ * L2 cache, so every call reads K and V from HBM; bytes = the K and V rows
+ * read. */
+static ferry_status bench_decode_shape(ferry_model *model, int batch, int context,
+                                       double copy_gbps, int json) {
+    enum { ROTATION_BYTES = 256 << 20 };
+    const ferry_config *config = &model->config;
+    ferry_backend *backend = model->backend;
+    const ferry_backend_ops *ops = backend->ops;
+    ferry_status status = FERRY_OK;
+    int32_t *host_indices = NULL;
+    decode_call call = {.backend = backend};
+    call.shape = (ferry_attention_shape){config->n_heads, config->n_kv_heads, config->head_dim};
+    const size_t q_count = (size_t)batch * config->n_heads * config->head_dim;
+    const size_t cache_count = (size_t)batch * context * config->n_kv_heads * config->head_dim;
+    const size_t cache_bytes = cache_count * ferry_dtype_bytes(ops->kv_dtype);
+    call.n_copies = (int)((ROTATION_BYTES + 2 * cache_bytes - 1) / (2 * cache_bytes));
+    if (call.n_copies > MAX_CACHE_COPIES) call.n_copies = MAX_CACHE_COPIES;
+    if (copy_gbps <= 0) call.n_copies = 1;
+    for (int i = 0; i < call.n_copies; i++) {
+        ferry_kv_layer *cache = &call.caches[i];
+        *cache = (ferry_kv_layer){NULL, NULL, batch, context};
+        FERRY_TRY_GOTO(ops->alloc(backend, cache_bytes, &cache->k));
+        FERRY_TRY_GOTO(ops->alloc(backend, cache_bytes, &cache->v));
+        FERRY_TRY_GOTO(fill_random(backend, cache->k, ops->kv_dtype, cache_count, 20 + 2 * i));
+        FERRY_TRY_GOTO(fill_random(backend, cache->v, ops->kv_dtype, cache_count, 21 + 2 * i));
+    }
+    call.batch.n_tokens = batch;
+    FERRY_TRY_GOTO(ops->alloc(backend, q_count * sizeof(float), (void **)&call.q));
+    FERRY_TRY_GOTO(ops->alloc(backend, q_count * sizeof(float), (void **)&call.out));
+    FERRY_TRY_GOTO(ops->alloc(backend, batch * sizeof(int32_t), (void **)&call.batch.positions));
+    FERRY_TRY_GOTO(ops->alloc(backend, batch * sizeof(int32_t), (void **)&call.batch.slots));
+    FERRY_TRY_GOTO(fill_random(backend, call.q, FERRY_DTYPE_F32, q_count, 19));
+    FERRY_TRY_GOTO(ferry_calloc(batch, sizeof *host_indices, "bench", (void **)&host_indices));
+    for (int t = 0; t < batch; t++) host_indices[t] = context - 1;
+    FERRY_TRY_GOTO(ops->upload(backend, (void *)call.batch.positions, host_indices,
+                               batch * sizeof(int32_t)));
+    for (int t = 0; t < batch; t++) host_indices[t] = t;
+    FERRY_TRY_GOTO(ops->upload(backend, (void *)call.batch.slots, host_indices,
+                               batch * sizeof(int32_t)));
+    double call_us = 0;
+    FERRY_TRY_GOTO(time_calls(backend, call_decode_attention, &call, call.n_copies, &call_us));
+    double gbps = 2.0 * (double)cache_bytes / (call_us * 1e-6) / 1e9;
+    double ratio = copy_gbps > 0 ? gbps / copy_gbps : -1;
+    if (json)
+        printf("{\"kind\":\"decode_attention\",\"batch\":%d,\"context\":%d,\"us\":%.2f,"
+               "\"gbps\":%.1f,\"of_copy\":%.3f}\n",
+               batch, context, call_us, gbps, ratio);
+    else
+        printf("%6d %8d %10.2f %8.0f %7.0f%%\n", batch, context, call_us, gbps,
+               ratio > 0 ? 100 * ratio : 0.0);
+    fflush(stdout);
+fail:
+    free(host_indices);
+    for (int i = 0; i < call.n_copies; i++) {
+        if (call.caches[i].k) ops->free(backend, call.caches[i].k);
+        if (call.caches[i].v) ops->free(backend, call.caches[i].v);
+    }
+    if (call.q) ops->free(backend, call.q);
+    if (call.out) ops->free(backend, call.out);
+    if (call.batch.positions) ops->free(backend, (void *)call.batch.positions);
+    if (call.batch.slots) ops->free(backend, (void *)call.batch.slots);
+    return status;
+}
+
+/* The decode attention op alone at a few batch sizes and contexts. */
+static ferry_status bench_decode_attention(ferry_model *model, double copy_gbps, int json) {
+    static const struct { int batch, context; } shapes[] = {
+        {1, 160}, {16, 160}, {64, 160}, {16, 1024}, {1, 4096}, {16, 4096},
+    };
+    const ferry_config *config = &model->config;
+    const char *kernel = getenv("FERRY_CUDA_DECODE_ATTN");
+    if (!json)
+        printf("\ndecode attention op alone (%d heads, %d KV heads, head_dim %d, each token at the "
+               "end of its own sequence; FERRY_CUDA_DECODE_ATTN=%s; bytes = K and V read)\n"
+               "%6s %8s %10s %8s %8s\n",
+               config->n_heads, config->n_kv_heads, config->head_dim,
+               kernel && *kernel ? kernel : "(default)", "batch", "context", "us/call", "GB/s",
+               "of copy");
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        FERRY_TRY(bench_decode_shape(model, shapes[i].batch, shapes[i].context, copy_gbps, json));
+    return FERRY_OK;
+}
+
 /* ------------------------------------------------------------- command */
 
 int cmd_bench(int argc, char **argv) {
@@ -656,6 +762,11 @@ int cmd_bench(int argc, char **argv) {
         status = bench_sample(model, json);
         if (status != FERRY_OK) {
             rc = cli_fail(command, status, "sample op");
+            goto done;
+        }
+        status = bench_decode_attention(model, copy_gbps, json);
+        if (status != FERRY_OK) {
+            rc = cli_fail(command, status, "decode attention");
             goto done;
         }
     }

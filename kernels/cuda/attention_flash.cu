@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels/cuda/copy_async.cuh"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/warp.cuh"
 
@@ -49,27 +50,6 @@ enum {
     FLASH_ROW_PAD = 8,
 };
 static_assert(FLASH_WARPS * 16 == FLASH_TILE_TOKENS, "one m16 tile of queries per warp");
-
-__device__ __forceinline__ uint32_t shared_address(const void *pointer) {
-    return (uint32_t)__cvta_generic_to_shared(pointer);
-}
-
-/* 16 bytes global -> shared, bypassing L1; valid == false writes zeros
- * (src-size 0: nothing is read). */
-__device__ __forceinline__ void copy_async_16(uint32_t dst, const void *src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-                 "r"(valid ? 16 : 0));
-}
-
-__device__ __forceinline__ void copy_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-/* Wait until at most `pending` committed groups are still in flight. */
-template <int pending>
-__device__ __forceinline__ void copy_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
-}
 
 __device__ __forceinline__ void load_matrix_x4(uint32_t (&r)[4], uint32_t address) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"

@@ -371,6 +371,31 @@ static ferry_status parse_fusions(const char *text, unsigned *out_bits) {
     return FERRY_OK;
 }
 
+/* FERRY_CUDA_DECODE_ATTN=rows|lanes: the decode attention kernel (rows,
+ * the default; lanes, the older one key per lane) and
+ * FERRY_CUDA_ATTN_SPLITS=N: its splits of the context (unset or 0: chosen
+ * per shape), to measure one choice against another (attention.cu). */
+static ferry_status parse_decode_attention(cuda_backend *state) {
+    const char *kernel = getenv("FERRY_CUDA_DECODE_ATTN");
+    if (kernel && *kernel) {
+        state->decode_lanes = strcmp(kernel, "lanes") == 0;
+        if (!state->decode_lanes && strcmp(kernel, "rows") != 0)
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                              "FERRY_CUDA_DECODE_ATTN='%s' (expected rows or lanes)", kernel);
+    }
+    const char *splits = getenv("FERRY_CUDA_ATTN_SPLITS");
+    if (splits && *splits) {
+        char *end = NULL;
+        long n = strtol(splits, &end, 10);
+        if (*end != '\0' || n < 0 || n > 4096)
+            return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                              "FERRY_CUDA_ATTN_SPLITS='%s' (expected 0..4096; 0: chosen per shape)",
+                              splits);
+        state->attention_splits = (int)n;
+    }
+    return FERRY_OK;
+}
+
 ferry_status ferry_backend_cuda_new(int device, ferry_backend **out) {
     *out = NULL;
     ferry_backend *backend = NULL;
@@ -396,6 +421,7 @@ ferry_status ferry_backend_cuda_new(int device, ferry_backend **out) {
         }
     }
     FERRY_TRY_GOTO(parse_fusions(getenv("FERRY_CUDA_FUSE"), &state->fuse));
+    FERRY_TRY_GOTO(parse_decode_attention(state));
     FERRY_TRY_GOTO(open_device(device, state));
     backend->ops = &cuda_ops;
     backend->impl = state;

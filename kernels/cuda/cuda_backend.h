@@ -96,6 +96,10 @@ typedef struct cuda_backend {
     void *tile_starts;          /* ... and their device copy (int32) */
     size_t tile_starts_bytes;
     int prefill_simt;           /* FERRY_CUDA_PREFILL_ATTN=simt: the older SIMT prefill kernel */
+    int decode_lanes;           /* FERRY_CUDA_DECODE_ATTN=lanes: the older decode attention
+                                   kernel (one key per lane; attention.cu) */
+    int attention_splits;       /* FERRY_CUDA_ATTN_SPLITS=N: decode attention's splits of the
+                                   context (0: chosen per shape) */
     int n_multiprocessors;
     int matvec_max_tokens;      /* matmuls with n <= this use the matvec kernel */
     int pdl;                    /* launch kernels with programmatic dependent launch (sm_90+,
