@@ -180,11 +180,16 @@ static ferry_status place(const offload_model_shape *shape, const offload_reques
         shape->max_tokens_carried > 0 ? (uint64_t)shape->max_tokens_carried : 0;
     uint64_t kv_layer = mul_sat(tokens, shape->kv_bytes_per_token_layer);
     uint64_t kv_total = mul_sat(kv_layer, (uint64_t)n_layers);
+    const uint64_t in_flight = add_sat(shape->activation_fixed_bytes,
+                                       mul_sat(tokens_in_flight, shape->activation_bytes_per_token));
+    /* A streamed pass carries every chunk of a call up to the zig-zag
+     * limit; a resident model takes each chunk through every layer before
+     * the next, so it carries one (as the session sizes it). */
     uint64_t activations = add_sat(
-        add_sat(shape->activation_fixed_bytes,
-                mul_sat(tokens_in_flight, shape->activation_bytes_per_token)),
-        mul_sat(offload_tokens_carried(tokens, carry_limit, tokens_in_flight),
-                shape->carried_bytes_per_token));
+        in_flight, mul_sat(offload_tokens_carried(tokens, carry_limit, tokens_in_flight),
+                           shape->carried_bytes_per_token));
+    const uint64_t resident_activations =
+        add_sat(in_flight, mul_sat(tokens_in_flight, shape->carried_bytes_per_token));
     uint64_t base = add_sat(shape->globals_bytes, activations);
     const uint64_t gpu_budget = request->gpu_mem_bytes, host_budget = request->host_mem_bytes;
 
@@ -202,9 +207,12 @@ static ferry_status place(const offload_model_shape *shape, const offload_reques
     plan->gpu_activation_bytes = activations;
 
     /* Everything on the GPU: no slots, nothing moves. */
-    uint64_t all_resident = add_sat(add_sat(base, layers_bytes), kv_total);
+    const uint64_t resident_base = add_sat(shape->globals_bytes, resident_activations);
+    uint64_t all_resident = add_sat(add_sat(resident_base, layers_bytes), kv_total);
     if (request->resident_layers == -1 || request->resident_layers == n_layers) {
         if (all_resident <= gpu_budget) {
+            base = resident_base;
+            plan->gpu_activation_bytes = resident_activations;
             for (int i = 0; i < n_layers; i++) tiers[i] = OFFLOAD_TIER_GPU;
             plan->kv_tier = OFFLOAD_TIER_GPU;
             plan->n_resident = n_layers;

@@ -75,6 +75,27 @@ Test(offload_plan, everything_fits_so_every_layer_is_resident_and_nothing_moves)
     offload_plan_free(&plan);
 }
 
+/* Batch 4 x context 10 = 40 tokens in passes of 10, carrying 2 B a
+ * token: a streamed pass carries all 40 (80 B), a resident model one pass
+ * of 10 (20 B), as the session sizes it.  Resident: 50 + 10 + 20 + 400 +
+ * KV 320 = 800 B, which a budget of 800 B holds (with the streamed
+ * carry, 860 B, it would stream a model that fits). */
+Test(offload_plan, a_resident_model_carries_one_pass_of_tokens_not_the_zigzag_window) {
+    offload_model_shape shape = small_shape();
+    shape.max_tokens_per_pass = 10;
+    shape.carried_bytes_per_token = 2;
+    offload_plan plan = make_ok(shape, request(800, 10000, 4));
+    assert_tiers(&plan, "GGGG");
+    cr_assert_eq(plan.gpu_activation_bytes, 30);
+    cr_assert_eq(plan.gpu_total_bytes, 800);
+    offload_plan_free(&plan);
+    /* one byte less: streamed, and then the whole window is carried */
+    plan = make_ok(shape, request(799, 10000, 4));
+    cr_assert_lt(plan.n_resident, 4);
+    cr_assert_eq(plan.gpu_activation_bytes, 90);
+    offload_plan_free(&plan);
+}
+
 Test(offload_plan, streams_every_layer_from_dram_when_no_whole_layer_fits_beside_the_slots) {
     /* 60 + 2 slots x 100 + KV 80 = 340 B; 60 B left: no layer fits. */
     offload_plan plan = make_ok(small_shape(), request(400, 1000, 1));
@@ -334,11 +355,14 @@ Test(offload_plan, random_plans_never_exceed_either_budget_and_add_up) {
         uint64_t in_flight = tokens;
         if (c.shape.max_tokens_per_pass && in_flight > (uint64_t)c.shape.max_tokens_per_pass)
             in_flight = (uint64_t)c.shape.max_tokens_per_pass;
-        /* Carried tokens: whole chunks of in_flight, up to the limit. */
+        /* Carried tokens: streamed, whole chunks of in_flight up to the
+         * limit; all resident, one chunk (each goes through every layer
+         * before the next). */
         uint64_t carried = tokens;
         if (c.shape.max_tokens_carried && carried > (uint64_t)c.shape.max_tokens_carried)
             carried = (uint64_t)c.shape.max_tokens_carried;
         while (carried % in_flight) carried++;
+        if (!streamed) carried = in_flight;
         uint64_t kv_layer = tokens * c.shape.kv_bytes_per_token_layer;
         uint64_t kv_on_gpu =
             plan.kv_tier == OFFLOAD_TIER_GPU ? kv_layer * (uint64_t)c.shape.n_layers : 0;
