@@ -77,6 +77,23 @@ static char *write_model(const char *dir, uint64_t seed) {
     return path;
 }
 
+/* Every test gets a fresh model file (fresh seed) in its own directory,
+ * removed afterwards. */
+static char *dir, *path;
+
+static void model_file_setup(void) {
+    dir = test_tempdir();
+    path = write_model(dir, test_seed());
+}
+
+static void model_file_teardown(void) {
+    test_rmtree(dir);
+    free(path);
+    free(dir);
+}
+
+TestSuite(offload_stream, .init = model_file_setup, .fini = model_file_teardown);
+
 /* Bytes of one layer's blob in the file (all layers are the same size). */
 static uint64_t layer_blob_bytes(const char *path) {
     ferry_file *file = NULL;
@@ -162,8 +179,6 @@ static void assert_identical(const run_logits *got, const run_logits *want, cons
 }
 
 Test(offload_stream, every_tier_mix_gives_logits_bit_identical_to_all_resident) {
-    char *dir = test_tempdir();
-    char *path = write_model(dir, test_seed());
     uint64_t layer = layer_blob_bytes(path);
     static run_logits resident, streamed;
     ferry_model_options plain = {0};
@@ -221,14 +236,9 @@ Test(offload_stream, every_tier_mix_gives_logits_bit_identical_to_all_resident) 
                   "%s: report:\n%s", mixes[m].what, report);
         ferry_model_close(model);
     }
-    test_rmtree(dir);
-    free(path);
-    free(dir);
 }
 
 Test(offload_stream, a_gpu_budget_picks_the_mix_and_the_logits_stay_identical) {
-    char *dir = test_tempdir();
-    char *path = write_model(dir, test_seed());
     uint64_t layer = layer_blob_bytes(path);
     static run_logits resident, streamed;
     ferry_model_options plain = {0};
@@ -258,14 +268,9 @@ Test(offload_stream, a_gpu_budget_picks_the_mix_and_the_logits_stay_identical) {
     cr_assert_eq(run_model(model, &streamed), FERRY_OK, "%s", ferry_last_error());
     assert_identical(&streamed, &resident, "budget-chosen mix");
     ferry_model_close(model);
-    test_rmtree(dir);
-    free(path);
-    free(dir);
 }
 
 Test(offload_stream, a_file_truncated_under_a_streaming_model_fails_forward_with_layer_and_offset) {
-    char *dir = test_tempdir();
-    char *path = write_model(dir, test_seed());
     uint64_t layer = layer_blob_bytes(path);
     ferry_file *file = NULL;
     cr_assert_eq(ferry_file_open(path, &file), FERRY_OK, "%s", ferry_last_error());
@@ -292,14 +297,9 @@ Test(offload_stream, a_file_truncated_under_a_streaming_model_fails_forward_with
     cr_assert_eq(ferry_session_length(session, 0), 0, "a failed forward left tokens cached");
     ferry_session_free(session);
     ferry_model_close(model);
-    test_rmtree(dir);
-    free(path);
-    free(dir);
 }
 
 Test(offload_stream, an_impossible_budget_is_refused_at_open) {
-    char *dir = test_tempdir();
-    char *path = write_model(dir, test_seed());
     ferry_model_options options = {0};
     options.backend = "cpu";
     options.streaming = 1;
@@ -311,9 +311,6 @@ Test(offload_stream, an_impossible_budget_is_refused_at_open) {
     cr_assert(strstr(ferry_last_error(), "of GPU memory for 2 slots of"), "message: %s",
               ferry_last_error());
     cr_assert_null(model);
-    test_rmtree(dir);
-    free(path);
-    free(dir);
 }
 
 typedef struct forward_thread {
@@ -329,8 +326,6 @@ static void *forward_in_thread(void *arg) {
 }
 
 Test(offload_stream, sessions_on_two_threads_share_a_streamed_model_and_agree_with_resident) {
-    char *dir = test_tempdir();
-    char *path = write_model(dir, test_seed());
     uint64_t layer = layer_blob_bytes(path);
     static run_logits resident, first, second;
     ferry_model_options plain = {0};
@@ -351,9 +346,6 @@ Test(offload_stream, sessions_on_two_threads_share_a_streamed_model_and_agree_wi
     assert_identical(&first, &resident, "thread 0");
     assert_identical(&second, &resident, "thread 1");
     ferry_model_close(model);
-    test_rmtree(dir);
-    free(path);
-    free(dir);
 }
 
 /* ------------------------------------------------------------ zig-zag */
@@ -417,8 +409,6 @@ static int zigzag_call_tokens(int call) {
 }
 
 Test(offload_stream, zigzag_calls_of_1_to_3000_tokens_take_one_pass_and_match_resident_bits) {
-    char *dir = test_tempdir();
-    char *path = write_model(dir, test_seed());
     uint64_t layer = layer_blob_bytes(path);
     ferry_model_options plain = {0};
     ferry_model *model = open_model(path, plain);
@@ -482,14 +472,9 @@ Test(offload_stream, zigzag_calls_of_1_to_3000_tokens_take_one_pass_and_match_re
         ferry_model_close(model);
     }
     free_zigzag_run(&resident);
-    test_rmtree(dir);
-    free(path);
-    free(dir);
 }
 
 Test(offload_stream, the_zigzag_limit_bounds_carried_tokens_and_the_plan_counts_them) {
-    char *dir = test_tempdir();
-    char *path = write_model(dir, test_seed());
     cr_assert_eq(setenv("FERRY_ZIGZAG_TOKENS", "1000", 1), 0);
     cr_assert_eq(ferry_zigzag_tokens(), 2 * FERRY_CHUNK_TOKENS, "rounded up to whole chunks");
     ferry_model_options options = {0};
@@ -530,9 +515,6 @@ Test(offload_stream, the_zigzag_limit_bounds_carried_tokens_and_the_plan_counts_
     ferry_session_free(session);
     ferry_model_close(model);
     unsetenv("FERRY_ZIGZAG_TOKENS");
-    test_rmtree(dir);
-    free(path);
-    free(dir);
 }
 
 /* ------------------------------------------------ where KV caches live */
@@ -565,8 +547,6 @@ static unlimited_plan plan_without_budgets(const char *path) {
 }
 
 Test(offload_stream, a_kv_cache_the_gpu_budget_cannot_hold_lives_in_host_memory_same_logits) {
-    char *dir = test_tempdir();
-    char *path = write_model(dir, test_seed());
     static run_logits resident, streamed;
     ferry_model_options plain = {0};
     ferry_model *model = open_model(path, plain);
@@ -604,14 +584,9 @@ Test(offload_stream, a_kv_cache_the_gpu_budget_cannot_hold_lives_in_host_memory_
     cr_assert(strstr(report, expected), "want '%s' in:\n%s", expected, report);
     cr_assert(strstr(report, "kv cache       dram  (pinned host memory"), "report:\n%s", report);
     ferry_model_close(model);
-    test_rmtree(dir);
-    free(path);
-    free(dir);
 }
 
 Test(offload_stream, sessions_take_the_gpu_room_for_kv_then_host_memory_then_are_refused) {
-    char *dir = test_tempdir();
-    char *path = write_model(dir, test_seed());
     unlimited_plan unlimited = plan_without_budgets(path);
     /* GPU: room for exactly one session's KV cache; DRAM: the layers and
      * one more. */
@@ -660,7 +635,4 @@ Test(offload_stream, sessions_take_the_gpu_room_for_kv_then_host_memory_then_are
     cr_assert(strstr(ferry_last_error(), expected), "want '%s' in: %s", expected,
               ferry_last_error());
     ferry_model_close(model);
-    test_rmtree(dir);
-    free(path);
-    free(dir);
 }
