@@ -196,6 +196,50 @@ static ferry_status chunk_attention(ferry_session *session, int layer,
     return backend->ops->upload(backend, s->attention, session->host_attention, bytes);
 }
 
+/* Norm, Q/K/V projections, RoPE and the KV store of one layer over the
+ * chunk: q into scratch, rotated k and v into the layer's cache, in as few
+ * ops as the backend offers (qkv_rope_store; else matmul_multi and
+ * rope_kv_store; else the plain ops). */
+static ferry_status qkv_into_cache(ferry_session *session, int layer,
+                                   const ferry_token_batch *tokens,
+                                   const void *const *layer_tensors) {
+    const ferry_model *model = session->model;
+    const ferry_config *config = &model->config;
+    ferry_backend *backend = model->backend;
+    const ferry_backend_ops *ops = backend->ops;
+    ferry_scratch *s = &session->scratch;
+    const int n = tokens->n_tokens, hidden = config->hidden_size;
+    const ferry_attention_shape shape = {config->n_heads, config->n_kv_heads, config->head_dim};
+    const int q_width = config->n_heads * config->head_dim;
+    const int kv_width = config->n_kv_heads * config->head_dim;
+#define W(kind) layer_tensors[FERRY_TENSOR_##kind]
+    float *const outs[3] = {s->q, s->k, s->v};
+    const void *const weights[3] = {W(WQ), W(WK), W(WV)};
+    const float *const biases[3] = {W(BQ), W(BK), W(BV)};
+    const int rows[3] = {q_width, kv_width, kv_width};
+    const ferry_fused_norm norm = {W(ATTN_NORM), config->rms_norm_eps, s->normed};
+    ferry_kv_layer *cache = &session->kv[layer];
+    if (ops->qkv_rope_store)
+        return ops->qkv_rope_store(backend, s->q, s->k, s->v, s->residual, &norm, weights, biases,
+                                   model->dtype, n, hidden, cache, tokens, model->inv_freq, shape);
+    if (ops->matmul_multi) {
+        FERRY_TRY(ops->matmul_multi(backend, 3, outs, s->residual, &norm, weights, biases, rows,
+                                    model->dtype, n, hidden, 0));
+    } else {
+        FERRY_TRY(ops->rmsnorm(backend, s->normed, s->residual, W(ATTN_NORM), n, hidden,
+                               config->rms_norm_eps));
+        for (int m = 0; m < 3; m++)
+            FERRY_TRY(ops->matmul(backend, outs[m], s->normed, weights[m], model->dtype,
+                                  biases[m], n, rows[m], hidden, 0));
+    }
+#undef W
+    if (ops->rope_kv_store)
+        return ops->rope_kv_store(backend, s->q, s->k, s->v, cache, tokens, model->inv_freq,
+                                  shape);
+    FERRY_TRY(ops->rope(backend, s->q, s->k, tokens, model->inv_freq, shape));
+    return ops->kv_store(backend, cache, s->k, s->v, tokens, shape);
+}
+
 /* One decoder layer over the chunk, in place on the residual stream:
  *   x += Wo · attention(rope(Wq·norm(x) + bq), rope(Wk·norm(x) + bk), Wv·norm(x) + bv)
  *   x += Wdown · (silu(Wgate·norm(x)) * (Wup·norm(x))) */
@@ -211,41 +255,12 @@ static ferry_status layer_forward(ferry_session *session, int layer,
     const int n = tokens->n_tokens;
     const int hidden = config->hidden_size;
     const int q_width = config->n_heads * config->head_dim;
-    const int kv_width = config->n_kv_heads * config->head_dim;
     const ferry_attention_shape shape = {config->n_heads, config->n_kv_heads, config->head_dim};
     /* The layer's weights by kind: resident, or in a streaming slot. */
 #define W(kind) layer_tensors[FERRY_TENSOR_##kind]
 
     /* attention block */
-    const void *const qkv_weights[3] = {W(WQ), W(WK), W(WV)};
-    const float *const qkv_biases[3] = {W(BQ), W(BK), W(BV)};
-    const ferry_fused_norm attn_norm = {W(ATTN_NORM), config->rms_norm_eps, s->normed};
-    if (ops->qkv_rope_store) { /* norm, Q/K/V, RoPE and the KV store in one op */
-        FERRY_TRY(ops->qkv_rope_store(backend, s->q, s->k, s->v, s->residual, &attn_norm,
-                                      qkv_weights, qkv_biases, dtype, n, hidden,
-                                      &session->kv[layer], tokens, model->inv_freq, shape));
-    } else {
-        if (ops->matmul_multi) { /* norm, Q, K and V in one launch */
-            float *const outs[3] = {s->q, s->k, s->v};
-            const int rows[3] = {q_width, kv_width, kv_width};
-            FERRY_TRY(ops->matmul_multi(backend, 3, outs, s->residual, &attn_norm, qkv_weights,
-                                        qkv_biases, rows, dtype, n, hidden, 0));
-        } else {
-            FERRY_TRY(ops->rmsnorm(backend, s->normed, s->residual, W(ATTN_NORM), n, hidden,
-                                   config->rms_norm_eps));
-            for (int m = 0; m < 3; m++)
-                FERRY_TRY(ops->matmul(backend, m == 0 ? s->q : m == 1 ? s->k : s->v, s->normed,
-                                      qkv_weights[m], dtype, qkv_biases[m], n,
-                                      m == 0 ? q_width : kv_width, hidden, 0));
-        }
-        if (ops->rope_kv_store) {
-            FERRY_TRY(ops->rope_kv_store(backend, s->q, s->k, s->v, &session->kv[layer], tokens,
-                                         model->inv_freq, shape));
-        } else {
-            FERRY_TRY(ops->rope(backend, s->q, s->k, tokens, model->inv_freq, shape));
-            FERRY_TRY(ops->kv_store(backend, &session->kv[layer], s->k, s->v, tokens, shape));
-        }
-    }
+    FERRY_TRY(qkv_into_cache(session, layer, tokens, layer_tensors));
     FERRY_TRY(chunk_attention(session, layer, tokens, shape));
     /* residual: x += attention · Wo^T */
     FERRY_TRY(ops->matmul(backend, s->residual, s->attention, W(WO), dtype, NULL, n, hidden,
