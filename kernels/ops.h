@@ -193,6 +193,31 @@ typedef struct ferry_backend_ops {
                                    ferry_dtype dtype, int n, int cols, ferry_kv_layer *cache,
                                    const ferry_token_batch *batch, const float *inv_freq,
                                    ferry_attention_shape shape);
+
+    /* ---- optional whole blocks of a layer (NULL: the runtime issues the
+     * ops above); a backend hands the intermediate from one kernel to the
+     * next already rounded to the weight dtype, as its matmul rounds x for
+     * the tensor cores anyway ---- */
+
+    /* The attention block's output side, in place on the residual stream
+     * x [n, hidden]: x[t] += attention(q, cache)[t] Wo^T, as attention into
+     * `scratch` ([n, n_heads * head_dim], left as the backend likes) then
+     * matmul (accumulate) of wo ([hidden, n_heads * head_dim], dtype) give
+     * it, up to rounding the attention output to dtype. */
+    ferry_status (*attention_out)(ferry_backend *backend, float *x, float *scratch,
+                                  const float *q, const ferry_kv_layer *cache,
+                                  const ferry_token_batch *batch, ferry_attention_shape shape,
+                                  const void *wo, ferry_dtype dtype, int hidden);
+
+    /* The MLP block (SwiGLU), in place on x [n, hidden]: with h = x[t]
+     * RMS-normalised by norm, x[t] += (silu(h Wg^T) * (h Wu^T)) Wd^T, as
+     * matmul_multi (silu_pair, norm) then matmul (accumulate) give it, up to
+     * rounding the product to dtype.  weights: gate, up [inter, hidden] and
+     * down [hidden, inter] in dtype; gate and up ([n, inter]) and
+     * norm->scratch are scratch. */
+    ferry_status (*mlp)(ferry_backend *backend, float *x, const ferry_fused_norm *norm,
+                        const void *const *weights, ferry_dtype dtype, int n, int hidden,
+                        int inter, float *gate, float *up);
 } ferry_backend_ops;
 
 struct ferry_backend {
