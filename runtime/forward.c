@@ -166,10 +166,18 @@ static int chunk_is_decode_shaped(const int32_t *slots, int n) {
     return n < 4 * n_sequences;
 }
 
-/* The chunk's attention into scratch.attention: the backend's op, or for
- * a session attending on the host (its KV cache is host memory the device
- * maps, FlexGen's way past the link: the cache never crosses it) and a
- * decode-shaped chunk, q comes down (the download waits for the device's
+/* Does the host attend for this chunk: a session attending on the host
+ * (its KV cache is host memory the device maps, FlexGen's way past the
+ * link: the cache never crosses it) and a decode-shaped chunk? */
+static int chunk_attends_on_host(const ferry_session *session, const ferry_token_batch *tokens) {
+    /* the chunk's tokens in the host copies of the pass's batch arrays */
+    const size_t first = (size_t)(tokens->positions - session->scratch.positions);
+    return session->attention_on_host &&
+           chunk_is_decode_shaped(session->host_slots + first, tokens->n_tokens);
+}
+
+/* The chunk's attention into scratch.attention: the backend's op, or where
+ * the host attends, q comes down (the download waits for the device's
  * queued work, the K and V rows it just wrote into the mapped cache
  * included), the host's threads attend over the cache in place, and the
  * output goes up. */
@@ -178,12 +186,10 @@ static ferry_status chunk_attention(ferry_session *session, int layer,
                                     ferry_attention_shape shape) {
     ferry_backend *backend = session->model->backend;
     ferry_scratch *s = &session->scratch;
-    /* the chunk's tokens in the host copies of the pass's batch arrays */
-    const size_t first = (size_t)(tokens->positions - s->positions);
-    if (!session->attention_on_host ||
-        !chunk_is_decode_shaped(session->host_slots + first, tokens->n_tokens))
+    if (!chunk_attends_on_host(session, tokens))
         return backend->ops->attention(backend, s->attention, s->q, &session->kv[layer], tokens,
                                        shape);
+    const size_t first = (size_t)(tokens->positions - s->positions);
     const ferry_token_batch host_tokens = {tokens->n_tokens, session->host_tokens + first,
                                            session->host_positions + first,
                                            session->host_slots + first};
@@ -259,17 +265,26 @@ static ferry_status layer_forward(ferry_session *session, int layer,
     /* The layer's weights by kind: resident, or in a streaming slot. */
 #define W(kind) layer_tensors[FERRY_TENSOR_##kind]
 
-    /* attention block */
+    /* attention block; residual: x += attention · Wo^T */
     FERRY_TRY(qkv_into_cache(session, layer, tokens, layer_tensors));
-    FERRY_TRY(chunk_attention(session, layer, tokens, shape));
-    /* residual: x += attention · Wo^T */
-    FERRY_TRY(ops->matmul(backend, s->residual, s->attention, W(WO), dtype, NULL, n, hidden,
-                          q_width, 1));
+    if (ops->attention_out && !chunk_attends_on_host(session, tokens)) {
+        FERRY_TRY(ops->attention_out(backend, s->residual, s->attention, s->q, &session->kv[layer],
+                                     tokens, shape, W(WO), dtype, hidden));
+    } else {
+        FERRY_TRY(chunk_attention(session, layer, tokens, shape));
+        FERRY_TRY(ops->matmul(backend, s->residual, s->attention, W(WO), dtype, NULL, n, hidden,
+                              q_width, 1));
+    }
 
     /* MLP block (SwiGLU) */
     const int inter = config->intermediate_size;
+    const ferry_fused_norm norm = {W(MLP_NORM), config->rms_norm_eps, s->normed};
+    if (ops->mlp) { /* the whole block as the backend fuses it */
+        const void *const weights[3] = {W(W_GATE), W(W_UP), W(W_DOWN)};
+        return ops->mlp(backend, s->residual, &norm, weights, dtype, n, hidden, inter, s->gate,
+                        s->up);
+    }
     if (ops->matmul_multi) { /* norm, gate and up in one launch, SiLU * up in its epilogue */
-        const ferry_fused_norm norm = {W(MLP_NORM), config->rms_norm_eps, s->normed};
         float *const outs[2] = {s->gate, s->up};
         const void *const weights[2] = {W(W_GATE), W(W_UP)};
         const int rows[2] = {inter, inter};

@@ -214,8 +214,22 @@ __device__ __forceinline__ void prefetch_l1(const void *address) {
     asm volatile("prefetch.global.L1 [%0];" ::"l"(address));
 }
 
+/* Where the result goes: float, or rounded to f16 or bf16 for the
+ * projection that reads it next (attention_out).  [n, n_heads, head_dim]. */
+struct attention_sink {
+    float *out;
+    void *out16;                /* non-NULL: here instead, rounded */
+    int bf16;                   /* out16's type: bf16 (else f16) */
+
+    __device__ __forceinline__ void store(size_t i, float value) const {
+        if (!out16) out[i] = value;
+        else if (bf16) static_cast<__nv_bfloat16 *>(out16)[i] = from_float<__nv_bfloat16>(value);
+        else static_cast<__half *>(out16)[i] = from_float<__half>(value);
+    }
+};
+
 struct attention_args {
-    float *out;                 /* [n, n_heads, head_dim] (written when n_splits == 1) */
+    attention_sink sink;        /* the output (written directly when an item has one part) */
     float *partials;            /* [n * n_heads, n_splits, head_dim + 2] otherwise */
     unsigned *counters;         /* merge_here: [n * n_heads], zero between kernels */
     int merge_here;             /* the last block of an item merges; splits past the
@@ -236,8 +250,8 @@ struct attention_args {
  * sum of weights, acc: its weighted values; M: the max of the m_s), the
  * same math for attention_merge_kernel and a kernel's last block.
  * Partials are read through L2 (__ldcg): other blocks wrote them. */
-__device__ __forceinline__ void merge_partials(float *out, const float *partials, int n_parts,
-                                               int head_dim) {
+__device__ __forceinline__ void merge_partials(const attention_sink &sink, size_t at,
+                                               const float *partials, int n_parts, int head_dim) {
     float global_max = -INFINITY;
     for (int s = 0; s < n_parts; s++)
         global_max = fmaxf(global_max, __ldcg(partials + (size_t)s * (head_dim + 2)));
@@ -251,7 +265,7 @@ __device__ __forceinline__ void merge_partials(float *out, const float *partials
             numerator += factor * __ldcg(partial + 2 + d);
             denominator += factor * __ldcg(partial + 1);
         }
-        out[d] = denominator > 0.0f ? numerator / denominator : 0.0f;
+        sink.store(at + d, denominator > 0.0f ? numerator / denominator : 0.0f);
     }
 }
 
@@ -271,7 +285,7 @@ __device__ __forceinline__ void merge_if_last(const attention_args &args, int it
     __syncthreads();
     if (!last_block) return;
     __threadfence();
-    merge_partials(args.out + (size_t)item * args.head_dim,
+    merge_partials(args.sink, (size_t)item * args.head_dim,
                    args.partials + (size_t)item * args.n_splits * (args.head_dim + 2), n_parts,
                    args.head_dim);
 }
@@ -366,7 +380,7 @@ __device__ __forceinline__ void finish_block(const attention_args &args, const d
         for (int w = 0; w < WARPS; w++) value += factors[w] * states.acc[w][d];
         if (place.n_parts == 1) {
             const float mean = block_sum > 0.0f ? value / block_sum : 0.0f;
-            args.out[(size_t)place.item * head_dim + d] = mean;
+            args.sink.store((size_t)place.item * head_dim + d, mean);
         } else {
             float *partial =
                 args.partials + ((size_t)place.item * args.n_splits + place.split) * (head_dim + 2);
@@ -675,13 +689,13 @@ __global__ void __launch_bounds__(WARPS * 32, ROWS_BLOCKS_PER_SM)
 }
 
 /* One block per (token, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s. */
-__global__ void attention_merge_kernel(float *out, const float *partials, int n_splits,
+__global__ void attention_merge_kernel(attention_sink sink, const float *partials, int n_splits,
                                        int head_dim) {
     pdl_trigger();
     pdl_wait();
     const int item = blockIdx.x;
-    merge_partials(out + (size_t)item * head_dim, partials + (size_t)item * n_splits * (head_dim + 2),
-                   n_splits, head_dim);
+    merge_partials(sink, (size_t)item * head_dim,
+                   partials + (size_t)item * n_splits * (head_dim + 2), n_splits, head_dim);
 }
 
 /* ------------------------------------------------------- the launch */
@@ -742,7 +756,17 @@ static int split_count(const cuda_backend *state, const decode_launch *launch, l
 ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
                             const ferry_kv_layer *cache, const ferry_token_batch *batch,
                             ferry_attention_shape shape) {
+    int rounded = 0;
+    return cuda_attention_rounded(backend, out, NULL, FERRY_DTYPE_F32, q, cache, batch, shape,
+                                  &rounded);
+}
+
+ferry_status cuda_attention_rounded(ferry_backend *backend, float *out, void *out16,
+                                    ferry_dtype out16_dtype, const float *q,
+                                    const ferry_kv_layer *cache, const ferry_token_batch *batch,
+                                    ferry_attention_shape shape, int *out_rounded) {
     cuda_backend *state = cuda_state(backend);
+    *out_rounded = 0;
     if (shape.n_kv_heads <= 0 || shape.n_heads % shape.n_kv_heads != 0)
         return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
                           "attention: %d query heads are not a multiple of %d KV heads",
@@ -767,7 +791,10 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
         state->attention_partials_floats = capacity / sizeof(float);
     }
     attention_args args;
-    args.out = out;
+    const int round = out16 && (out16_dtype == FERRY_DTYPE_F16 || out16_dtype == FERRY_DTYPE_BF16);
+    args.sink.out = out;
+    args.sink.out16 = round ? out16 : NULL;
+    args.sink.bf16 = out16_dtype == FERRY_DTYPE_BF16;
     args.partials = state->attention_partials;
     args.q = q;
     args.cache_k = (const __half *)cache->k;
@@ -790,7 +817,8 @@ ferry_status cuda_attention(ferry_backend *backend, float *out, const float *q,
     dim3 grid((unsigned)items, (unsigned)n_splits);
     CUDA_TRY(cuda_launch(state, launch.kernel, grid, launch.warps * 32, args));
     if (n_splits > 1 && !args.merge_here)
-        CUDA_TRY(cuda_launch(state, attention_merge_kernel, (unsigned)items, 128, out,
+        CUDA_TRY(cuda_launch(state, attention_merge_kernel, (unsigned)items, 128, args.sink,
                              (const float *)state->attention_partials, n_splits, shape.head_dim));
+    *out_rounded = round;
     return FERRY_OK;
 }

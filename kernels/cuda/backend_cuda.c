@@ -20,6 +20,8 @@ enum {
     /* 64 tokens x 32768 columns; (2 x 4 blocks per SM x 132 SMs) x (256 + 2) */
     PRESERVED_ACTIVATION_ELEMENTS = 64 * 32768,
     PRESERVED_PARTIAL_FLOATS = 2 * 4 * 132 * 258,
+    /* the attention_out / mlp hand-off: 16 tokens x 65536 columns */
+    PRESERVED_HANDOFF_ELEMENTS = 16 * 65536,
     /* decode attention's per-(token, head) arrival counters (attnmerge) */
     ATTENTION_COUNTERS = 8192,
 };
@@ -28,7 +30,7 @@ enum {
 static const unsigned DEFAULT_FUSIONS =
     CUDA_FUSE_NORM1 | CUDA_FUSE_NORM16 | CUDA_FUSE_ROPEKV | CUDA_FUSE_ATTN_MERGE |
     CUDA_FUSE_KV_PREFETCH | CUDA_FUSE_ATTN_WIDE | CUDA_FUSE_KV_EARLY | CUDA_FUSE_QKV_ROPE |
-    CUDA_FUSE_SILU16;
+    CUDA_FUSE_SILU16 | CUDA_FUSE_HANDOFF;
 
 int ferry_cuda_available(void) {
     int count = 0;
@@ -179,6 +181,7 @@ static void release_state(cuda_backend *state) {
     if (state->cublas) cublasDestroy(state->cublas);
     if (state->error_flag) cudaFree(state->error_flag);
     if (state->activations) cudaFree(state->activations);
+    if (state->handoff) cudaFree(state->handoff);
     if (state->attention_partials) cudaFree(state->attention_partials);
     if (state->attention_counters) cudaFree(state->attention_counters);
     if (state->tile_starts) cudaFree(state->tile_starts);
@@ -277,6 +280,8 @@ static const ferry_backend_ops cuda_ops = {
     .rope_kv_store = cuda_rope_kv_store,
     .qkv_rope_store = cuda_qkv_rope_store,
     .sample = cuda_sample,
+    .attention_out = cuda_attention_out,
+    .mlp = cuda_mlp,
 };
 
 /* ------------------------------------------------------------ creation */
@@ -317,6 +322,8 @@ static ferry_status open_device(int device, cuda_backend *state) {
      * step (graph) never sees a scratch buffer move. */
     FERRY_TRY(cuda_scratch_reserve(state, &state->activations, &state->activations_bytes,
                                    (size_t)PRESERVED_ACTIVATION_ELEMENTS * 2));
+    FERRY_TRY(cuda_scratch_reserve(state, &state->handoff, &state->handoff_bytes,
+                                   (size_t)PRESERVED_HANDOFF_ELEMENTS * 2));
     void *partials = NULL;
     size_t partials_bytes = 0;
     FERRY_TRY(cuda_scratch_reserve(state, &partials, &partials_bytes,
@@ -345,6 +352,7 @@ static const struct {
     {"attnmerge", CUDA_FUSE_ATTN_MERGE}, {"kvprefetch", CUDA_FUSE_KV_PREFETCH},
     {"attn8", CUDA_FUSE_ATTN_WIDE},     {"kvearly", CUDA_FUSE_KV_EARLY},
     {"qkvrope", CUDA_FUSE_QKV_ROPE},    {"silu16", CUDA_FUSE_SILU16},
+    {"handoff", CUDA_FUSE_HANDOFF},
 };
 
 static ferry_status parse_fusions(const char *text, unsigned *out_bits) {
@@ -362,7 +370,7 @@ static ferry_status parse_fusions(const char *text, unsigned *out_bits) {
             return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
                               "FERRY_CUDA_FUSE='%s': unknown fusion '%.*s' (expected 0, 1, or a "
                               "comma list of norm1, norm1warp, norm16, ropekv, attnmerge, kvprefetch, "
-                              "attn8, kvearly)",
+                              "attn8, kvearly, qkvrope, silu16, handoff)",
                               text, (int)length, item);
         *out_bits |= fusion_names[i].bits;
         item += length;

@@ -74,6 +74,10 @@ enum {
     CUDA_FUSE_SILU16 = 1u << 11,     /* matmul_multi, 3..16 tokens: gate and up in one
                                         tensor-core launch, silu(gate) * up in its epilogue;
                                         other stacks in one launch too */
+    CUDA_FUSE_HANDOFF = 1u << 12,    /* attention_out and mlp, 3..16 tokens (with silu16):
+                                        the attention kernel and the SiLU epilogue write
+                                        their output rounded for the projection after them
+                                        (no convert kernel between) */
 };
 
 typedef struct cuda_backend {
@@ -83,6 +87,8 @@ typedef struct cuda_backend {
     int *error_flag;            /* device int: 0, or a CUDA_BAD_* code */
     void *activations;          /* scratch: x converted to the weight dtype for cuBLAS */
     size_t activations_bytes;
+    void *handoff;              /* scratch: attention_out's and mlp's rounded intermediate */
+    size_t handoff_bytes;
     float *attention_partials;  /* scratch: flash-decoding partial results */
     size_t attention_partials_floats;
     unsigned *attention_counters; /* decode attention: blocks of a (token, head) that have
@@ -131,6 +137,18 @@ ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *co
 ferry_status cuda_rope_kv_store(ferry_backend *backend, float *q, float *k, const float *v,
                                 ferry_kv_layer *cache, const ferry_token_batch *batch,
                                 const float *inv_freq, ferry_attention_shape shape);
+ferry_status cuda_attention_out(ferry_backend *backend, float *x, float *scratch, const float *q,
+                                const ferry_kv_layer *cache, const ferry_token_batch *batch,
+                                ferry_attention_shape shape, const void *wo, ferry_dtype dtype,
+                                int hidden);
+ferry_status cuda_mlp(ferry_backend *backend, float *x, const ferry_fused_norm *norm,
+                      const void *const *weights, ferry_dtype dtype, int n, int hidden, int inter,
+                      float *gate, float *up);
+/* fused.cu: with the fusion that folds a norm into x's rounding off for n
+ * tokens, x is normalised into norm->scratch first and *x, *norm say so
+ * (x = the scratch, norm = NULL); else both are left as they are. */
+ferry_status cuda_unfold_norm(ferry_backend *backend, int n, int cols, const float **x,
+                              const ferry_fused_norm **norm);
 ferry_status cuda_qkv_rope_store(ferry_backend *backend, float *q, float *k, float *v,
                                 const float *x, const ferry_fused_norm *norm,
                                 const void *const *weights, const float *const *biases,
@@ -162,9 +180,11 @@ ferry_status cuda_mma_stacked(cuda_backend *state, int n_matrices, float *const 
                               const float *const *biases, const int *rows, ferry_dtype dtype,
                               int n, int cols, int accumulate);
 /* out[t] = silu(x16[t] Gate^T) * (x16[t] Up^T), as cuda_silu_mul computes
- * it; one launch, no bias. */
-ferry_status cuda_mma_silu(cuda_backend *state, float *out, const void *x16, const void *gate,
-                           const void *up, ferry_dtype dtype, int n, int rows, int cols);
+ * it; one launch, no bias.  out16 (NULL: none): the product goes there
+ * instead, rounded to dtype, [n, rows] (the down projection's x16). */
+ferry_status cuda_mma_silu(cuda_backend *state, float *out, void *out16, const void *x16,
+                           const void *gate, const void *up, ferry_dtype dtype, int n, int rows,
+                           int cols);
 /* Q, K and V of x16 (weights[3], biases[3] or NULL) in one launch whose
  * epilogue rotates q and k (RoPE) and stores k and v into the f16 cache at
  * each token's (slot, position): the cuda_qkv_rope_store op on the tensor
@@ -217,6 +237,14 @@ ferry_status cuda_sample(ferry_backend *backend, int32_t *out_tokens, const floa
 /* Batches of at least this many tokens try a tiled prefill kernel; the
  * tensor-core one takes tiles of up to FLASH_TILE_TOKENS tokens. */
 enum { PREFILL_MIN_TOKENS = 64, FLASH_TILE_TOKENS = 64 };
+/* attention.cu: the attention op, or with out16 (f16 or bf16 out16_dtype)
+ * its decode kernels write the result rounded into out16 instead of out;
+ * *out_rounded says whether they did (else out holds it: the prefill
+ * kernels, no out16, another dtype). */
+ferry_status cuda_attention_rounded(ferry_backend *backend, float *out, void *out16,
+                                    ferry_dtype out16_dtype, const float *q,
+                                    const ferry_kv_layer *cache, const ferry_token_batch *batch,
+                                    ferry_attention_shape shape, int *out_rounded);
 /* attention_prefill.cu: a tiled kernel when the batch suits it (at least
  * PREFILL_MIN_TOKENS tokens, head_dim 64 or 128; the SIMT kernel also
  * needs each tile of 16 tokens in one slot): *out_used = 1; else nothing

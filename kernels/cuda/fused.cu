@@ -429,8 +429,8 @@ static int aligned16(const void *p) { return ((uintptr_t)p % 16) == 0; }
 /* A fusion of the norm switched off (FERRY_CUDA_FUSE, to measure it): the
  * norm as its own kernel in front, into norm->scratch; *x and *norm then
  * describe the normalised input and no norm. */
-static ferry_status unfold_norm(ferry_backend *backend, int n, int cols, const float **x,
-                                const ferry_fused_norm **norm) {
+ferry_status cuda_unfold_norm(ferry_backend *backend, int n, int cols, const float **x,
+                              const ferry_fused_norm **norm) {
     const unsigned folds = n <= MULTI_MAX_TOKENS ? CUDA_FUSE_NORM1 | CUDA_FUSE_NORM1_WARP
                                                  : CUDA_FUSE_NORM16;
     if (!*norm || (cuda_state(backend)->fuse & folds)) return FERRY_OK;
@@ -508,8 +508,8 @@ static ferry_status multi_on_tensor_cores(cuda_backend *state, int n_matrices,
     if ((state->fuse & CUDA_FUSE_SILU16) && !cuda_tc_matvec_enabled(state)) {
         if (silu_pair && !(biases && (biases[0] || biases[1]))) {
             *out_silu_done = 1;
-            return cuda_mma_silu(state, outs[0], x16, weights[0], weights[1], dtype, n, rows[0],
-                                 cols);
+            return cuda_mma_silu(state, outs[0], NULL, x16, weights[0], weights[1], dtype, n,
+                                 rows[0], cols);
         }
         return cuda_mma_stacked(state, n_matrices, outs, x16, weights, biases, rows, dtype, n,
                                 cols, 0);
@@ -532,7 +532,7 @@ ferry_status cuda_matmul_multi(ferry_backend *backend, int n_matrices, float *co
                           "matmul_multi: %d matrices%s (1..3; silu_pair needs 2 of equal rows)",
                           n_matrices, silu_pair ? " with silu_pair" : "");
     if (n <= 0) return FERRY_OK;
-    FERRY_TRY(unfold_norm(backend, n, cols, &x, &norm));
+    FERRY_TRY(cuda_unfold_norm(backend, n, cols, &x, &norm));
     const int kind = silu_pair ? MULTI_SILU : MULTI_STACKED;
     if (multi_fits(state, n_matrices, x, norm, weights, biases, rows, dtype, n, cols, kind)) {
         multi_args args;
@@ -577,7 +577,7 @@ ferry_status cuda_qkv_rope_store(ferry_backend *backend, float *q, float *k, flo
                          cuda_mma_qkv_rope_fits(shape, cache, FERRY_DTYPE_F16) &&
                          batch->n_tokens == n;
     if (epilogue) {
-        FERRY_TRY(unfold_norm(backend, n, cols, &x, &norm));
+        FERRY_TRY(cuda_unfold_norm(backend, n, cols, &x, &norm));
         if (multi_fits(state, 3, x, norm, weights, biases, rows, dtype, n, cols,
                        MULTI_QKV_ROPE)) {
             multi_args args;

@@ -206,12 +206,6 @@ static cudaError_t launch_matvec(const cuda_backend *state, float *out, const fl
 
 /* --------------------------------------------------------- cuBLAS path */
 
-template <typename T> __device__ T from_float(float f);
-template <> __device__ __half from_float<__half>(float f) { return __float2half_rn(f); }
-template <> __device__ __nv_bfloat16 from_float<__nv_bfloat16>(float f) {
-    return __float2bfloat16_rn(f);
-}
-
 template <typename T>
 __global__ void convert_kernel(T *dst, const float *src, size_t total) {
     pdl_trigger();

@@ -7,7 +7,8 @@
  *   so the epilogue applies RoPE and writes K and V straight into the KV
  *   cache (cuda_mma_qkv_rope);
  * - gate and up in one launch, each block taking 8 rows of each, so the
- *   epilogue writes silu(gate) * up (cuda_mma_silu);
+ *   epilogue writes silu(gate) * up, in float or already rounded for the
+ *   down projection (cuda_mma_silu);
  * - up to three matrices of one x, plain (cuda_mma_stacked).
  * A block of 8 warps owns 16 rows (one m16 tile) and its warps split the
  * columns in chunks of 32; each lane reads 16 bytes of two rows and of x
@@ -72,6 +73,7 @@ struct mma_rope {
 
 struct mma_args {
     mma_segment segment[MMA_MAX_SEGMENTS];
+    void *out16;            /* MMA_SILU: the product rounded to T here [n, rows], not in out */
     const void *x16;
     int n, cols, accumulate;
     mma_rope rope;
@@ -205,7 +207,10 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) mma_rows_kernel(const mma_args
         }
         if (EPILOGUE == MMA_SILU) {
             /* the float math of cuda_silu_mul: g / (1 + e^-g) * u */
-            out[(size_t)token * rows + row_a] = a / (1.0f + expf(-a)) * b;
+            const float product = a / (1.0f + expf(-a)) * b;
+            const size_t at = (size_t)token * rows + row_a;
+            if (args.out16) static_cast<T *>(args.out16)[at] = from_float<T>(product);
+            else out[at] = product;
             continue;
         }
         const bool has_b = row_b < rows; /* (always, when rows pair) */
@@ -321,8 +326,9 @@ ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, c
     return cuda_mma_stacked(state, 1, &out, x16, &w, &bias, &rows, dtype, n, cols, accumulate);
 }
 
-ferry_status cuda_mma_silu(cuda_backend *state, float *out, const void *x16, const void *gate,
-                           const void *up, ferry_dtype dtype, int n, int rows, int cols) {
+ferry_status cuda_mma_silu(cuda_backend *state, float *out, void *out16, const void *x16,
+                           const void *gate, const void *up, ferry_dtype dtype, int n, int rows,
+                           int cols) {
     if (n <= 0 || rows <= 0) return FERRY_OK;
     mma_args args = {};
     args.segment[0].w = gate;
@@ -333,6 +339,7 @@ ferry_status cuda_mma_silu(cuda_backend *state, float *out, const void *x16, con
     /* 8 rows of gate and the same 8 of up per block */
     for (int s = 0; s < MMA_MAX_SEGMENTS; s++)
         args.segment[s].end_block = (rows + MMA_HALF - 1) / MMA_HALF;
+    args.out16 = out16;
     args.x16 = x16;
     args.n = n;
     args.cols = cols;

@@ -5,8 +5,9 @@
  * the tensor-core step
  * D += A·B for a 16x16 A (row-major) and a 16x8 B (column-major) in f16 or
  * bf16 with f32 accumulation (mma.sync m16n8k16), and the packing of two
- * floats into the 32-bit register pair those operands travel in.  The
- * fragment layouts are described where the kernels load them.
+ * floats into the 32-bit register pair those operands travel in, and
+ * from_float, a float rounded to f16 or bf16.  The fragment layouts are
+ * described where the kernels load them.
  */
 #pragma once
 
@@ -34,6 +35,14 @@ template <int THREADS> __device__ __forceinline__ float block_sum(float value) {
     for (int w = 0; w < THREADS / 32; w++) total += warp_sums[w];
     __syncthreads(); /* warp_sums may be reused by the next call */
     return total;
+}
+
+template <typename T> __device__ __forceinline__ T from_float(float f);
+template <> __device__ __forceinline__ __half from_float<__half>(float f) {
+    return __float2half_rn(f);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float f) {
+    return __float2bfloat16_rn(f);
 }
 
 template <typename T> struct mma_m16n8k16;
