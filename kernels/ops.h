@@ -45,6 +45,11 @@ typedef struct ferry_fused_norm {
     const float *weight;        /* [cols] */
     float eps;
     float *scratch;             /* [n, cols] backend memory the op may use for rmsnorm(x) */
+    /* 1: the op issued just before this one was given this norm as its
+     * next_norm and wrote x last, so the backend may use what it prepared
+     * then (the caller vouches; a backend that prepared nothing
+     * normalises x itself).  0: nothing is known. */
+    int prepared;
 } ferry_fused_norm;
 
 /* Attention geometry. */
@@ -203,21 +208,26 @@ typedef struct ferry_backend_ops {
      * x [n, hidden]: x[t] += attention(q, cache)[t] Wo^T, as attention into
      * `scratch` ([n, n_heads * head_dim], left as the backend likes) then
      * matmul (accumulate) of wo ([hidden, n_heads * head_dim], dtype) give
-     * it, up to rounding the attention output to dtype. */
+     * it, up to rounding the attention output to dtype.  next_norm (NULL:
+     * none): the norm the next op applies to x, which the backend may
+     * prepare from the rows it writes (that op's norm then says
+     * prepared). */
     ferry_status (*attention_out)(ferry_backend *backend, float *x, float *scratch,
                                   const float *q, const ferry_kv_layer *cache,
                                   const ferry_token_batch *batch, ferry_attention_shape shape,
-                                  const void *wo, ferry_dtype dtype, int hidden);
+                                  const void *wo, ferry_dtype dtype, int hidden,
+                                  const ferry_fused_norm *next_norm);
 
     /* The MLP block (SwiGLU), in place on x [n, hidden]: with h = x[t]
      * RMS-normalised by norm, x[t] += (silu(h Wg^T) * (h Wu^T)) Wd^T, as
      * matmul_multi (silu_pair, norm) then matmul (accumulate) give it, up to
      * rounding the product to dtype.  weights: gate, up [inter, hidden] and
      * down [hidden, inter] in dtype; gate and up ([n, inter]) and
-     * norm->scratch are scratch. */
+     * norm->scratch are scratch.  next_norm as attention_out's (the next
+     * layer's input norm). */
     ferry_status (*mlp)(ferry_backend *backend, float *x, const ferry_fused_norm *norm,
                         const void *const *weights, ferry_dtype dtype, int n, int hidden,
-                        int inter, float *gate, float *up);
+                        int inter, float *gate, float *up, const ferry_fused_norm *next_norm);
 } ferry_backend_ops;
 
 struct ferry_backend {

@@ -208,7 +208,7 @@ static ferry_status chunk_attention(ferry_session *session, int layer,
  * rope_kv_store; else the plain ops). */
 static ferry_status qkv_into_cache(ferry_session *session, int layer,
                                    const ferry_token_batch *tokens,
-                                   const void *const *layer_tensors) {
+                                   const void *const *layer_tensors, int norm_prepared) {
     const ferry_model *model = session->model;
     const ferry_config *config = &model->config;
     ferry_backend *backend = model->backend;
@@ -223,7 +223,7 @@ static ferry_status qkv_into_cache(ferry_session *session, int layer,
     const void *const weights[3] = {W(WQ), W(WK), W(WV)};
     const float *const biases[3] = {W(BQ), W(BK), W(BV)};
     const int rows[3] = {q_width, kv_width, kv_width};
-    const ferry_fused_norm norm = {W(ATTN_NORM), config->rms_norm_eps, s->normed};
+    const ferry_fused_norm norm = {W(ATTN_NORM), config->rms_norm_eps, s->normed, norm_prepared};
     ferry_kv_layer *cache = &session->kv[layer];
     if (ops->qkv_rope_store)
         return ops->qkv_rope_store(backend, s->q, s->k, s->v, s->residual, &norm, weights, biases,
@@ -246,12 +246,20 @@ static ferry_status qkv_into_cache(ferry_session *session, int layer,
     return ops->kv_store(backend, cache, s->k, s->v, tokens, shape);
 }
 
+/* How a layer's norms meet the ops around it: the next layer's input
+ * norm (NULL: not known, or another op comes between), which the backend's
+ * mlp op may prepare, and whether this layer's was so prepared. */
+typedef struct layer_links {
+    const float *next_attn_norm;
+    int attn_norm_prepared;
+} layer_links;
+
 /* One decoder layer over the chunk, in place on the residual stream:
  *   x += Wo · attention(rope(Wq·norm(x) + bq), rope(Wk·norm(x) + bk), Wv·norm(x) + bv)
  *   x += Wdown · (silu(Wgate·norm(x)) * (Wup·norm(x))) */
 static ferry_status layer_forward(ferry_session *session, int layer,
                                   const ferry_token_batch *tokens,
-                                  const void *const *layer_tensors) {
+                                  const void *const *layer_tensors, layer_links links) {
     const ferry_model *model = session->model;
     const ferry_config *config = &model->config;
     ferry_backend *backend = model->backend;
@@ -266,10 +274,14 @@ static ferry_status layer_forward(ferry_session *session, int layer,
 #define W(kind) layer_tensors[FERRY_TENSOR_##kind]
 
     /* attention block; residual: x += attention · Wo^T */
-    FERRY_TRY(qkv_into_cache(session, layer, tokens, layer_tensors));
+    FERRY_TRY(qkv_into_cache(session, layer, tokens, layer_tensors, links.attn_norm_prepared));
+    ferry_fused_norm norm = {W(MLP_NORM), config->rms_norm_eps, s->normed, 0};
     if (ops->attention_out && !chunk_attends_on_host(session, tokens)) {
+        /* the mlp op comes next, and may find its norm prepared */
+        norm.prepared = ops->mlp != NULL;
         FERRY_TRY(ops->attention_out(backend, s->residual, s->attention, s->q, &session->kv[layer],
-                                     tokens, shape, W(WO), dtype, hidden));
+                                     tokens, shape, W(WO), dtype, hidden,
+                                     norm.prepared ? &norm : NULL));
     } else {
         FERRY_TRY(chunk_attention(session, layer, tokens, shape));
         FERRY_TRY(ops->matmul(backend, s->residual, s->attention, W(WO), dtype, NULL, n, hidden,
@@ -278,12 +290,13 @@ static ferry_status layer_forward(ferry_session *session, int layer,
 
     /* MLP block (SwiGLU) */
     const int inter = config->intermediate_size;
-    const ferry_fused_norm norm = {W(MLP_NORM), config->rms_norm_eps, s->normed};
     if (ops->mlp) { /* the whole block as the backend fuses it */
         const void *const weights[3] = {W(W_GATE), W(W_UP), W(W_DOWN)};
+        const ferry_fused_norm next = {links.next_attn_norm, config->rms_norm_eps, s->normed, 1};
         return ops->mlp(backend, s->residual, &norm, weights, dtype, n, hidden, inter, s->gate,
-                        s->up);
+                        s->up, links.next_attn_norm ? &next : NULL);
     }
+    norm.prepared = 0;
     if (ops->matmul_multi) { /* norm, gate and up in one launch, SiLU * up in its epilogue */
         float *const outs[2] = {s->gate, s->up};
         const void *const weights[2] = {W(W_GATE), W(W_UP)};
@@ -308,18 +321,20 @@ static ferry_status layer_forward(ferry_session *session, int layer,
  * reads the K and V chunk c just stored in this layer, as it would have
  * had chunk c gone through every layer first. */
 static ferry_status pass_layer_forward(const layer_pass *pass, int layer,
-                                       const void *const *layer_tensors) {
+                                       const void *const *layer_tensors, layer_links links) {
     const int n_chunks = pass_chunks(pass);
     for (int c = 0; c < n_chunks; c++) {
         ferry_token_batch tokens = enter_chunk(pass, c);
-        FERRY_TRY(layer_forward(pass->session, layer, &tokens, layer_tensors));
+        FERRY_TRY(layer_forward(pass->session, layer, &tokens, layer_tensors, links));
     }
     return FERRY_OK;
 }
 
-/* offload_stream_run's callback: the layer sits in a slot (or resident). */
+/* offload_stream_run's callback: the layer sits in a slot (or resident);
+ * the next layer's weights may not be anywhere yet. */
 static ferry_status streamed_layer_forward(void *user, int layer, const void *const *tensors) {
-    return pass_layer_forward(user, layer, tensors);
+    const layer_links unlinked = {NULL, 0};
+    return pass_layer_forward(user, layer, tensors, unlinked);
 }
 
 /* Final norm and lm_head for the next pass of the chunk's tokens that
@@ -469,10 +484,19 @@ static ferry_status layers_forward(layer_pass *pass) {
         return offload_stream_run(model->stream, streamed_layer_forward, pass,
                                   session->attention_on_host);
     }
-    for (int layer = 0; layer < model->config.n_layers; layer++) {
+    /* One chunk: a layer's last op (mlp) and the next layer's first are
+     * adjacent, so the one may prepare the other's norm. */
+    const int n_layers = model->config.n_layers;
+    const int linked = n_chunks == 1 && backend->ops->mlp;
+    for (int layer = 0; layer < n_layers; layer++) {
         const void *const *layer_tensors =
             (const void *const *)&model->tensors[ferry_model_tensor_slot(layer, 0)];
-        ferry_status status = pass_layer_forward(pass, layer, layer_tensors);
+        const layer_links links = {
+            linked && layer + 1 < n_layers
+                ? (const float *)ferry_model_tensor(model, layer + 1, FERRY_TENSOR_ATTN_NORM)
+                : NULL,
+            linked && layer > 0};
+        ferry_status status = pass_layer_forward(pass, layer, layer_tensors, links);
         if (status != FERRY_OK) return ferry_fail_prefix(status, "layer %d: ", layer);
     }
     return FERRY_OK;

@@ -66,7 +66,7 @@ static void check_multi(ferry_dtype dtype, int n, int cols, int silu_pair, int w
     float *x = cuda_upload(host_x, x_count * sizeof(float));
     /* float64 reference input: x, or w_norm * x / sqrt(mean(x^2) + eps) */
     double *exact_norm = NULL;
-    ferry_fused_norm norm = {NULL, eps, NULL};
+    ferry_fused_norm norm = {NULL, eps, NULL, 0};
     if (with_norm) {
         exact_norm = malloc((size_t)cols * sizeof(double));
         norm.weight = random_matrix(FERRY_DTYPE_F32, (size_t)cols, exact_norm);

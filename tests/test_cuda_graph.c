@@ -122,7 +122,7 @@ static void issue_fused_layer(fused_layer *l, int n) {
     const ferry_attention_shape shape = {LAYER_HEADS, LAYER_KV_HEADS, LAYER_HEAD_DIM};
     const int q_width = LAYER_HEADS * LAYER_HEAD_DIM, kv_width = LAYER_KV_HEADS * LAYER_HEAD_DIM;
     l->batch.n_tokens = n;
-    const ferry_fused_norm attn_norm = {l->attn_norm, 1e-5f, l->normed};
+    const ferry_fused_norm attn_norm = {l->attn_norm, 1e-5f, l->normed, 0};
     float *const qkv[3] = {l->q, l->k, l->v};
     const void *const qkv_weights[3] = {l->wq, l->wk, l->wv};
     const float *const qkv_biases[3] = {l->bq, l->bk, l->bv};
@@ -138,7 +138,7 @@ static void issue_fused_layer(fused_layer *l, int n) {
     cr_assert_eq(ops->matmul(gpu, l->y, l->attention, l->wo, FERRY_DTYPE_F16, NULL, n,
                              LAYER_HIDDEN, q_width, 1),
                  FERRY_OK, "%s", ferry_last_error());
-    const ferry_fused_norm mlp_norm = {l->mlp_norm, 1e-5f, l->normed};
+    const ferry_fused_norm mlp_norm = {l->mlp_norm, 1e-5f, l->normed, 0};
     float *const gate_up[2] = {l->gate, l->up};
     const void *const gate_up_weights[2] = {l->w_gate, l->w_up};
     const int gate_up_rows[2] = {LAYER_INTER, LAYER_INTER};

@@ -137,7 +137,7 @@ static void check_case(const qkv_case *c) {
                                 cuda_upload(poison, cache_count * 2), N_SLOTS, MAX_CONTEXT};
     float *gpu_x = cuda_upload(x, (size_t)n * cols * sizeof(float));
     ferry_fused_norm norm = {cuda_upload(norm_weight, (size_t)cols * sizeof(float)), eps,
-                             cuda_poisoned((size_t)n * cols)};
+                             cuda_poisoned((size_t)n * cols), 0};
     float *gpu_q = cuda_poisoned((size_t)n * rows[0]);
     float *gpu_k = cuda_poisoned((size_t)n * rows[1]), *gpu_v = cuda_poisoned((size_t)n * rows[2]);
     float *gpu_inv_freq = cuda_upload(inv_freq, (size_t)head_dim / 2 * sizeof(float));

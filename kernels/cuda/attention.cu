@@ -783,12 +783,9 @@ ferry_status cuda_attention_rounded(ferry_backend *backend, float *out, void *ou
     const decode_launch launch = decode_kernel(state, shape.head_dim);
     const int n_splits = split_count(state, &launch, items, cache->max_context);
     if (n_splits > 1) {
-        size_t bytes = (size_t)items * n_splits * (shape.head_dim + 2) * sizeof(float);
-        void *buffer = state->attention_partials;
-        size_t capacity = state->attention_partials_floats * sizeof(float);
-        FERRY_TRY(cuda_scratch_reserve(state, &buffer, &capacity, bytes));
-        state->attention_partials = (float *)buffer;
-        state->attention_partials_floats = capacity / sizeof(float);
+        FERRY_TRY(cuda_scratch_reserve_floats(state, &state->attention_partials,
+                                              &state->attention_partials_floats,
+                                              (size_t)items * n_splits * (shape.head_dim + 2)));
     }
     attention_args args;
     const int round = out16 && (out16_dtype == FERRY_DTYPE_F16 || out16_dtype == FERRY_DTYPE_BF16);

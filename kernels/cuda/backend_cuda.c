@@ -22,6 +22,9 @@ enum {
     PRESERVED_PARTIAL_FLOATS = 2 * 4 * 132 * 258,
     /* the attention_out / mlp hand-off: 16 tokens x 65536 columns */
     PRESERVED_HANDOFF_ELEMENTS = 16 * 65536,
+    /* a prepared norm: rows of 65536 in blocks of 16 rows, 16 tokens */
+    NORM_TOKENS = 16,
+    PRESERVED_NORM_PARTIAL_FLOATS = 65536 / 16 * NORM_TOKENS,
     /* decode attention's per-(token, head) arrival counters (attnmerge) */
     ATTENTION_COUNTERS = 8192,
 };
@@ -30,7 +33,7 @@ enum {
 static const unsigned DEFAULT_FUSIONS =
     CUDA_FUSE_NORM1 | CUDA_FUSE_NORM16 | CUDA_FUSE_ROPEKV | CUDA_FUSE_ATTN_MERGE |
     CUDA_FUSE_KV_PREFETCH | CUDA_FUSE_ATTN_WIDE | CUDA_FUSE_KV_EARLY | CUDA_FUSE_QKV_ROPE |
-    CUDA_FUSE_SILU16 | CUDA_FUSE_HANDOFF;
+    CUDA_FUSE_SILU16 | CUDA_FUSE_HANDOFF | CUDA_FUSE_NORM_NEXT;
 
 int ferry_cuda_available(void) {
     int count = 0;
@@ -61,6 +64,16 @@ ferry_status cuda_scratch_reserve(cuda_backend *state, void **buffer, size_t *ca
     *capacity = bytes;
     state->scratch_epoch++; /* graphs recorded with the old buffer must not replay */
     return FERRY_OK;
+}
+
+ferry_status cuda_scratch_reserve_floats(cuda_backend *state, float **buffer, size_t *n_floats,
+                                         size_t floats) {
+    void *memory = *buffer;
+    size_t capacity = *n_floats * sizeof(float);
+    ferry_status status = cuda_scratch_reserve(state, &memory, &capacity, floats * sizeof(float));
+    *buffer = (float *)memory;
+    *n_floats = capacity / sizeof(float);
+    return status;
 }
 
 /* -------------------------------------------------------------- memory */
@@ -182,6 +195,9 @@ static void release_state(cuda_backend *state) {
     if (state->error_flag) cudaFree(state->error_flag);
     if (state->activations) cudaFree(state->activations);
     if (state->handoff) cudaFree(state->handoff);
+    if (state->norm_partials) cudaFree(state->norm_partials);
+    if (state->norm_counter) cudaFree(state->norm_counter);
+    if (state->norm_inv_rms) cudaFree(state->norm_inv_rms);
     if (state->attention_partials) cudaFree(state->attention_partials);
     if (state->attention_counters) cudaFree(state->attention_counters);
     if (state->tile_starts) cudaFree(state->tile_starts);
@@ -324,12 +340,15 @@ static ferry_status open_device(int device, cuda_backend *state) {
                                    (size_t)PRESERVED_ACTIVATION_ELEMENTS * 2));
     FERRY_TRY(cuda_scratch_reserve(state, &state->handoff, &state->handoff_bytes,
                                    (size_t)PRESERVED_HANDOFF_ELEMENTS * 2));
-    void *partials = NULL;
-    size_t partials_bytes = 0;
-    FERRY_TRY(cuda_scratch_reserve(state, &partials, &partials_bytes,
-                                   (size_t)PRESERVED_PARTIAL_FLOATS * sizeof(float)));
-    state->attention_partials = partials;
-    state->attention_partials_floats = partials_bytes / sizeof(float);
+    FERRY_TRY(cuda_scratch_reserve_floats(state, &state->attention_partials,
+                                          &state->attention_partials_floats,
+                                          PRESERVED_PARTIAL_FLOATS));
+    FERRY_TRY(cuda_scratch_reserve_floats(state, &state->norm_partials,
+                                          &state->norm_partials_floats,
+                                          PRESERVED_NORM_PARTIAL_FLOATS));
+    CUDA_TRY(cudaMalloc((void **)&state->norm_inv_rms, NORM_TOKENS * sizeof(float)));
+    CUDA_TRY(cudaMalloc((void **)&state->norm_counter, sizeof(unsigned)));
+    CUDA_TRY(cudaMemsetAsync(state->norm_counter, 0, sizeof(unsigned), state->stream));
     /* zero once; the block that uses a counter leaves it zero again */
     CUDA_TRY(cudaMalloc((void **)&state->attention_counters,
                         ATTENTION_COUNTERS * sizeof(unsigned)));
@@ -352,7 +371,7 @@ static const struct {
     {"attnmerge", CUDA_FUSE_ATTN_MERGE}, {"kvprefetch", CUDA_FUSE_KV_PREFETCH},
     {"attn8", CUDA_FUSE_ATTN_WIDE},     {"kvearly", CUDA_FUSE_KV_EARLY},
     {"qkvrope", CUDA_FUSE_QKV_ROPE},    {"silu16", CUDA_FUSE_SILU16},
-    {"handoff", CUDA_FUSE_HANDOFF},
+    {"handoff", CUDA_FUSE_HANDOFF},     {"normnext", CUDA_FUSE_NORM_NEXT},
 };
 
 static ferry_status parse_fusions(const char *text, unsigned *out_bits) {
@@ -370,7 +389,7 @@ static ferry_status parse_fusions(const char *text, unsigned *out_bits) {
             return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
                               "FERRY_CUDA_FUSE='%s': unknown fusion '%.*s' (expected 0, 1, or a "
                               "comma list of norm1, norm1warp, norm16, ropekv, attnmerge, kvprefetch, "
-                              "attn8, kvearly, qkvrope, silu16, handoff)",
+                              "attn8, kvearly, qkvrope, silu16, handoff, normnext)",
                               text, (int)length, item);
         *out_bits |= fusion_names[i].bits;
         item += length;

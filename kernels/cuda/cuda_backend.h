@@ -78,6 +78,10 @@ enum {
                                         the attention kernel and the SiLU epilogue write
                                         their output rounded for the projection after them
                                         (no convert kernel between) */
+    CUDA_FUSE_NORM_NEXT = 1u << 13,  /* attention_out and mlp, 3..16 tokens (with handoff):
+                                        the projection that adds into the residual stream
+                                        prepares the next op's RMSNorm in its epilogue (no
+                                        norm kernel in front of QKV or gate/up) */
 };
 
 typedef struct cuda_backend {
@@ -89,6 +93,18 @@ typedef struct cuda_backend {
     size_t activations_bytes;
     void *handoff;              /* scratch: attention_out's and mlp's rounded intermediate */
     size_t handoff_bytes;
+    float *norm_partials;       /* scratch: cuda_mma_matvec_norm_next's per-block squares */
+    size_t norm_partials_floats;
+    unsigned *norm_counter;     /* ... its blocks done (zero between launches) */
+    float *norm_inv_rms;        /* ... its result: [16] scales of the prepared norm */
+    /* The norm attention_out or mlp prepared last (x NULL: none): for x
+     * [n, cols] and that weight, x * weight rounded in activations and the
+     * scales in norm_inv_rms. */
+    struct {
+        const float *x, *weight;
+        int n, cols;
+        ferry_dtype dtype;
+    } prepared;
     float *attention_partials;  /* scratch: flash-decoding partial results */
     size_t attention_partials_floats;
     unsigned *attention_counters; /* decode attention: blocks of a (token, head) that have
@@ -123,6 +139,9 @@ static inline cuda_backend *cuda_state(ferry_backend *backend) {
  * the largest shape has been seen). */
 ferry_status cuda_scratch_reserve(cuda_backend *state, void **buffer, size_t *capacity,
                                   size_t bytes);
+/* The same for a buffer of floats, its capacity counted in floats. */
+ferry_status cuda_scratch_reserve_floats(cuda_backend *state, float **buffer, size_t *n_floats,
+                                         size_t floats);
 
 /* ---- CUDA Graphs of a decode step (graph.c; contracts in kernels/ops.h) ---- */
 ferry_status cuda_graph_begin(ferry_backend *backend);
@@ -140,10 +159,19 @@ ferry_status cuda_rope_kv_store(ferry_backend *backend, float *q, float *k, cons
 ferry_status cuda_attention_out(ferry_backend *backend, float *x, float *scratch, const float *q,
                                 const ferry_kv_layer *cache, const ferry_token_batch *batch,
                                 ferry_attention_shape shape, const void *wo, ferry_dtype dtype,
-                                int hidden);
+                                int hidden, const ferry_fused_norm *next_norm);
 ferry_status cuda_mlp(ferry_backend *backend, float *x, const ferry_fused_norm *norm,
                       const void *const *weights, ferry_dtype dtype, int n, int hidden, int inter,
-                      float *gate, float *up);
+                      float *gate, float *up, const ferry_fused_norm *next_norm);
+/* blocks.c: the operand of a tensor-core launch of n tokens (3..16) that
+ * applies `norm` (NULL: none) to x [n, cols]: *x16, and the scales its sums
+ * take, *inv_rms (NULL: none).  What the op before prepared when norm says
+ * so and the backend's record agrees (x, weight, n, cols, dtype), else a
+ * preparation from x (or, with norm16 off, x normalised by the rmsnorm op
+ * into norm->scratch and rounded).  Forgets the record. */
+ferry_status cuda_norm_operand(ferry_backend *backend, const float *x,
+                               const ferry_fused_norm *norm, int n, int cols, ferry_dtype dtype,
+                               const void **x16, const float **inv_rms);
 /* fused.cu: with the fusion that folds a norm into x's rounding off for n
  * tokens, x is normalised into norm->scratch first and *x, *norm say so
  * (x = the scratch, norm = NULL); else both are left as they are. */
@@ -179,12 +207,30 @@ ferry_status cuda_mma_stacked(cuda_backend *state, int n_matrices, float *const 
                               const void *x16, const void *const *weights,
                               const float *const *biases, const int *rows, ferry_dtype dtype,
                               int n, int cols, int accumulate);
+/* out[t] += x16[t] W^T (the residual stream, no bias), and for the RMSNorm
+ * the next launch applies (weight norm_weight [rows], eps): norm_x16 [n,
+ * rows] = out * norm_weight rounded to dtype, and state->norm_inv_rms[t]
+ * = 1 / sqrt(mean(out[t]^2) + eps), the scale that launch's sums take
+ * (its inv_rms argument).  At most 16 tokens. */
+ferry_status cuda_mma_matvec_norm_next(cuda_backend *state, float *out, const void *x16,
+                                       const void *w, ferry_dtype dtype, int n, int rows,
+                                       int cols, const float *norm_weight, float eps,
+                                       void *norm_x16);
+/* The same preparation from x [n, cols] itself (norm_weight [cols], eps):
+ * x * norm_weight rounded into the activations scratch (*out_x16) and the
+ * scales into state->norm_inv_rms, in bits equal to what
+ * cuda_mma_matvec_norm_next gives for the same x.  At most 16 tokens. */
+ferry_status cuda_mma_norm_prepare(cuda_backend *state, const float *x, const float *norm_weight,
+                                   float eps, ferry_dtype dtype, int n, int cols,
+                                   const void **out_x16);
 /* out[t] = silu(x16[t] Gate^T) * (x16[t] Up^T), as cuda_silu_mul computes
  * it; one launch, no bias.  out16 (NULL: none): the product goes there
- * instead, rounded to dtype, [n, rows] (the down projection's x16). */
+ * instead, rounded to dtype, [n, rows] (the down projection's x16).
+ * inv_rms (NULL: none): x16 is a prepared norm's (cuda_mma_matvec_norm_next)
+ * and the sums are scaled by inv_rms[t] first. */
 ferry_status cuda_mma_silu(cuda_backend *state, float *out, void *out16, const void *x16,
-                           const void *gate, const void *up, ferry_dtype dtype, int n, int rows,
-                           int cols);
+                           const float *inv_rms, const void *gate, const void *up,
+                           ferry_dtype dtype, int n, int rows, int cols);
 /* Q, K and V of x16 (weights[3], biases[3] or NULL) in one launch whose
  * epilogue rotates q and k (RoPE) and stores k and v into the f16 cache at
  * each token's (slot, position): the cuda_qkv_rope_store op on the tensor
@@ -192,7 +238,8 @@ ferry_status cuda_mma_silu(cuda_backend *state, float *out, void *out16, const v
 int cuda_mma_qkv_rope_fits(ferry_attention_shape shape, const ferry_kv_layer *cache,
                            ferry_dtype kv_dtype);
 ferry_status cuda_mma_qkv_rope(cuda_backend *state, float *q, const void *x16,
-                               const void *const *weights, const float *const *biases,
+                               const float *inv_rms, const void *const *weights,
+                               const float *const *biases,
                                ferry_dtype dtype, int n, int cols, ferry_kv_layer *cache,
                                const ferry_token_batch *batch, const float *inv_freq,
                                ferry_attention_shape shape);

@@ -508,8 +508,8 @@ static ferry_status multi_on_tensor_cores(cuda_backend *state, int n_matrices,
     if ((state->fuse & CUDA_FUSE_SILU16) && !cuda_tc_matvec_enabled(state)) {
         if (silu_pair && !(biases && (biases[0] || biases[1]))) {
             *out_silu_done = 1;
-            return cuda_mma_silu(state, outs[0], NULL, x16, weights[0], weights[1], dtype, n,
-                                 rows[0], cols);
+            return cuda_mma_silu(state, outs[0], NULL, x16, NULL, weights[0], weights[1], dtype,
+                                 n, rows[0], cols);
         }
         return cuda_mma_stacked(state, n_matrices, outs, x16, weights, biases, rows, dtype, n,
                                 cols, 0);
@@ -577,6 +577,13 @@ ferry_status cuda_qkv_rope_store(ferry_backend *backend, float *q, float *k, flo
                          cuda_mma_qkv_rope_fits(shape, cache, FERRY_DTYPE_F16) &&
                          batch->n_tokens == n;
     if (epilogue) {
+        if (mma_fits(state, 3, weights, dtype, n, cols) && !cuda_tc_matvec_enabled(state)) {
+            const void *x16 = NULL;
+            const float *inv_rms = NULL;
+            FERRY_TRY(cuda_norm_operand(backend, x, norm, n, cols, dtype, &x16, &inv_rms));
+            return cuda_mma_qkv_rope(state, q, x16, inv_rms, weights, biases, dtype, n, cols,
+                                     cache, batch, inv_freq, shape);
+        }
         FERRY_TRY(cuda_unfold_norm(backend, n, cols, &x, &norm));
         if (multi_fits(state, 3, x, norm, weights, biases, rows, dtype, n, cols,
                        MULTI_QKV_ROPE)) {
@@ -592,13 +599,6 @@ ferry_status cuda_qkv_rope_store(ferry_backend *backend, float *q, float *k, flo
             args.max_context = cache->max_context;
             args.error_flag = state->error_flag;
             return launch_multi_typed(state, args, dtype, MULTI_QKV_ROPE);
-        }
-        if (mma_fits(state, 3, weights, dtype, n, cols) && !cuda_tc_matvec_enabled(state)) {
-            const void *x16 = NULL;
-            FERRY_TRY(cuda_x16_prepare(state, x, norm ? norm->weight : NULL,
-                                       norm ? norm->eps : 0.0f, dtype, n, cols, &x16));
-            return cuda_mma_qkv_rope(state, q, x16, weights, biases, dtype, n, cols, cache, batch,
-                                     inv_freq, shape);
         }
     }
     FERRY_TRY(cuda_matmul_multi(backend, 3, outs, x, norm, weights, biases, rows, dtype, n, cols,

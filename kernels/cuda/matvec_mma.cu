@@ -40,6 +40,8 @@ enum {
     MMA_CHUNK_COLS = CUDA_MMA_COLS_MULTIPLE,
     MMA_UNROLL = 4,
     MMA_MAX_SEGMENTS = 3,
+    MMA_NORM_TOKENS = 16,               /* tokens of a launch: 8 * N_TILES at most */
+    MMA_NORM_GROUPS = MMA_WARPS * 32 / MMA_NORM_TOKENS, /* last block: threads per token */
 };
 
 /* What a block does with its sums. */
@@ -47,6 +49,7 @@ enum mma_epilogue {
     MMA_PLAIN,      /* out (+)= sum + bias */
     MMA_SILU,       /* segment 0 gate, 1 up: out_0 = silu(gate) * up */
     MMA_ROPE_KV,    /* segments q, k, v: rotate q into out_0, rotated k and v into the cache */
+    MMA_NORM_NEXT,  /* MMA_PLAIN, one matrix, and the next RMSNorm of out prepared (mma_norm) */
 };
 
 /* One matrix of a launch: blocks [previous end_block, end_block). */
@@ -71,18 +74,134 @@ struct mma_rope {
     int *error_flag;
 };
 
+/* MMA_NORM_NEXT: the rows a launch writes (the residual stream) prepared
+ * for the RMSNorm the next launch applies: x16 = out * weight rounded to
+ * T, and inv_rms[t] = 1 / sqrt(mean(out[t]^2) + eps), which the next
+ * launch multiplies its sums by (x16 is not normalised: the norm's scale
+ * is per token, so it commutes with the matrix).  Each block adds up its
+ * rows' squares per token into partials; the last block to finish (a
+ * count on `counter`, which it leaves zero) adds those in block order. */
+struct mma_norm {
+    const float *weight;        /* [rows] */
+    void *x16;                  /* [n, rows] */
+    float *partials;            /* [blocks, MMA_NORM_TOKENS] */
+    unsigned *counter;
+    float *inv_rms;             /* [n] */
+    float eps;
+};
+
 struct mma_args {
     mma_segment segment[MMA_MAX_SEGMENTS];
     void *out16;            /* MMA_SILU: the product rounded to T here [n, rows], not in out */
+    const float *inv_rms;   /* MMA_SILU, MMA_ROPE_KV: the sums times inv_rms[token] first
+                               (x16 came from an MMA_NORM_NEXT launch); NULL: as they are */
     const void *x16;
     int n, cols, accumulate;
     mma_rope rope;
+    mma_norm norm;
 };
 
 /* Segment s's field, picked with constant indices only (a run-time index
  * into the kernel's argument arrays would copy them to local memory). */
 #define SEGMENT_FIELD(s, field)                                                              \
     ((s) == 0 ? args.segment[0].field : (s) == 1 ? args.segment[1].field : args.segment[2].field)
+
+/* A prepared norm's sum of squares of a token is formed in one order,
+ * whether the launch that writes the rows forms it (MMA_NORM_NEXT) or
+ * norm_prepare_kernel does from x in memory, so both give the same bits
+ * (a streamed layer cannot prepare the next layer's norm, a resident one
+ * does, and their logits must not differ): rows r and r + 8 of each block
+ * of 16 rows squared and added (pair_squares), r = 0..7 in order (a block
+ * partial), the partials of blocks g, g + 16, ... in order (group g), the
+ * 16 groups in order.  Rounded operations, so the compiler fuses none. */
+__device__ __forceinline__ float pair_squares(float a, float b) {
+    return __fadd_rn(__fmul_rn(a, a), __fmul_rn(b, b));
+}
+
+/* Group `group`'s sum of the block partials partial(b), b < n_blocks. */
+template <typename Partial>
+__device__ __forceinline__ float norm_group_sum(Partial partial, int group, int n_blocks) {
+    float sum = 0.0f;
+    for (int b = group; b < n_blocks; b += MMA_NORM_GROUPS) sum = __fadd_rn(sum, partial(b));
+    return sum;
+}
+
+/* 1 / rms of a token from its groups' sums. */
+__device__ __forceinline__ float norm_inv_rms(const float *group_sums, int rows, float eps) {
+    float total = 0.0f;
+#pragma unroll
+    for (int g = 0; g < MMA_NORM_GROUPS; g++) total = __fadd_rn(total, group_sums[g]);
+    return 1.0f / sqrtf(total / (float)rows + eps);
+}
+
+/* MMA_NORM_NEXT, after the epilogue: this block's squares per token into
+ * norm.partials; the last block to finish adds every block's (in the
+ * order above, whichever block is last) into norm.inv_rms.  `rows`: the
+ * width of the normalised rows. */
+template <int TOKENS>
+__device__ __forceinline__ void finish_norm_next(const mma_norm &norm,
+                                                 float (*squares)[TOKENS], int rows, int n) {
+    __shared__ bool last_block;
+    __shared__ float group_sums[MMA_NORM_TOKENS][MMA_NORM_GROUPS];
+    __syncthreads();
+    if (threadIdx.x < TOKENS) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int r = 0; r < MMA_HALF; r++) sum = __fadd_rn(sum, squares[r][threadIdx.x]);
+        norm.partials[(size_t)blockIdx.x * MMA_NORM_TOKENS + threadIdx.x] = sum;
+    }
+    __threadfence(); /* the partials, before the count */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last_block = atomicAdd(norm.counter, 1u) == gridDim.x - 1;
+        if (last_block) *norm.counter = 0; /* every block has counted */
+    }
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+    const int token = threadIdx.x % MMA_NORM_TOKENS, group = threadIdx.x / MMA_NORM_TOKENS;
+    const float *partials = norm.partials + token;
+    group_sums[token][group] = norm_group_sum(
+        [&](int b) { return __ldcg(partials + (size_t)b * MMA_NORM_TOKENS); }, group,
+        (int)gridDim.x);
+    __syncthreads();
+    if (threadIdx.x < n)
+        norm.inv_rms[threadIdx.x] = norm_inv_rms(group_sums[threadIdx.x], rows, norm.eps);
+}
+
+/* The same preparation from x in memory, for a launch whose norm no launch
+ * before prepared: block t (one per token) writes x16[t] = x[t] * weight
+ * rounded and inv_rms[t], the sum of squares in the order above. */
+enum { NORM_PREPARE_THREADS = 256, NORM_PREPARE_MAX_BLOCKS = 4096 };
+template <typename T>
+__global__ void __launch_bounds__(NORM_PREPARE_THREADS)
+    norm_prepare_kernel(T *x16, float *inv_rms, const float *x, const float *weight, int rows,
+                        float eps) {
+    __shared__ float partials[NORM_PREPARE_MAX_BLOCKS];
+    __shared__ float group_sums[MMA_NORM_GROUPS];
+    pdl_trigger();
+    pdl_wait();
+    const float *row = x + (size_t)blockIdx.x * rows;
+    T *result = x16 + (size_t)blockIdx.x * rows;
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) result[i] = from_float<T>(row[i] * weight[i]);
+    const int n_blocks = (rows + MMA_ROWS - 1) / MMA_ROWS;
+    for (int b = threadIdx.x; b < n_blocks; b += blockDim.x) {
+        float sum = 0.0f;
+        for (int r = 0; r < MMA_HALF; r++) {
+            const int row_a = b * MMA_ROWS + r, row_b = row_a + MMA_HALF;
+            const float squares = row_a >= rows ? 0.0f
+                                  : pair_squares(row[row_a], row_b < rows ? row[row_b] : 0.0f);
+            sum = __fadd_rn(sum, squares);
+        }
+        partials[b] = sum;
+    }
+    __syncthreads();
+    if (threadIdx.x < MMA_NORM_GROUPS)
+        group_sums[threadIdx.x] =
+            norm_group_sum([&](int b) { return partials[b]; }, threadIdx.x, n_blocks);
+    __syncthreads();
+    if (threadIdx.x == 0) inv_rms[blockIdx.x] = norm_inv_rms(group_sums, rows, eps);
+}
 
 /* N_TILES tiles of 8 tokens (1: n <= 8, 2: n <= 16).  cols % 32 == 0;
  * weights and x16 16-byte aligned. */
@@ -195,15 +314,22 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) mma_rows_kernel(const mma_args
      * split-K parts of lo row lo0 + r and hi row hi0 + r in warp order. */
     float *out = SEGMENT_FIELD(s, out);
     const float *bias = SEGMENT_FIELD(s, bias);
+    __shared__ float squares[MMA_HALF][8 * N_TILES]; /* MMA_NORM_NEXT: out^2 of rows r, r + 8 */
     for (int e = threadIdx.x; e < MMA_HALF * 8 * N_TILES; e += blockDim.x) {
         const int r = e / (8 * N_TILES), token = e % (8 * N_TILES);
         const int row_a = lo0 + r, row_b = hi0 + r;
+        if (EPILOGUE == MMA_NORM_NEXT) squares[r][token] = 0.0f;
         if (token >= args.n || row_a >= rows) continue;
         float a = 0.0f, b = 0.0f;
 #pragma unroll
         for (int k = 0; k < MMA_WARPS; k++) {
             a += partial[k][r][token];
             b += partial[k][r + MMA_HALF][token];
+        }
+        if (args.inv_rms && (EPILOGUE == MMA_SILU || EPILOGUE == MMA_ROPE_KV)) {
+            const float scale = args.inv_rms[token];
+            a *= scale;
+            b *= scale;
         }
         if (EPILOGUE == MMA_SILU) {
             /* the float math of cuda_silu_mul: g / (1 + e^-g) * u */
@@ -218,10 +344,18 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) mma_rows_kernel(const mma_args
             a += bias[row_a];
             if (has_b) b += bias[row_b];
         }
-        if (EPILOGUE == MMA_PLAIN) {
+        if (EPILOGUE == MMA_PLAIN || EPILOGUE == MMA_NORM_NEXT) {
             float *dst = out + (size_t)token * rows;
-            dst[row_a] = args.accumulate ? dst[row_a] + a : a;
-            if (has_b) dst[row_b] = args.accumulate ? dst[row_b] + b : b;
+            a = args.accumulate ? dst[row_a] + a : a;
+            b = args.accumulate && has_b ? dst[row_b] + b : b;
+            dst[row_a] = a;
+            if (has_b) dst[row_b] = b;
+            if (EPILOGUE == MMA_NORM_NEXT) {
+                T *x16 = static_cast<T *>(args.norm.x16) + (size_t)token * rows;
+                x16[row_a] = from_float<T>(a * args.norm.weight[row_a]);
+                if (has_b) x16[row_b] = from_float<T>(b * args.norm.weight[row_b]);
+                squares[r][token] = pair_squares(a, has_b ? b : 0.0f);
+            }
             continue;
         }
         /* MMA_ROPE_KV: (a, b) is the pair (j, j + half) of head `head` */
@@ -246,6 +380,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) mma_rows_kernel(const mma_args
         dst[j] = __float2half_rn(pair.x);
         dst[j + half] = __float2half_rn(pair.y);
     }
+    if (EPILOGUE == MMA_NORM_NEXT) finish_norm_next<8 * N_TILES>(args.norm, squares, rows, args.n);
 }
 #undef SEGMENT_FIELD
 
@@ -271,6 +406,10 @@ static ferry_status launch_rows(const cuda_backend *state, const mma_args &args,
     case MMA_ROPE_KV:
         error = f16 ? launch_rows_typed<__half, MMA_ROPE_KV>(state, args)
                     : launch_rows_typed<__nv_bfloat16, MMA_ROPE_KV>(state, args);
+        break;
+    case MMA_NORM_NEXT:
+        error = f16 ? launch_rows_typed<__half, MMA_NORM_NEXT>(state, args)
+                    : launch_rows_typed<__nv_bfloat16, MMA_NORM_NEXT>(state, args);
         break;
     default:
         error = f16 ? launch_rows_typed<__half, MMA_PLAIN>(state, args)
@@ -326,9 +465,57 @@ ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, c
     return cuda_mma_stacked(state, 1, &out, x16, &w, &bias, &rows, dtype, n, cols, accumulate);
 }
 
+ferry_status cuda_mma_matvec_norm_next(cuda_backend *state, float *out, const void *x16,
+                                       const void *w, ferry_dtype dtype, int n, int rows,
+                                       int cols, const float *norm_weight, float eps,
+                                       void *norm_x16) {
+    if (n <= 0 || rows <= 0) return FERRY_OK;
+    if (n > MMA_NORM_TOKENS)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT, "mma matvec: %d tokens to prepare a norm for "
+                          "(at most %d)", n, MMA_NORM_TOKENS);
+    const size_t partial_floats = (size_t)((rows + MMA_ROWS - 1) / MMA_ROWS) * MMA_NORM_TOKENS;
+    FERRY_TRY(cuda_scratch_reserve_floats(state, &state->norm_partials,
+                                          &state->norm_partials_floats, partial_floats));
+    mma_args args = {};
+    const float *no_bias = NULL;
+    fill_segments(&args, 1, &out, &w, &no_bias, &rows, NULL);
+    args.x16 = x16;
+    args.n = n;
+    args.cols = cols;
+    args.accumulate = 1;
+    args.norm.weight = norm_weight;
+    args.norm.x16 = norm_x16;
+    args.norm.partials = state->norm_partials;
+    args.norm.counter = state->norm_counter;
+    args.norm.inv_rms = state->norm_inv_rms;
+    args.norm.eps = eps;
+    return launch_rows(state, args, dtype, MMA_NORM_NEXT);
+}
+
+ferry_status cuda_mma_norm_prepare(cuda_backend *state, const float *x, const float *norm_weight,
+                                   float eps, ferry_dtype dtype, int n, int cols,
+                                   const void **out_x16) {
+    if (n > MMA_NORM_TOKENS || (cols + MMA_ROWS - 1) / MMA_ROWS > NORM_PREPARE_MAX_BLOCKS)
+        return ferry_fail(FERRY_ERR_INVALID_ARGUMENT,
+                          "norm prepare: %d tokens of %d columns (at most %d of %d)", n, cols,
+                          MMA_NORM_TOKENS, NORM_PREPARE_MAX_BLOCKS * MMA_ROWS);
+    FERRY_TRY(cuda_scratch_reserve(state, &state->activations, &state->activations_bytes,
+                                   (size_t)n * cols * 2));
+    if (dtype == FERRY_DTYPE_F16)
+        CUDA_TRY(cuda_launch(state, norm_prepare_kernel<__half>, n, NORM_PREPARE_THREADS,
+                             (__half *)state->activations, state->norm_inv_rms, x, norm_weight,
+                             cols, eps));
+    else
+        CUDA_TRY(cuda_launch(state, norm_prepare_kernel<__nv_bfloat16>, n, NORM_PREPARE_THREADS,
+                             (__nv_bfloat16 *)state->activations, state->norm_inv_rms, x,
+                             norm_weight, cols, eps));
+    *out_x16 = state->activations;
+    return FERRY_OK;
+}
+
 ferry_status cuda_mma_silu(cuda_backend *state, float *out, void *out16, const void *x16,
-                           const void *gate, const void *up, ferry_dtype dtype, int n, int rows,
-                           int cols) {
+                           const float *inv_rms, const void *gate, const void *up,
+                           ferry_dtype dtype, int n, int rows, int cols) {
     if (n <= 0 || rows <= 0) return FERRY_OK;
     mma_args args = {};
     args.segment[0].w = gate;
@@ -340,6 +527,7 @@ ferry_status cuda_mma_silu(cuda_backend *state, float *out, void *out16, const v
     for (int s = 0; s < MMA_MAX_SEGMENTS; s++)
         args.segment[s].end_block = (rows + MMA_HALF - 1) / MMA_HALF;
     args.out16 = out16;
+    args.inv_rms = inv_rms;
     args.x16 = x16;
     args.n = n;
     args.cols = cols;
@@ -353,7 +541,8 @@ int cuda_mma_qkv_rope_fits(ferry_attention_shape shape, const ferry_kv_layer *ca
 }
 
 ferry_status cuda_mma_qkv_rope(cuda_backend *state, float *q, const void *x16,
-                               const void *const *weights, const float *const *biases,
+                               const float *inv_rms, const void *const *weights,
+                               const float *const *biases,
                                ferry_dtype dtype, int n, int cols, ferry_kv_layer *cache,
                                const ferry_token_batch *batch, const float *inv_freq,
                                ferry_attention_shape shape) {
@@ -365,6 +554,7 @@ ferry_status cuda_mma_qkv_rope(cuda_backend *state, float *q, const void *x16,
     float *const outs[3] = {q, NULL, NULL};
     mma_args args = {};
     fill_segments(&args, 3, outs, weights, biases, rows, pair_half);
+    args.inv_rms = inv_rms;
     args.x16 = x16;
     args.n = n;
     args.cols = cols;
