@@ -469,3 +469,113 @@ Test(cuda_blocks, the_blocks_match_under_other_fusion_choices) {
     }
     report_worst();
 }
+
+/* ------------------------------------- a prepared norm, bit for bit */
+
+/* Device bytes read back. */
+static void *downloaded(const void *device, size_t bytes) {
+    void *host = host_tracked(malloc(bytes));
+    cr_assert_eq(gpu->ops->download(gpu, host, device, bytes), FERRY_OK, "%s", ferry_last_error());
+    return host;
+}
+
+/* A layer's second half and the next layer's first, on x (a copy of x0):
+ * attention_out, mlp, then qkv_rope_store into a cache of NaN rows;
+ * linked (each projection into x told the next norm, which then says
+ * prepared), as the runtime runs resident layers, or not, as it runs
+ * streamed ones.  Returns x, q and both cache halves, downloaded. */
+typedef struct layer_seam {
+    const attention_case *c;
+    const float *x0, *q, *inv_freq;
+    const void *wo, *mlp[3], *qkv[3];
+    ferry_fused_norm mlp_norm, attn_norm;
+    ferry_kv_layer cache;
+    const ferry_token_batch *batch;
+    int inter;
+} layer_seam;
+
+static void run_seam(const layer_seam *l, int linked, void **out) {
+    const attention_case *c = l->c;
+    const int n = c->n, hidden = c->hidden, head_dim = c->shape.head_dim;
+    const int q_width = c->shape.n_heads * head_dim, kv_width = c->shape.n_kv_heads * head_dim;
+    const size_t cache_floats = (size_t)l->cache.n_slots * l->cache.max_context * kv_width / 2;
+    float *x = upload(l->x0, (size_t)n * hidden * sizeof(float));
+    ferry_kv_layer cache = {poisoned(cache_floats), poisoned(cache_floats), l->cache.n_slots,
+                            l->cache.max_context};
+    ferry_fused_norm mlp_norm = l->mlp_norm, attn_norm = l->attn_norm;
+    mlp_norm.prepared = attn_norm.prepared = linked;
+    cr_assert_eq(gpu->ops->attention_out(gpu, x, poisoned((size_t)n * q_width), l->q, &l->cache,
+                                         l->batch, c->shape, l->wo, c->dtype, hidden,
+                                         linked ? &mlp_norm : NULL),
+                 FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(gpu->ops->mlp(gpu, x, &mlp_norm, l->mlp, c->dtype, n, hidden, l->inter,
+                               poisoned((size_t)n * l->inter), poisoned((size_t)n * l->inter),
+                               linked ? &attn_norm : NULL),
+                 FERRY_OK, "%s", ferry_last_error());
+    float *q = poisoned((size_t)n * q_width);
+    cr_assert_eq(gpu->ops->qkv_rope_store(gpu, q, poisoned((size_t)n * kv_width),
+                                          poisoned((size_t)n * kv_width), x, &attn_norm, l->qkv,
+                                          NULL, c->dtype, n, hidden, &cache, l->batch,
+                                          l->inv_freq, c->shape),
+                 FERRY_OK, "%s", ferry_last_error());
+    cr_assert_eq(gpu->ops->synchronize(gpu), FERRY_OK, "%s", ferry_last_error());
+    out[0] = downloaded(x, (size_t)n * hidden * sizeof(float));
+    out[1] = downloaded(q, (size_t)n * q_width * sizeof(float));
+    out[2] = downloaded(cache.k, cache_floats * sizeof(float));
+    out[3] = downloaded(cache.v, cache_floats * sizeof(float));
+}
+
+/* A projection into x that prepares the next norm must give the bits a
+ * norm prepared from x gives (a resident layer links to the next one, a
+ * streamed layer cannot, and their logits must not differ). */
+Test(cuda_blocks, a_norm_prepared_by_the_op_before_gives_the_bits_of_one_made_from_x) {
+    NEED_GPU_OP(attention_out);
+    NEED_GPU_OP(mlp);
+    const int counts[] = {2, 3, 8, 16};
+    for (int i = 0; i < 8; i++) {
+        const int hidden = 512, inter = 704;
+        attention_case c = {dtypes[i % 2], counts[i / 2], hidden, {8, 2, 64}, 64, 0};
+        const int head_dim = c.shape.head_dim, q_width = c.shape.n_heads * head_dim;
+        const int kv_width = c.shape.n_kv_heads * head_dim;
+        int32_t *positions = host_tracked(malloc((size_t)c.n * sizeof(int32_t)));
+        int32_t *slots = host_tracked(malloc((size_t)c.n * sizeof(int32_t)));
+        place_tokens(&c, positions, slots);
+        ferry_kv_layer cpu_cache;
+        layer_seam l = {.c = &c, .inter = inter};
+        fill_caches(&c, positions, slots, &cpu_cache, &l.cache);
+        ferry_token_batch host_batch, gpu_batch;
+        make_batches(c.n, positions, slots, &host_batch, &gpu_batch);
+        l.batch = &gpu_batch;
+        l.x0 = random_floats((size_t)c.n * hidden, -1.0f, 1.0f);
+        l.q = upload(random_floats((size_t)c.n * q_width, -3.0f, 3.0f),
+                     (size_t)c.n * q_width * sizeof(float));
+        float *inv_freq = host_tracked(malloc((size_t)head_dim / 2 * sizeof(float)));
+        for (int j = 0; j < head_dim / 2; j++) inv_freq[j] = (float)pow(10000.0, -2.0 * j / head_dim);
+        l.inv_freq = upload(inv_freq, (size_t)head_dim / 2 * sizeof(float));
+        const size_t unit = ferry_dtype_bytes(c.dtype);
+        l.wo = upload(random_weights(c.dtype, hidden, q_width), (size_t)hidden * q_width * unit);
+        const int mlp_shapes[3][2] = {{inter, hidden}, {inter, hidden}, {hidden, inter}};
+        const int qkv_rows[3] = {q_width, kv_width, kv_width};
+        for (int m = 0; m < 3; m++) {
+            l.mlp[m] = upload(random_weights(c.dtype, mlp_shapes[m][0], mlp_shapes[m][1]),
+                              (size_t)inter * hidden * unit);
+            l.qkv[m] = upload(random_weights(c.dtype, qkv_rows[m], hidden),
+                              (size_t)qkv_rows[m] * hidden * unit);
+        }
+        const float *weight;
+        l.mlp_norm = random_norm(c.n, hidden, &weight);
+        l.attn_norm = random_norm(c.n, hidden, &weight);
+        void *linked[4], *unlinked[4];
+        run_seam(&l, 1, linked);
+        run_seam(&l, 0, unlinked);
+        const size_t cache_bytes = (size_t)l.cache.n_slots * l.cache.max_context * kv_width * 2;
+        const size_t bytes[4] = {(size_t)c.n * hidden * sizeof(float),
+                                 (size_t)c.n * q_width * sizeof(float), cache_bytes, cache_bytes};
+        const char *names[4] = {"x", "q", "the K cache", "the V cache"};
+        for (int k = 0; k < 4; k++)
+            cr_assert(memcmp(linked[k], unlinked[k], bytes[k]) == 0,
+                      "%s n=%d: %s differs between a linked and an unlinked norm",
+                      ferry_dtype_name(c.dtype), c.n, names[k]);
+        free_case();
+    }
+}
