@@ -40,7 +40,7 @@ TestSuite(cuda_blocks, .init = setup, .fini = teardown, .timeout = 300);
 /* ---------------------------------------------------- shared helpers */
 
 /* What one case allocated, freed together by free_case(). */
-enum { MAX_TRACKED = 32 };
+enum { MAX_TRACKED = 96 };
 static void *host_buffers[MAX_TRACKED], *device_buffers[MAX_TRACKED];
 static int n_host_buffers, n_device_buffers;
 
