@@ -234,9 +234,8 @@ ferry_status cuda_mma_silu(cuda_backend *state, float *out, void *out16, const v
 /* Q, K and V of x16 (weights[3], biases[3] or NULL) in one launch whose
  * epilogue rotates q and k (RoPE) and stores k and v into the f16 cache at
  * each token's (slot, position): the cuda_qkv_rope_store op on the tensor
- * cores.  _fits: head_dim a multiple of 16, an f16 cache. */
-int cuda_mma_qkv_rope_fits(ferry_attention_shape shape, const ferry_kv_layer *cache,
-                           ferry_dtype kv_dtype);
+ * cores.  _fits: head_dim a multiple of 16, a cache (the backend's are f16). */
+int cuda_mma_qkv_rope_fits(ferry_attention_shape shape, const ferry_kv_layer *cache);
 ferry_status cuda_mma_qkv_rope(cuda_backend *state, float *q, const void *x16,
                                const float *inv_rms, const void *const *weights,
                                const float *const *biases,

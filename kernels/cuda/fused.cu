@@ -72,11 +72,7 @@ typedef struct multi_args {
     int n, cols;
     /* MULTI_QKV_ROPE: rows = q, k, v widths; pairs (j, j + half) of a head */
     int half;
-    const int32_t *positions, *slots;
-    const float *inv_freq;
-    __half *cache_k, *cache_v;
-    int n_slots, max_context;
-    int *error_flag;
+    rope_store rope;
 } multi_args;
 
 /* What a launch computes. */
@@ -363,24 +359,12 @@ __global__ void MULTI_BOUNDS(MODE) qkv_rope_matvec_kernel(multi_args args) {
         const float a = warp_sum(acc[0][t]) * scale + bias_a;
         const float b = warp_sum(acc[1][t]) * scale + bias_b;
         if (threadIdx.x % 32 != 0 || t >= args.n) continue;
-        const int position = args.positions[t];
-        const float2 pair_out =
-            m == 2 ? make_float2(a, b) : rotated_pair(a, b, rotation_of(j, position, args.inv_freq));
-        if (m == 0) {
-            args.outs[0][(size_t)t * args.rows[0] + row_a] = pair_out.x;
-            args.outs[0][(size_t)t * args.rows[0] + row_b] = pair_out.y;
-            continue;
+        bool to_q;
+        const float2 pair = args.rope.place_pair(m, t, head, j, half, args.rows[1], a, b, &to_q);
+        if (to_q) {
+            args.outs[0][(size_t)t * args.rows[0] + row_a] = pair.x;
+            args.outs[0][(size_t)t * args.rows[0] + row_b] = pair.y;
         }
-        const int slot = args.slots[t];
-        if (!place_ok(slot, position, args.n_slots, args.max_context)) {
-            atomicExch(args.error_flag, CUDA_BAD_KV_PLACE);
-            continue;
-        }
-        __half *dst = (m == 1 ? args.cache_k : args.cache_v) +
-                      ((size_t)slot * args.max_context + position) * args.rows[1] +
-                      (size_t)head * 2 * half;
-        dst[j] = __float2half_rn(pair_out.x);
-        dst[j + half] = __float2half_rn(pair_out.y);
     }
 }
 
@@ -574,7 +558,7 @@ ferry_status cuda_qkv_rope_store(ferry_backend *backend, float *q, float *k, flo
     const int rows[3] = {shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim,
                          shape.n_kv_heads * shape.head_dim};
     const int epilogue = (state->fuse & CUDA_FUSE_QKV_ROPE) &&
-                         cuda_mma_qkv_rope_fits(shape, cache, FERRY_DTYPE_F16) &&
+                         cuda_mma_qkv_rope_fits(shape, cache) &&
                          batch->n_tokens == n;
     if (epilogue) {
         if (mma_fits(state, 3, weights, dtype, n, cols) && !cuda_tc_matvec_enabled(state)) {
@@ -590,14 +574,7 @@ ferry_status cuda_qkv_rope_store(ferry_backend *backend, float *q, float *k, flo
             multi_args args;
             multi_args_fill(&args, 3, outs, x, norm, weights, biases, rows, n, cols);
             args.half = shape.head_dim / 2;
-            args.positions = batch->positions;
-            args.slots = batch->slots;
-            args.inv_freq = inv_freq;
-            args.cache_k = static_cast<__half *>(cache->k);
-            args.cache_v = static_cast<__half *>(cache->v);
-            args.n_slots = cache->n_slots;
-            args.max_context = cache->max_context;
-            args.error_flag = state->error_flag;
+            args.rope = rope_store_of(state, cache, batch, inv_freq);
             return launch_multi_typed(state, args, dtype, MULTI_QKV_ROPE);
         }
     }

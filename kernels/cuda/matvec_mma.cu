@@ -66,14 +66,6 @@ struct mma_segment {
     int pair_half;
 };
 
-struct mma_rope {
-    const int32_t *positions, *slots;
-    const float *inv_freq;
-    __half *cache_k, *cache_v;
-    int n_slots, max_context;
-    int *error_flag;
-};
-
 /* MMA_NORM_NEXT: the rows a launch writes (the residual stream) prepared
  * for the RMSNorm the next launch applies: x16 = out * weight rounded to
  * T, and inv_rms[t] = 1 / sqrt(mean(out[t]^2) + eps), which the next
@@ -97,7 +89,7 @@ struct mma_args {
                                (x16 came from an MMA_NORM_NEXT launch); NULL: as they are */
     const void *x16;
     int n, cols, accumulate;
-    mma_rope rope;
+    rope_store rope;            /* MMA_ROPE_KV */
     mma_norm norm;
 };
 
@@ -359,26 +351,13 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) mma_rows_kernel(const mma_args
             continue;
         }
         /* MMA_ROPE_KV: (a, b) is the pair (j, j + half) of head `head` */
-        const mma_rope &rope = args.rope;
         const int head = row_a / (2 * half), j = row_a % (2 * half);
-        const int position = rope.positions[token];
-        const float2 pair = s == 2 ? make_float2(a, b)
-                                   : rotated_pair(a, b, rotation_of(j, position, rope.inv_freq));
-        if (s == 0) {
+        bool to_q;
+        const float2 pair = args.rope.place_pair(s, token, head, j, half, rows, a, b, &to_q);
+        if (to_q) {
             out[(size_t)token * rows + row_a] = pair.x;
             out[(size_t)token * rows + row_b] = pair.y;
-            continue;
         }
-        const int slot = rope.slots[token];
-        if (!place_ok(slot, position, rope.n_slots, rope.max_context)) {
-            atomicExch(rope.error_flag, CUDA_BAD_KV_PLACE);
-            continue;
-        }
-        __half *cache = s == 1 ? rope.cache_k : rope.cache_v;
-        __half *dst = cache + ((size_t)slot * rope.max_context + position) * rows +
-                      (size_t)head * 2 * half;
-        dst[j] = __float2half_rn(pair.x);
-        dst[j + half] = __float2half_rn(pair.y);
     }
     if (EPILOGUE == MMA_NORM_NEXT) finish_norm_next<8 * N_TILES>(args.norm, squares, rows, args.n);
 }
@@ -534,10 +513,8 @@ ferry_status cuda_mma_silu(cuda_backend *state, float *out, void *out16, const v
     return launch_rows(state, args, dtype, MMA_SILU);
 }
 
-int cuda_mma_qkv_rope_fits(ferry_attention_shape shape, const ferry_kv_layer *cache,
-                           ferry_dtype kv_dtype) {
-    return shape.head_dim % (2 * MMA_HALF) == 0 && kv_dtype == FERRY_DTYPE_F16 && cache &&
-           cache->k && cache->v;
+int cuda_mma_qkv_rope_fits(ferry_attention_shape shape, const ferry_kv_layer *cache) {
+    return shape.head_dim % (2 * MMA_HALF) == 0 && cache && cache->k && cache->v;
 }
 
 ferry_status cuda_mma_qkv_rope(cuda_backend *state, float *q, const void *x16,
@@ -558,13 +535,6 @@ ferry_status cuda_mma_qkv_rope(cuda_backend *state, float *q, const void *x16,
     args.x16 = x16;
     args.n = n;
     args.cols = cols;
-    args.rope.positions = batch->positions;
-    args.rope.slots = batch->slots;
-    args.rope.inv_freq = inv_freq;
-    args.rope.cache_k = static_cast<__half *>(cache->k);
-    args.rope.cache_v = static_cast<__half *>(cache->v);
-    args.rope.n_slots = cache->n_slots;
-    args.rope.max_context = cache->max_context;
-    args.rope.error_flag = state->error_flag;
+    args.rope = rope_store_of(state, cache, batch, inv_freq);
     return launch_rows(state, args, dtype, MMA_ROPE_KV);
 }
