@@ -296,7 +296,6 @@ static ferry_status layer_forward(ferry_session *session, int layer,
         return ops->mlp(backend, s->residual, &norm, weights, dtype, n, hidden, inter, s->gate,
                         s->up, links.next_attn_norm ? &next : NULL);
     }
-    norm.prepared = 0;
     if (ops->matmul_multi) { /* norm, gate and up in one launch, SiLU * up in its epilogue */
         float *const outs[2] = {s->gate, s->up};
         const void *const weights[2] = {W(W_GATE), W(W_UP)};

@@ -148,6 +148,9 @@ static ferry_status bench_batch(ferry_model *model, int batch, int prompt_len, i
         rules[i] = (ferry_sample_rule){.greedy = 1};
     }
     ferry_batch prompts = {.n_seqs = batch, .n_tokens = n_tokens, .tokens = tokens};
+    /* a decode step (n_tokens all 1): each sequence appends its own greedy
+     * token, and the call writes the next over it */
+    ferry_batch step = {.n_seqs = batch, .n_tokens = n_tokens, .tokens = next};
 
     /* warm-up, untimed as HF's first decode step is in bench/hf_decode.py:
      * scratch growth, cuBLAS heuristics, first-touch of pages, and two
@@ -157,10 +160,9 @@ static ferry_status bench_batch(ferry_model *model, int batch, int prompt_len, i
      * (A streamed model records no graph, and its steps take seconds.) */
     FERRY_TRY_GOTO(ferry_forward_next(session, &prompts, rules, next));
     for (int i = 0; i < batch; i++) n_tokens[i] = 1;
-    ferry_batch warm_step = {.n_seqs = batch, .n_tokens = n_tokens, .tokens = next};
     const int warm_steps = model->stream || gen_len < 1 ? 0 : 2;
     for (int s = 0; s < warm_steps; s++)
-        FERRY_TRY_GOTO(ferry_forward_next(session, &warm_step, rules, next));
+        FERRY_TRY_GOTO(ferry_forward_next(session, &step, rules, next));
     for (int i = 0; i < batch; i++) n_tokens[i] = prompt_len;
     FERRY_TRY_GOTO(ferry_session_reset(session, -1));
 
@@ -172,10 +174,7 @@ static ferry_status bench_batch(ferry_model *model, int batch, int prompt_len, i
     result->prefill_tflops =
         matrix_flops_per_token(model) * prompt_tokens / (result->prefill_ms * 1e-3) / 1e12;
 
-    /* decode: each sequence appends its own greedy token, and the call
-     * writes the next over it */
     for (int i = 0; i < batch; i++) n_tokens[i] = 1;
-    ferry_batch step = {.n_seqs = batch, .n_tokens = n_tokens, .tokens = next};
     double decode_total_ms = 0;
     for (int s = 0; s < gen_len; s++) {
         start_ms = cli_now_ms();

@@ -22,9 +22,8 @@ enum {
     PRESERVED_PARTIAL_FLOATS = 2 * 4 * 132 * 258,
     /* the attention_out / mlp hand-off: 16 tokens x 65536 columns */
     PRESERVED_HANDOFF_ELEMENTS = 16 * 65536,
-    /* a prepared norm: rows of 65536 in blocks of 16 rows, 16 tokens */
-    NORM_TOKENS = 16,
-    PRESERVED_NORM_PARTIAL_FLOATS = 65536 / 16 * NORM_TOKENS,
+    /* a prepared norm: rows of 65536 in blocks of 16 rows */
+    PRESERVED_NORM_PARTIAL_FLOATS = 65536 / 16 * CUDA_NORM_MAX_TOKENS,
     /* decode attention's per-(token, head) arrival counters (attnmerge) */
     ATTENTION_COUNTERS = 8192,
 };
@@ -346,7 +345,7 @@ static ferry_status open_device(int device, cuda_backend *state) {
     FERRY_TRY(cuda_scratch_reserve_floats(state, &state->norm_partials,
                                           &state->norm_partials_floats,
                                           PRESERVED_NORM_PARTIAL_FLOATS));
-    CUDA_TRY(cudaMalloc((void **)&state->norm_inv_rms, NORM_TOKENS * sizeof(float)));
+    CUDA_TRY(cudaMalloc((void **)&state->norm_inv_rms, CUDA_NORM_MAX_TOKENS * sizeof(float)));
     CUDA_TRY(cudaMalloc((void **)&state->norm_counter, sizeof(unsigned)));
     CUDA_TRY(cudaMemsetAsync(state->norm_counter, 0, sizeof(unsigned), state->stream));
     /* zero once; the block that uses a counter leaves it zero again */

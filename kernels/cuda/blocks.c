@@ -50,11 +50,11 @@ ferry_status cuda_norm_operand(ferry_backend *backend, const float *x,
 
 /* x[t] += x16[t] W^T on the tensor cores ([hidden, cols] W), and with
  * next_norm (and normnext) that norm prepared for the next op, x * weight
- * rounded into the activations scratch (x16 must not be that scratch). */
+ * rounded into the activations scratch (x16 must not be that scratch), and
+ * recorded.  The caller has forgotten the record before. */
 static ferry_status residual_projection(cuda_backend *state, float *x, const void *x16,
                                         const void *w, ferry_dtype dtype, int n, int hidden,
                                         int cols, const ferry_fused_norm *next_norm) {
-    state->prepared.x = NULL;
     if (!next_norm || !(state->fuse & CUDA_FUSE_NORM_NEXT) || x16 == state->activations)
         return cuda_mma_matvec(state, x, x16, w, dtype, NULL, n, hidden, cols, 1);
     FERRY_TRY(cuda_scratch_reserve(state, &state->activations, &state->activations_bytes,
@@ -96,13 +96,10 @@ ferry_status cuda_mlp(ferry_backend *backend, float *x, const ferry_fused_norm *
                       const void *const *weights, ferry_dtype dtype, int n, int hidden, int inter,
                       float *gate, float *up, const ferry_fused_norm *next_norm) {
     cuda_backend *state = cuda_state(backend);
-    if (n <= 0) {
-        state->prepared.x = NULL;
-        return FERRY_OK;
-    }
     const int cols[3] = {hidden, hidden, inter};
-    if (!handoff_fits(state, weights, 3, cols, dtype, n)) {
-        state->prepared.x = NULL;
+    if (n <= 0 || !handoff_fits(state, weights, 3, cols, dtype, n)) {
+        state->prepared.x = NULL; /* (the hand-off path forgets it in cuda_norm_operand) */
+        if (n <= 0) return FERRY_OK;
         float *const outs[2] = {gate, up};
         const int rows[2] = {inter, inter};
         FERRY_TRY(cuda_matmul_multi(backend, 2, outs, x, norm, weights, NULL, rows, dtype, n,

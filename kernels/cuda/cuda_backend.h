@@ -196,7 +196,10 @@ ferry_status cuda_x16_prepare(cuda_backend *state, const float *x, const float *
                               float eps, ferry_dtype dtype, int n, int cols, const void **out_x16);
 /* matvec_mma.cu.  Shapes for all of them: _fits (cols a multiple of
  * CUDA_MMA_COLS_MULTIPLE, weights 16-byte aligned, f16/bf16, 3..16 tokens). */
-enum { CUDA_MMA_COLS_MULTIPLE = 32 };
+enum {
+    CUDA_MMA_COLS_MULTIPLE = 32,
+    CUDA_NORM_MAX_TOKENS = 16,  /* tokens a prepared norm serves (norm_inv_rms's length) */
+};
 /* out[t] (+)= x16[t] W^T (+ bias) on the tensor cores (or matvec_tc.cu's
  * kernel when FERRY_CUDA_TC_MATVEC picks one). */
 ferry_status cuda_mma_matvec(cuda_backend *state, float *out, const void *x16, const void *w,

@@ -40,7 +40,7 @@ enum {
     MMA_CHUNK_COLS = CUDA_MMA_COLS_MULTIPLE,
     MMA_UNROLL = 4,
     MMA_MAX_SEGMENTS = 3,
-    MMA_NORM_TOKENS = 16,               /* tokens of a launch: 8 * N_TILES at most */
+    MMA_NORM_TOKENS = CUDA_NORM_MAX_TOKENS, /* tokens of a launch: 8 * N_TILES at most */
     MMA_NORM_GROUPS = MMA_WARPS * 32 / MMA_NORM_TOKENS, /* last block: threads per token */
 };
 
